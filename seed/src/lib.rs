@@ -1,0 +1,1 @@
+//! The cloud-init config drive builder. Not yet built: see the config drive issue.
