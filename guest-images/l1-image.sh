@@ -1,0 +1,130 @@
+#!/bin/bash
+# Builds the KVM lab's L1 initramfs: an UNCOMPRESSED newc cpio (gunzip is slow under emulation)
+# made of three concatenated archives, which the kernel unpacks in order:
+#   qemu.cpio     QEMU + its shared libraries + firmware          (cached: QEMU version)
+#   modules.cpio  kvm, kvm-amd, tun, bridge, veth, vhost... + deps  (cached: kernel version)
+#   payload.cpio  busybox, /init, berth, the L2 kernel + initrd, the scenarios (rebuilt each call)
+#
+# Usage: BERTH_BIN=path/to/berth guest-images/l1-image.sh [--plan FILE | SCENARIO.sh...]
+#   SCENARIO.sh...  scenario files; the timeout comes from their '# timeout:' header (default 300)
+#   --plan FILE     lines "<path-to-scenario.sh> <timeout> [tty]" (written by tests/lab/lab)
+#   BERTH_BIN       the static berth binary; optional (scenarios that need it then SKIP)
+# Output (stdout, eval-able):  L1_KERNEL=...  L1_INITRD=...  L2_KERNEL=...  L2_INITRD=...
+set -euo pipefail
+GI_NAME=l1-image.sh
+. "$(dirname "$0")/lib.sh"
+need busybox cpio ldd sha256sum
+
+# Modules L1 loads (dependencies are added from modules.dep, loaded first).
+L1_MODULES=(irqbypass ccp kvm kvm-amd tun llc stp bridge veth vhost_iotlb vhost vhost_net)
+QEMU_BIN=${QEMU_BIN:-$(command -v qemu-system-x86_64 || true)}
+[ -n "$QEMU_BIN" ] || die "qemu-system-x86_64 not found; run scripts/setup"
+FIRMWARE=(/usr/share/seabios/bios-256k.bin /usr/share/seabios/bios-microvm.bin
+          /usr/share/qemu/qboot.rom /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/linuxboot.bin
+          /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin /usr/lib/ipxe/qemu/efi-virtio.rom)
+
+plan_in=()  # "path timeout tty" lines
+if [ "${1:-}" = --plan ]; then
+    [ -f "${2:-}" ] || die "--plan needs a file"
+    mapfile -t plan_in < "$2"
+else
+    for f in "$@"; do
+        [ -f "$f" ] || die "scenario $f not found"
+        t=$(sed -n 's/^# *timeout: *\([0-9]\+\).*/\1/p' "$f" | head -n1)
+        plan_in+=("$f ${t:-300}")
+    done
+fi
+
+eval "$("$GI_DIR/kernel.sh")"
+eval "$("$GI_DIR/l2-initramfs.sh")"
+
+d=$CACHE/l1
+mkdir -p "$d"
+tmp=$(mktemp -d "$d/.tmp.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+# --- qemu.cpio (cached) ----------------------------------------------------------------------
+qstamp=$(stamp_of "$0" "$GI_DIR/lib.sh" "$QEMU_BIN" \
+    "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)" "${FIRMWARE[*]}")
+if fresh "$d/qemu.cpio" "$qstamp"; then
+    log "reusing qemu.cpio"
+else
+    log "building qemu.cpio from $QEMU_BIN"
+    r=$tmp/qemu
+    copy_with_libs "$r" "$QEMU_BIN"
+    [ "$QEMU_BIN" = /usr/bin/qemu-system-x86_64 ] || install -D -m 755 "$QEMU_BIN" "$r/usr/bin/qemu-system-x86_64"
+    mkdir -p "$r/usr/share/qemu"
+    for fw in "${FIRMWARE[@]}"; do
+        if [ -e "$fw" ]; then cp -L "$fw" "$r/usr/share/qemu/"; else log "note: firmware $fw not found (skipped)"; fi
+    done
+    mkcpio "$r" "$tmp/qemu.cpio" || die "cpio of qemu tree failed"
+    publish "$tmp/qemu.cpio" "$d/qemu.cpio" "$qstamp"
+fi
+
+# --- modules.cpio (cached) -------------------------------------------------------------------
+mstamp=$(stamp_of "$0" "$GI_DIR/lib.sh" "$KVER" "$MODDIR/modules.dep" "${L1_MODULES[*]}")
+if fresh "$d/modules.cpio" "$mstamp"; then
+    log "reusing modules.cpio"
+else
+    log "building modules.cpio ($KVER)"
+    r=$tmp/mods/lib/modules/lab
+    mkdir -p "$r"
+    # deps-first order from modules.dep (its lines are "path.ko: dep.ko dep.ko ...")
+    order=()
+    add_mod() {
+        local name=$1 line path dep n
+        for n in "${order[@]}"; do [ "$n" = "$name" ] && return 0; done
+        line=$(grep -E "/${name//-/[-_]}\.ko(\.[a-z]+)?:" "$MODDIR/modules.dep" | head -n1 || true)
+        if [ -z "$line" ]; then
+            grep -qE "/${name//-/[-_]}\.ko" "$MODDIR/modules.builtin" 2>/dev/null \
+                || log "note: module $name not found in $KVER (skipped)"
+            return 0
+        fi
+        path=${line%%:*}
+        for dep in ${line#*:}; do dep=${dep##*/}; add_mod "${dep%%.ko*}"; done
+        cp "$MODDIR/$path" "$r/$name.ko"
+        order+=("$name")
+    }
+    for m in "${L1_MODULES[@]}"; do add_mod "$m"; done
+    printf '%s\n' "${order[@]}" > "$r/order"
+    mkcpio "$tmp/mods" "$tmp/modules.cpio" || die "cpio of modules failed"
+    publish "$tmp/modules.cpio" "$d/modules.cpio" "$mstamp"
+fi
+
+# --- payload.cpio (every call: berth and scenarios change often) ------------------------------
+r=$tmp/payload
+mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,root,scratch,etc}
+mkdir -p "$r"/lab/{bin,l2,scenarios}
+BUSYBOX=$(command -v busybox)
+install -m 755 "$BUSYBOX" "$r/bin/busybox"
+"$BUSYBOX" --list-full | while read -r applet; do
+    [ -e "$r/$applet" ] || ln -s /bin/busybox "$r/$applet"
+done
+install -m 755 "$GI_DIR/l1/init" "$r/init"
+echo 'root::0:0:root:/root:/bin/sh' > "$r/etc/passwd"
+echo 'root:x:0:' > "$r/etc/group"
+if [ -n "${BERTH_BIN:-}" ]; then
+    [ -f "$BERTH_BIN" ] || die "BERTH_BIN=$BERTH_BIN does not exist"
+    if ldd "$BERTH_BIN" >/dev/null 2>&1; then
+        log "warning: $BERTH_BIN is dynamically linked; L1 has no libc, build it with +crt-static"
+    fi
+    install -m 755 "$BERTH_BIN" "$r/lab/bin/berth"
+else
+    log "note: BERTH_BIN not set; the image has no berth (scenarios needing it will SKIP)"
+fi
+cp "$L2_KERNEL" "$r/lab/l2/vmlinuz"
+cp "$L2_INITRD" "$r/lab/l2/initrd.cpio.gz"
+: > "$r/lab/plan"
+for line in "${plan_in[@]}"; do
+    read -r path timeout tty <<< "$line"
+    [ -f "$path" ] || die "scenario $path not found"
+    name=$(basename "$path" .sh)
+    install -m 755 "$path" "$r/lab/scenarios/$name.sh"
+    echo "$name ${timeout:-300} ${tty:-}" >> "$r/lab/plan"
+done
+mkcpio "$r" "$tmp/payload.cpio" || die "cpio of payload failed"
+
+cat "$d/qemu.cpio" "$d/modules.cpio" "$tmp/payload.cpio" > "$tmp/l1.cpio"
+mv -f "$tmp/l1.cpio" "$d/l1.cpio"
+log "built $d/l1.cpio ($(du -m "$d/l1.cpio" | cut -f1) MiB, ${#plan_in[@]} scenario(s))"
+printf 'L1_KERNEL=%q\nL1_INITRD=%q\nL2_KERNEL=%q\nL2_INITRD=%q\n' "$VMLINUZ" "$d/l1.cpio" "$L2_KERNEL" "$L2_INITRD"
