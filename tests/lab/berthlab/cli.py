@@ -1,0 +1,162 @@
+"""The `lab` command line: build, run, demo, list. See tests/lab/README.md."""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import demo, images, modes, paths, report, runner
+from . import scenario as sc_mod
+from .console import Console
+
+
+def say(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+def new_logdir() -> Path:
+    d = paths.LOG_ROOT / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 1
+    while d.exists():
+        n += 1
+        d = d.with_name(d.name.split(".")[0] + f".{n}")
+    d.mkdir(parents=True)
+    return d
+
+
+def get_berth(scenarios: list) -> tuple:
+    """Build berth if a scenario needs it. Returns (path or None, {name: reason not run})."""
+    needy = [s for s in scenarios if "berth" in s.needs]
+    if not needy:
+        return None, {}
+    try:
+        return images.berth_binary(), {}
+    except images.BuildError as e:
+        print(f"lab: ERROR: {e}", file=sys.stderr)
+        first = str(e).splitlines()[0]
+        return None, {s.name: f"not run: {first}" for s in needy}
+
+
+def execute(scenarios: list, tty_names=()) -> int:
+    """Build what is needed, run `scenarios` in the chosen mode, report. Returns exit status."""
+    berth, not_run = get_berth(scenarios)
+    runnable = [s for s in scenarios if s.name not in not_run]
+    l2 = images.l2_images()
+    mode, reason = modes.choose(berth, l2)
+    say(f"mode {mode}: {reason}")
+    logdir = new_logdir()
+    console = Console(logdir / "console.log")
+    t0 = time.monotonic()
+    overhead = None
+    try:
+        if runnable and mode == "direct":
+            runner.run_direct(runnable, berth, l2, console)
+        elif runnable:
+            plan = [(s.path, s.timeout, s.name in tty_names) for s in runnable]
+            imgs = images.l1_image(plan, berth)
+            rc, timed_out = runner.run_l1(runnable, imgs, console)
+            if timed_out:
+                say(f"ERROR: outer QEMU hit its timeout ({runner.outer_timeout(runnable)}s) and was killed")
+            for marker in ("L1-READY", "L1-DONE"):
+                if marker not in console.markers:
+                    say(f"ERROR: L1 never printed {marker} (outer QEMU rc={rc})")
+            if "L1-ERROR" in console.markers:
+                say(f"ERROR: {console.markers['L1-ERROR']}")
+    except KeyboardInterrupt:
+        say("interrupted")
+    finally:
+        console.close()
+    total = time.monotonic() - t0
+    results = runner.judge_all(scenarios, console, logdir, not_run)
+    if mode == "l1" and runnable:
+        overhead = total - sum(r.seconds for r in results)
+    failed = report.summary(results, logdir / "console.log", total, mode)
+    report.record_costs(results, mode, overhead)
+    return 1 if failed else 0
+
+
+def cmd_run(args) -> int:
+    try:
+        scenarios = sc_mod.select(args.scenarios)
+    except KeyError as e:
+        say(str(e.args[0]))
+        return 2
+    return execute(scenarios)
+
+
+def cmd_build(args) -> int:
+    scenarios = sc_mod.select([])
+    try:
+        berth = images.berth_binary()
+    except images.BuildError as e:
+        say(f"ERROR: {e}")
+        berth = None
+    plan = [(s.path, s.timeout, False) for s in scenarios]
+    imgs = images.l1_image(plan, berth)
+    for key, value in imgs.items():
+        print(f"{key}={value}")
+    print(f"BERTH_BIN={berth or '(not built)'}")
+    return 0 if berth else 1
+
+
+def cmd_list(args) -> int:
+    costs = report.load_costs()
+    scenarios = sc_mod.discover()
+    width = max(len(n) for n in scenarios)
+    print(f"{'scenario':<{width}}  {'timeout':>7}  {'last cost':>16}  description")
+    for name, sc in scenarios.items():
+        c = costs.get(name)
+        cost = f"{c['secs']:.0f}s {c['result']} ({c['mode']})" if c else "never run"
+        print(f"{name:<{width}}  {sc.timeout:>6}s  {cost:>16}  {sc.description}")
+    if "_l1-boot-and-shutdown" in costs:
+        print(f"(plus ~{costs['_l1-boot-and-shutdown']['secs']:.0f}s per run in l1 mode "
+              "for building, booting and stopping L1)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    shell = demo.interactive()
+    with tempfile.TemporaryDirectory(prefix="lab-demo.") as tmp:
+        sc = demo.write_scenario(Path(tmp), shell)
+        if not shell:
+            say("stdin is not a terminal: the demo guest runs l2.action=reboot and ends by itself")
+            return execute([sc])
+        try:
+            berth = images.berth_binary()
+        except images.BuildError as e:
+            say(f"ERROR: {e}")
+            return 1
+        l2 = images.l2_images()
+        mode, reason = modes.choose(berth, l2)
+        if mode == "direct":
+            say(f"mode direct: {reason}")
+            print(demo.HINTS.replace("Ctrl-A x kills the outer QEMU.", ""), flush=True)
+            return demo.run_attached([str(berth), "vm", "--kernel", l2["L2_KERNEL"],
+                                      "--initrd", l2["L2_INITRD"], "--cpus", "2",
+                                      "--memory", "512", "--cmdline",
+                                      "console=ttyS0 quiet panic=-1 reboot=k l2.action=shell"])
+        print(demo.BANNER_L1.format(reason=reason), flush=True)
+        imgs = images.l1_image([(sc.path, sc.timeout, True)], berth)
+        print(demo.HINTS, flush=True)
+        serial = ["-chardev", "stdio,id=con,mux=on,signal=off", "-serial", "chardev:con"]
+        return demo.run_attached(runner.l1_command(imgs, serial))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="lab", description="berth's KVM lab: real-guest tests (see tests/lab/README.md)",
+        epilog="env: LAB_MODE=auto|l1|direct, BERTH_BIN, BERTH_CACHE, LAB_L1_CPU, LAB_L1_MEM")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build", help="build berth and the guest images (reusing the cache)")
+    p = sub.add_parser("run", help="run scenarios (default: all) and report PASS/FAIL")
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO")
+    sub.add_parser("demo", help="boot the demo guest with its console on this terminal")
+    sub.add_parser("list", help="list scenarios with their last measured cost")
+    args = ap.parse_args(argv)
+    handler = {"build": cmd_build, "run": cmd_run, "demo": cmd_demo, "list": cmd_list}[args.cmd]
+    try:
+        return handler(args)
+    except images.BuildError as e:
+        say(f"ERROR: {e}")
+        return 1

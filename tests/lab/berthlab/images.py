@@ -1,0 +1,75 @@
+"""Building berth and the guest images (the guest-images/*.sh scripts do the real work)."""
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import paths
+
+CARGO_CMD = ["cargo", "build", "--release", "--target", "x86_64-unknown-linux-gnu"]
+
+
+class BuildError(RuntimeError):
+    """An image or berth build failed; the message says what and where to look."""
+
+
+def _eval_output(text: str) -> dict:
+    """Parse the `KEY=value` lines (printf %q quoted) that the guest-images scripts print."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            out[key] = shlex.split(value)[0] if value else ""
+    return out
+
+
+def run_script(name: str, *args: str, env=None) -> dict:
+    """Run guest-images/<name>; its progress lines go to stderr, its results are returned."""
+    script = paths.GUEST_IMAGES / name
+    proc = subprocess.run([str(script), *args], stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise BuildError(f"{script} failed (rc={proc.returncode}); see the messages above")
+    return _eval_output(proc.stdout)
+
+
+def berth_binary(build: bool = True) -> Path:
+    """The static berth binary: $BERTH_BIN if set, else built with cargo (static glibc)."""
+    if os.environ.get("BERTH_BIN"):
+        path = Path(os.environ["BERTH_BIN"]).resolve()
+        if not path.is_file():
+            raise BuildError(f"BERTH_BIN={path} does not exist")
+        return path
+    if build:
+        print("lab: building berth: RUSTFLAGS='-C target-feature=+crt-static' "
+              + " ".join(CARGO_CMD), file=sys.stderr, flush=True)
+        env = {**os.environ, "RUSTFLAGS": "-C target-feature=+crt-static"}
+        proc = subprocess.run(CARGO_CMD, cwd=paths.REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.splitlines()[-30:])
+            raise BuildError(f"cargo build of berth failed (rc={proc.returncode}):\n{tail}")
+    if not paths.BERTH_RELEASE.is_file():
+        raise BuildError(f"no berth binary at {paths.BERTH_RELEASE}")
+    return paths.BERTH_RELEASE
+
+
+def l2_images() -> dict:
+    """Build or reuse the L2 kernel + initramfs: {'L2_KERNEL': ..., 'L2_INITRD': ...}."""
+    return run_script("l2-initramfs.sh")
+
+
+def l1_image(plan: list, berth: Path | None) -> dict:
+    """Build the L1 image for `plan`, a list of (scenario_path, timeout, tty: bool).
+
+    Returns L1_KERNEL, L1_INITRD, L2_KERNEL, L2_INITRD.
+    """
+    with tempfile.NamedTemporaryFile("w", prefix="lab-plan.", suffix=".txt") as f:
+        for path, timeout, tty in plan:
+            f.write(f"{path} {timeout}{' tty' if tty else ''}\n")
+        f.flush()
+        env = {"BERTH_BIN": str(berth) if berth else ""}
+        return run_script("l1-image.sh", "--plan", f.name, env=env)

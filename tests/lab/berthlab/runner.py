@@ -1,0 +1,109 @@
+"""Running scenarios, inside the emulated L1 or directly on the host, and judging them."""
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import scenario as sc_mod
+from .console import Console, stream_process
+
+# Outer QEMU: TCG with an emulated SVM CPU, so L1's kvm_amd gives a real /dev/kvm.
+L1_APPEND = "console=ttyS0 panic=-1 quiet"
+L1_BOOT_ALLOWANCE = 120    # seconds for QEMU start + L1 boot + module loading + shutdown
+PER_SCENARIO_SLACK = 5
+
+
+def qemu_binary() -> str:
+    q = os.environ.get("LAB_QEMU") or shutil.which("qemu-system-x86_64")
+    if not q:
+        raise SystemExit("lab: qemu-system-x86_64 not found; run scripts/setup (as root)")
+    return q
+
+
+def l1_command(images: dict, serial: list | None = None) -> list:
+    """The outer QEMU command line booting L1 with the given images."""
+    return [
+        qemu_binary(), "-accel", "tcg,thread=multi", "-cpu", os.environ.get("LAB_L1_CPU", "max"),
+        "-smp", "2", "-m", os.environ.get("LAB_L1_MEM", "3G"), "-M", "q35",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        *(serial or ["-serial", "stdio"]),
+        "-kernel", images["L1_KERNEL"], "-initrd", images["L1_INITRD"], "-append", L1_APPEND,
+    ]
+
+
+def outer_timeout(scenarios: list) -> int:
+    """The whole L1 run may take the sum of the scenarios' timeouts plus boot allowance."""
+    return L1_BOOT_ALLOWANCE + sum(s.timeout + PER_SCENARIO_SLACK for s in scenarios)
+
+
+@dataclass
+class Result:
+    scenario: sc_mod.Scenario
+    verdict: sc_mod.Verdict
+    seconds: float
+    lines: list
+    log: Path | None = None
+
+
+def run_l1(scenarios: list, images: dict, console: Console) -> tuple:
+    """Boot L1 once and let its /init run the scenarios. Returns (qemu rc, timed_out)."""
+    cmd = l1_command(images)
+    limit = outer_timeout(scenarios)
+    console.feed(f"lab: outer QEMU (timeout {limit}s): {' '.join(cmd)}")
+    return stream_process(cmd, console, limit)
+
+
+def scenario_env(berth: Path | None, l2: dict, scratch: Path) -> dict:
+    """The environment a scenario gets (the same names as inside L1)."""
+    return {
+        **os.environ,
+        "BERTH": str(berth) if berth else "/nonexistent/berth",
+        "QEMU": qemu_binary(),
+        "L2_KERNEL": l2["L2_KERNEL"],
+        "L2_INITRD": l2["L2_INITRD"],
+        "SCRATCH": str(scratch),
+        "LAB_MODE": "direct",
+    }
+
+
+def run_direct(scenarios: list, berth: Path | None, l2: dict, console: Console) -> None:
+    """Run the scenarios on the host, printing the same markers L1's /init prints."""
+    for sc in scenarios:
+        scratch = Path(tempfile.mkdtemp(prefix=f"lab-{sc.name}."))
+        console.feed(f"=== SCENARIO {sc.name} BEGIN timeout={sc.timeout}")
+        t0 = time.monotonic()
+        rc, timed_out = stream_process(["sh", str(sc.path)], console, sc.timeout,
+                                       env=scenario_env(berth, l2, scratch), cwd=scratch)
+        if timed_out:
+            console.feed(f"=== SCENARIO {sc.name} TIMEOUT after {sc.timeout}s")
+            rc = 137
+        console.feed(f"=== SCENARIO {sc.name} END rc={rc} secs={time.monotonic() - t0:.1f}")
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def judge_all(scenarios: list, console: Console, logdir: Path, not_run: dict) -> list:
+    """Judge each scenario from its console section and write <logdir>/<name>.log."""
+    results = []
+    now = console.elapsed()
+    for sc in scenarios:
+        if sc.name in not_run:
+            verdict = sc_mod.Verdict(sc_mod.FAIL, [not_run[sc.name]])
+            results.append(Result(sc, verdict, 0.0, []))
+            continue
+        sec = console.sections.get(sc.name)
+        if sec is None:
+            verdict = sc_mod.judge(sc, "", begun=False, ended=False, rc=None, timed_out=False)
+            results.append(Result(sc, verdict, 0.0, []))
+            continue
+        verdict = sc_mod.judge(sc, sec.text, begun=sec.begun, ended=sec.ended, rc=sec.rc,
+                               timed_out=sec.timed_out)
+        log = logdir / f"{sc.name}.log"
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(sec.text + "\n")
+            f.write(f"--- {verdict.status} ({sec.seconds(now):.1f}s) "
+                    + "; ".join(verdict.reasons) + "\n")
+        results.append(Result(sc, verdict, sec.seconds(now), sec.lines, log))
+    return results
