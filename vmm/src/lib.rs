@@ -1,1 +1,18 @@
-//! vmm
+//! berth's virtual machine monitor: a KVM x86-64 VM that boots Linux, built on the rust-vmm
+//! crates.
+//!
+//! [`vm::Vm`] owns the VM: guest memory, the in-kernel IRQ chip and PIT, the legacy devices on
+//! the port-I/O [`bus`], and one thread per vCPU. [`arch`] holds the x86 specifics (memory
+//! map, Linux boot protocol, registers, CPUID, MP table); [`devices`] the device models.
+
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod bus;
+pub mod devices;
+mod vcpu;
+pub mod vm;
+
+pub use arch::boot::{KernelFormat, LinuxBoot, LoadedKernel};
+pub use devices::serial::SerialInput;
+pub use vm::{ExitReason, MachineConfig, ResetSource, Vm, VmControl, VmError};

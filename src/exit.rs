@@ -1,0 +1,73 @@
+//! Failures of the `berth` command, each with its own exit code (documented in
+//! docs/operations.md) and a one-line message that names the fix.
+
+use std::path::Path;
+
+use vmm::arch::boot::BootError;
+use vmm::VmError;
+
+/// A reason `berth` exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The VM ran and then failed (KVM error, vCPU failure).
+    #[error("{0}")]
+    GuestFailed(String),
+    /// A file named on the command line is missing or unreadable.
+    #[error("{0}")]
+    File(String),
+    /// KVM is missing or not accessible.
+    #[error("{0}")]
+    Kvm(String),
+    /// The kernel cannot be booted.
+    #[error("{0}")]
+    Kernel(String),
+    /// The machine's size is not acceptable.
+    #[error("{0}")]
+    Config(String),
+    /// Building the VM failed for another reason.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl Failure {
+    /// A missing or unreadable file.
+    pub fn file(path: &Path, e: std::io::Error) -> Self {
+        let fix = match e.kind() {
+            std::io::ErrorKind::NotFound => "check the path",
+            std::io::ErrorKind::PermissionDenied => "check its permissions",
+            _ => "check the file",
+        };
+        Failure::File(format!("cannot open {}: {e}; {fix}", path.display()))
+    }
+
+    /// The process exit code.
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::GuestFailed(_) => 1,
+            Failure::File(_) => 3,
+            Failure::Kvm(_) => 4,
+            Failure::Kernel(_) => 5,
+            Failure::Config(_) => 6,
+            Failure::Setup(_) => 7,
+        }
+    }
+}
+
+impl From<VmError> for Failure {
+    fn from(e: VmError) -> Self {
+        let msg = e.to_string();
+        match e {
+            VmError::NoKvm | VmError::KvmPermission => Failure::Kvm(msg),
+            VmError::VcpuCount(_)
+            | VmError::KvmVcpuLimit { .. }
+            | VmError::MemoryTooSmall(_)
+            | VmError::MemoryAlloc(_) => Failure::Config(msg),
+            VmError::Boot(b) => match b {
+                BootError::Read { .. } => Failure::File(msg),
+                BootError::InitrdTooLarge { .. } | BootError::GuestMemory => Failure::Config(msg),
+                _ => Failure::Kernel(msg),
+            },
+            VmError::Kvm { .. } | VmError::Device(_) | VmError::Thread(_) => Failure::Setup(msg),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! x86-64 machine specifics: memory layout, Linux boot, registers, CPUID, MSRs and the MP table.
+
+pub mod boot;
+pub mod cpuid;
+pub mod layout;
+pub mod mptable;
+pub mod msr;
+pub mod regs;

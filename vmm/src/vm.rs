@@ -1,0 +1,387 @@
+//! The virtual machine: KVM VM and vCPUs, guest memory, legacy devices, and the run loop that
+//! ends with the reason the VM stopped.
+
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::boot::{self, BootError, LinuxBoot, LoadedKernel};
+use crate::arch::{cpuid, layout, mptable, msr, regs};
+use crate::bus::Bus;
+use crate::devices::cmos::{Cmos, CMOS_BASE};
+use crate::devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
+use crate::devices::serial::{Serial, SerialInput, COM1_BASE, COM1_IRQ};
+use crate::devices::IrqLine;
+use crate::vcpu;
+
+/// Smallest guest memory berth accepts: room for the kernel to decompress and run.
+pub const MIN_MEMORY_MIB: u64 = 32;
+
+/// What the VM looks like.
+#[derive(Clone, Copy, Debug)]
+pub struct MachineConfig {
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// Who asked for a reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetSource {
+    /// The guest pulsed the i8042 reset line (Linux `reboot=k`).
+    I8042,
+    /// A vCPU triple-faulted (Linux `reboot=t`, or a crash).
+    TripleFault,
+    /// KVM reported a reset system event.
+    Kvm,
+}
+
+impl std::fmt::Display for ResetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResetSource::I8042 => "i8042 reset line",
+            ResetSource::TripleFault => "triple fault",
+            ResetSource::Kvm => "KVM system event",
+        })
+    }
+}
+
+/// Why the VM stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest asked for a reset.
+    Reset(ResetSource),
+    /// The host asked the VM to stop (user quit, signal).
+    Stopped(String),
+    /// A vCPU failed; the text carries the KVM reason and the vCPU's registers.
+    Failed(String),
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::PowerOff => write!(f, "guest powered off"),
+            ExitReason::Reset(s) => write!(f, "guest requested reset ({s})"),
+            ExitReason::Stopped(why) => write!(f, "stopped by the host ({why})"),
+            ExitReason::Failed(why) => write!(f, "VM failed: {why}"),
+        }
+    }
+}
+
+/// Shared stop state: the first reason recorded wins, and waiters are woken.
+#[derive(Default)]
+pub struct VmControl {
+    reason: Mutex<Option<ExitReason>>,
+    changed: Condvar,
+}
+
+impl VmControl {
+    /// Records why the VM should stop, unless a reason is already recorded.
+    pub fn request_exit(&self, reason: ExitReason) {
+        let mut r = self.reason.lock().expect("control lock poisoned");
+        if r.is_none() {
+            *r = Some(reason);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Whether the VM has been asked to stop.
+    pub fn exit_requested(&self) -> bool {
+        self.reason.lock().expect("control lock poisoned").is_some()
+    }
+
+    /// The recorded reason, if any.
+    pub fn reason(&self) -> Option<ExitReason> {
+        self.reason.lock().expect("control lock poisoned").clone()
+    }
+
+    fn wait(&self) -> ExitReason {
+        let mut r = self.reason.lock().expect("control lock poisoned");
+        loop {
+            if let Some(reason) = r.as_ref() {
+                return reason.clone();
+            }
+            r = self.changed.wait(r).expect("control lock poisoned");
+        }
+    }
+}
+
+/// Why a VM could not be built or started.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm does not exist.
+    #[error("/dev/kvm not found: this host has no KVM (load kvm_intel or kvm_amd, or pass the device to the container)")]
+    NoKvm,
+    /// /dev/kvm is not accessible.
+    #[error("no permission to open /dev/kvm: run as root or join the kvm group")]
+    KvmPermission,
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        /// The operation.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// Bad vCPU count.
+    #[error("{0} vCPUs requested; berth supports 1 to {max}", max = mptable::MAX_CPUS)]
+    VcpuCount(u8),
+    /// This KVM cannot run that many vCPUs.
+    #[error("{asked} vCPUs requested but KVM allows at most {max}")]
+    KvmVcpuLimit {
+        /// Requested.
+        asked: u8,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// Memory too small.
+    #[error("{0} MiB of memory is too small; give the VM at least {MIN_MEMORY_MIB} MiB")]
+    MemoryTooSmall(u64),
+    /// Memory could not be mapped.
+    #[error("cannot allocate {0} MiB of guest memory")]
+    MemoryAlloc(u64),
+    /// Kernel, initrd or command line problem.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Device setup failed.
+    #[error("device setup failed: {0}")]
+    Device(String),
+    /// A vCPU thread could not be started.
+    #[error("cannot start vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A configured VM, ready to run.
+pub struct Vm {
+    fd: VmFd,
+    memory: GuestMemoryMmap,
+    vcpus: Vec<VcpuFd>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    control: Arc<VmControl>,
+    serial: Arc<Mutex<Serial>>,
+    config: MachineConfig,
+}
+
+impl Vm {
+    /// Creates the VM: memory, in-kernel IRQ chip and PIT, legacy devices and vCPUs.
+    /// The guest's serial console writes to `console`.
+    pub fn new(config: MachineConfig, console: Box<dyn Write + Send>) -> Result<Self, VmError> {
+        if config.vcpus == 0 || config.vcpus > mptable::MAX_CPUS {
+            return Err(VmError::VcpuCount(config.vcpus));
+        }
+        if config.memory_mib < MIN_MEMORY_MIB {
+            return Err(VmError::MemoryTooSmall(config.memory_mib));
+        }
+        let kvm = Kvm::new().map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENODEV => VmError::NoKvm,
+            libc::EACCES | libc::EPERM => VmError::KvmPermission,
+            _ => VmError::Kvm {
+                what: "open /dev/kvm",
+                source: e,
+            },
+        })?;
+        let max = kvm.get_max_vcpus();
+        if usize::from(config.vcpus) > max {
+            return Err(VmError::KvmVcpuLimit {
+                asked: config.vcpus,
+                max,
+            });
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("set TSS address"))?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("set identity map address"))?;
+        fd.create_irq_chip().map_err(kvm_err("create IRQ chip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+
+        let mem_bytes = config.memory_mib << 20;
+        let memory = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_bytes))
+            .map_err(|_| VmError::MemoryAlloc(config.memory_mib))?;
+        for (slot, region) in memory.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `memory`, which the Vm keeps until
+            // every vCPU has stopped.
+            unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("map guest memory"))?;
+        }
+
+        let control = Arc::new(VmControl::default());
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+        fd.register_irqfd(&irq, COM1_IRQ)
+            .map_err(kvm_err("register serial irqfd"))?;
+        let serial = Arc::new(Mutex::new(Serial::new(IrqLine(irq), console)));
+        let dev_err = |e: crate::bus::BusError| VmError::Device(e.to_string());
+        pio.insert(COM1_BASE, 8, serial.clone()).map_err(dev_err)?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(control.clone())));
+        pio.insert(DATA_PORT, 1, i8042.clone()).map_err(dev_err)?;
+        pio.insert(COMMAND_PORT, 1, i8042).map_err(dev_err)?;
+        pio.insert(CMOS_BASE, 2, Arc::new(Mutex::new(Cmos::default())))
+            .map_err(dev_err)?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("get supported CPUID"))?;
+        let msrs = Msrs::from_entries(&msr::boot_msrs())
+            .map_err(|e| VmError::Device(format!("MSR list: {e:?}")))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus.into());
+        for id in 0..config.vcpus {
+            let vcpu = fd.create_vcpu(id.into()).map_err(kvm_err("create vCPU"))?;
+            let mut c = supported.clone();
+            cpuid::adjust(c.as_mut_slice(), id, config.vcpus);
+            vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
+            // KVM stops at the first MSR it does not know; the rest keep their reset values,
+            // which Linux copes with, so a short count is not fatal.
+            vcpu.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
+            vcpu.set_fpu(&regs::boot_fpu())
+                .map_err(kvm_err("set FPU"))?;
+            let mut lapic = vcpu.get_lapic().map_err(kvm_err("get LAPIC"))?;
+            regs::configure_lint(&mut lapic);
+            vcpu.set_lapic(&lapic).map_err(kvm_err("set LAPIC"))?;
+            vcpus.push(vcpu);
+        }
+
+        Ok(Vm {
+            fd,
+            memory,
+            vcpus,
+            pio,
+            mmio,
+            control,
+            serial,
+            config,
+        })
+    }
+
+    /// Loads a Linux kernel, initrd and command line, writes the MP table and points the boot
+    /// vCPU at the kernel's 64-bit entry.
+    pub fn load_linux(&mut self, linux: &LinuxBoot) -> Result<LoadedKernel, VmError> {
+        mptable::setup(&self.memory, self.config.vcpus)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        let kernel = boot::load_linux(&self.memory, linux)?;
+        self.enter_long_mode(kernel.entry)?;
+        Ok(kernel)
+    }
+
+    /// Puts the boot vCPU in 64-bit mode (boot GDT, identity-mapped low 4 GiB) at `entry`,
+    /// with `rsi` pointing at the zero page. The other vCPUs wait for INIT/SIPI.
+    pub fn enter_long_mode(&mut self, entry: GuestAddress) -> Result<(), VmError> {
+        let bsp = &self.vcpus[0];
+        let sregs = bsp.get_sregs().map_err(kvm_err("get special registers"))?;
+        let sregs = regs::setup_long_mode(&self.memory, sregs)
+            .map_err(|_| VmError::MemoryTooSmall(self.config.memory_mib))?;
+        bsp.set_sregs(&sregs)
+            .map_err(kvm_err("set special registers"))?;
+        bsp.set_regs(&regs::boot_regs(entry.0))
+            .map_err(kvm_err("set registers"))?;
+        Ok(())
+    }
+
+    /// Guest memory, for loading payloads.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM, for devices that register irqfds and ioeventfds.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The port-I/O bus.
+    pub fn pio_bus(&self) -> &Arc<Bus> {
+        &self.pio
+    }
+
+    /// The MMIO bus.
+    pub fn mmio_bus(&self) -> &Arc<Bus> {
+        &self.mmio
+    }
+
+    /// The stop state, to stop the VM from another thread.
+    pub fn control(&self) -> Arc<VmControl> {
+        self.control.clone()
+    }
+
+    /// A handle that types into the serial console.
+    pub fn serial_input(&self) -> SerialInput {
+        SerialInput::new(self.serial.clone(), self.control.clone())
+    }
+
+    /// Runs every vCPU on its own thread until the VM stops, and returns why.
+    pub fn run(self) -> Result<ExitReason, VmError> {
+        // vCPU threads are kicked out of KVM_RUN with a signal whose handler does nothing.
+        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        register_signal_handler(SIGRTMIN(), noop)
+            .map_err(|e| VmError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
+
+        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
+        for (id, fd) in self.vcpus.into_iter().enumerate() {
+            let ctx = vcpu::VcpuContext {
+                id: id as u8,
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                control: self.control.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu::run(fd, ctx));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.control
+                        .request_exit(ExitReason::Failed(format!("cannot start vCPU {id}: {e}")));
+                    stop_threads(threads);
+                    return Err(VmError::Thread(e));
+                }
+            }
+        }
+        let reason = self.control.wait();
+        stop_threads(threads);
+        // Guest memory (self.memory) is dropped only here, after every vCPU has stopped.
+        drop(self.memory);
+        Ok(reason)
+    }
+}
+
+/// Kicks vCPU threads until they have all left KVM_RUN and ended. The kick repeats because a
+/// signal that lands just before a thread enters KVM_RUN is consumed without interrupting it.
+fn stop_threads(threads: Vec<JoinHandle<()>>) {
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(SIGRTMIN());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
