@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod block;
 pub mod bus;
 pub mod devices;
 mod vcpu;

@@ -1,0 +1,325 @@
+//! Unit-level tests of the raw and qcow2 backends: unaligned I/O, cluster boundaries, bounds,
+//! discard/write-zeroes, read-only refusals, the read-only backing chain and open errors.
+
+mod block_util;
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use block_util::{make_qcow2_base, pattern, qemu_img, s, Rng};
+use vmm::block::overlay::ensure_overlay;
+use vmm::block::{open_disk, BlockBackend, DiskError, DiskFormat, DiskOptions};
+
+const SIZE: u64 = 4 << 20;
+const CLUSTER: u64 = 65536;
+
+fn open(path: &Path, format: DiskFormat, read_only: bool) -> Box<dyn BlockBackend> {
+    open_disk(
+        path,
+        DiskOptions {
+            read_only,
+            format: Some(format),
+        },
+    )
+    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// The images every generic test runs on, each with the content it starts with.
+fn images(dir: &Path) -> Vec<(&'static str, PathBuf, DiskFormat, Vec<u8>)> {
+    let raw = dir.join("disk.raw");
+    let init = pattern(1, SIZE as usize);
+    std::fs::write(&raw, &init).unwrap();
+
+    let plain = dir.join("plain.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&plain), &SIZE.to_string()]);
+
+    let base = dir.join("base.qcow2");
+    make_qcow2_base(&base, SIZE);
+    let mut base_data = vec![0x5au8; (SIZE / 2) as usize];
+    base_data.resize(SIZE as usize, 0);
+    base_data[4096..104096].fill(0x11);
+    let over = dir.join("over.qcow2");
+    ensure_overlay(&base, &over, None).unwrap();
+
+    let raw_base = dir.join("base.raw");
+    let raw_base_data = pattern(2, SIZE as usize);
+    std::fs::write(&raw_base, &raw_base_data).unwrap();
+    let over_raw = dir.join("over-raw.qcow2");
+    ensure_overlay(&raw_base, &over_raw, Some(DiskFormat::Raw)).unwrap();
+
+    vec![
+        ("raw", raw, DiskFormat::Raw, init),
+        ("qcow2", plain, DiskFormat::Qcow2, vec![0; SIZE as usize]),
+        ("overlay on qcow2", over, DiskFormat::Qcow2, base_data),
+        ("overlay on raw", over_raw, DiskFormat::Qcow2, raw_base_data),
+    ]
+}
+
+/// Writes, zeroes and discards at random unaligned offsets, many across cluster boundaries,
+/// checking every read against an in-memory model, then again after reopening.
+#[test]
+fn random_io_matches_model() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path, fmt, init) in images(dir.path()) {
+        let raw_base = dir.path().join("base.raw");
+        let base_before = (name == "overlay on raw").then(|| std::fs::read(&raw_base).unwrap());
+        let mut model = init;
+        let mut disk = open(&path, fmt, false);
+        assert_eq!(disk.size(), SIZE, "{name}");
+        let mut rng = Rng(0x1234_5678 ^ name.len() as u64);
+        for i in 0..300u64 {
+            // Bias offsets to straddle cluster boundaries.
+            let off = if rng.below(2) == 0 {
+                (rng.below(SIZE / CLUSTER - 1) + 1) * CLUSTER - rng.below(5000)
+            } else {
+                rng.below(SIZE - 1)
+            };
+            let len = (1 + rng.below(150_000)).min(SIZE - off);
+            let (o, l) = (off as usize, len as usize);
+            match rng.below(10) {
+                0..=5 => {
+                    let data = pattern(i + 7, l);
+                    disk.write_at(&data, off).unwrap();
+                    model[o..o + l].copy_from_slice(&data);
+                }
+                6 => {
+                    disk.write_zeroes(off, len, rng.below(2) == 0).unwrap();
+                    model[o..o + l].fill(0);
+                }
+                7 => {
+                    disk.discard(off, len).unwrap();
+                    model[o..o + l].fill(0);
+                }
+                _ => {}
+            }
+            if i % 50 == 0 {
+                disk.flush().unwrap();
+            }
+            let mut buf = vec![0u8; l];
+            disk.read_at(&mut buf, off).unwrap();
+            assert!(buf == model[o..o + l], "{name}: op {i} at {off}+{len}");
+        }
+        disk.flush().unwrap();
+        drop(disk);
+        let mut disk = open(&path, fmt, true);
+        let mut all = vec![0u8; SIZE as usize];
+        disk.read_at(&mut all, 0).unwrap();
+        assert!(all == model, "{name}: content after reopen differs");
+        if let Some(before) = base_before {
+            assert!(
+                std::fs::read(&raw_base).unwrap() == before,
+                "raw base written"
+            );
+        }
+    }
+}
+
+#[test]
+fn out_of_range_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path, fmt, _) in images(dir.path()) {
+        let mut disk = open(&path, fmt, false);
+        let mut two = [0u8; 2];
+        for off in [SIZE - 1, SIZE, SIZE + 4096, u64::MAX - 1] {
+            let e = disk.read_at(&mut two, off).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnexpectedEof, "{name} read at {off}");
+            assert!(disk.write_at(&two, off).is_err(), "{name} write at {off}");
+            assert!(
+                disk.write_zeroes(off, 2, false).is_err(),
+                "{name} zero at {off}"
+            );
+            assert!(disk.discard(off, 2).is_err(), "{name} discard at {off}");
+        }
+        // Exactly up to the end is fine.
+        disk.write_at(&two, SIZE - 2).unwrap();
+        disk.read_at(&mut two, SIZE - 2).unwrap();
+        disk.read_at(&mut [], SIZE).unwrap();
+    }
+}
+
+#[test]
+fn read_only_refuses_writes_and_leaves_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path, fmt, _) in images(dir.path()) {
+        let before = std::fs::read(&path).unwrap();
+        let mut disk = open(&path, fmt, true);
+        assert!(disk.read_only(), "{name}");
+        let ro = |r: std::io::Result<()>| r.unwrap_err().kind() == ErrorKind::ReadOnlyFilesystem;
+        assert!(ro(disk.write_at(&[1, 2, 3], 100)), "{name}");
+        assert!(ro(disk.write_zeroes(0, 4096, true)), "{name}");
+        assert!(ro(disk.write_zeroes(0, 4096, false)), "{name}");
+        assert!(ro(disk.discard(0, 4096)), "{name}");
+        disk.flush().unwrap();
+        assert_eq!(open_access_modes(&path), vec![libc::O_RDONLY], "{name}");
+        drop(disk);
+        assert!(std::fs::read(&path).unwrap() == before, "{name} changed");
+    }
+}
+
+/// Access modes (`O_RDONLY`, `O_RDWR`, ...) of this process's open fds on `path`.
+fn open_access_modes(path: &Path) -> Vec<i32> {
+    let want = path.canonicalize().unwrap();
+    let mut modes = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(want.as_path()) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_str().unwrap()
+        ))
+        .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| i32::from_str_radix(f.trim(), 8).unwrap());
+        if let Some(f) = flags {
+            modes.push(f & libc::O_ACCMODE);
+        }
+    }
+    modes
+}
+
+/// Every image below the top of a chain is opened O_RDONLY, even when the top is writable.
+#[test]
+fn backing_chain_is_opened_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("bottom.raw");
+    std::fs::write(&raw, pattern(3, SIZE as usize)).unwrap();
+    let mid = d.join("mid.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&raw),
+        "-F",
+        "raw",
+        s(&mid),
+    ]);
+    let top = d.join("top.qcow2");
+    ensure_overlay(&mid, &top, None).unwrap();
+
+    let mut disk = open(&top, DiskFormat::Qcow2, false);
+    disk.write_at(&[9; 70000], 60000).unwrap();
+    disk.flush().unwrap();
+    assert_eq!(open_access_modes(&top), vec![libc::O_RDWR]);
+    assert_eq!(open_access_modes(&mid), vec![libc::O_RDONLY]);
+    assert_eq!(open_access_modes(&raw), vec![libc::O_RDONLY]);
+    let mut buf = vec![0u8; 4096];
+    disk.read_at(&mut buf, SIZE - 4096).unwrap();
+    assert!(buf == pattern(3, SIZE as usize)[(SIZE - 4096) as usize..]);
+}
+
+#[test]
+fn open_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let msg = |p: &Path, f: Option<DiskFormat>| {
+        let opts = DiskOptions {
+            read_only: false,
+            format: f,
+        };
+        let Err(e) = open_disk(p, opts) else {
+            panic!("{} opened", p.display())
+        };
+        let m = e.to_string();
+        assert!(!m.contains('\n'), "one line: {m}");
+        (e, m)
+    };
+
+    let (e, m) = msg(&d.join("nope.img"), None);
+    assert!(
+        matches!(e, DiskError::NotFound(_)) && m.contains("nope.img"),
+        "{m}"
+    );
+
+    let base = d.join("base.raw");
+    std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+    let over = d.join("over.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&base),
+        "-F",
+        "raw",
+        s(&over),
+    ]);
+    std::fs::remove_file(&base).unwrap();
+    let (e, m) = msg(&over, None);
+    assert!(matches!(e, DiskError::BackingMissing { .. }), "{m}");
+    assert!(m.contains("base.raw") && m.contains("restore"), "{m}");
+
+    let img = d.join("v.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&img), "1M"]);
+    let pristine = std::fs::read(&img).unwrap();
+    let patch = |at: usize, bytes: &[u8]| {
+        let mut b = pristine.clone();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        std::fs::write(&img, b).unwrap();
+    };
+    patch(4, &4u32.to_be_bytes());
+    let (e, m) = msg(&img, Some(DiskFormat::Qcow2));
+    assert!(
+        matches!(e, DiskError::Unsupported { .. }) && m.contains("version 4"),
+        "{m}"
+    );
+    patch(72, &1u64.to_be_bytes());
+    let (e, m) = msg(&img, None);
+    assert!(
+        matches!(e, DiskError::Corrupt { .. }) && m.contains("qemu-img check"),
+        "{m}"
+    );
+    patch(72, &(1u64 << 3).to_be_bytes());
+    let (e, m) = msg(&img, None);
+    assert!(
+        m.contains("compression") && m.contains("convert"),
+        "{m}: {e:?}"
+    );
+    patch(32, &1u32.to_be_bytes());
+    let (_, m) = msg(&img, None);
+    assert!(m.contains("encryption"), "{m}");
+}
+
+/// A raw guest disk whose first bytes are a qcow2 header naming a host file as its backing
+/// file must still be served raw when declared raw.
+#[test]
+fn declared_raw_is_never_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = d.join("secret");
+    std::fs::write(&secret, vec![0x42u8; 1 << 20]).unwrap();
+    let evil = d.join("guest.img");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&secret),
+        "-F",
+        "raw",
+        s(&evil),
+    ]);
+    let mut bytes = std::fs::read(&evil).unwrap();
+    bytes.resize(1 << 20, 0);
+    std::fs::write(&evil, &bytes).unwrap();
+
+    let mut disk = open(&evil, DiskFormat::Raw, false);
+    assert_eq!(disk.size(), 1 << 20);
+    let mut buf = vec![0u8; 4096];
+    disk.read_at(&mut buf, 0).unwrap();
+    assert!(buf[..4] == *b"QFI\xfb" && buf == bytes[..4096]);
+    assert!(open_access_modes(&secret).is_empty(), "backing file opened");
+    // Probing (for trusted images only) does see qcow2.
+    let probed = open_disk(&evil, DiskOptions::default()).unwrap();
+    let mut buf = vec![0u8; 16];
+    let mut probed = probed;
+    probed.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, vec![0x42; 16]);
+}
