@@ -105,7 +105,7 @@ echo 'root::0:0:root:/root:/bin/sh' > "$r/etc/passwd"
 echo 'root:x:0:' > "$r/etc/group"
 if [ -n "${BERTH_BIN:-}" ]; then
     [ -f "$BERTH_BIN" ] || die "BERTH_BIN=$BERTH_BIN does not exist"
-    if ldd "$BERTH_BIN" >/dev/null 2>&1; then
+    if ldd "$BERTH_BIN" 2>/dev/null | grep -q '=>'; then
         log "warning: $BERTH_BIN is dynamically linked; L1 has no libc, build it with +crt-static"
     fi
     install -m 755 "$BERTH_BIN" "$r/lab/bin/berth"

@@ -38,12 +38,17 @@ def get_berth(scenarios: list) -> tuple:
         return None, {s.name: f"not run: {first}" for s in needy}
 
 
-def execute(scenarios: list, tty_names=()) -> int:
-    """Build what is needed, run `scenarios` in the chosen mode, report. Returns exit status."""
-    berth, not_run = get_berth(scenarios)
+def execute(scenarios: list, mode=None, berth=None) -> int:
+    """Build what is needed, run `scenarios` in the chosen mode, report. Returns exit status.
+
+    `mode` (a (mode, reason) pair) and `berth` skip the probe and the build when already known.
+    """
+    not_run = {}
+    if berth is None:
+        berth, not_run = get_berth(scenarios)
     runnable = [s for s in scenarios if s.name not in not_run]
     l2 = images.l2_images()
-    mode, reason = modes.choose(berth, l2)
+    mode, reason = mode or modes.choose(berth, l2)
     say(f"mode {mode}: {reason}")
     logdir = new_logdir()
     console = Console(logdir / "console.log")
@@ -53,7 +58,7 @@ def execute(scenarios: list, tty_names=()) -> int:
         if runnable and mode == "direct":
             runner.run_direct(runnable, berth, l2, console)
         elif runnable:
-            plan = [(s.path, s.timeout, s.name in tty_names) for s in runnable]
+            plan = [(s.path, s.timeout, False) for s in runnable]
             imgs = images.l1_image(plan, berth)
             rc, timed_out = runner.run_l1(runnable, imgs, console)
             if timed_out:
@@ -119,9 +124,6 @@ def cmd_demo(args) -> int:
     shell = demo.interactive()
     with tempfile.TemporaryDirectory(prefix="lab-demo.") as tmp:
         sc = demo.write_scenario(Path(tmp), shell)
-        if not shell:
-            say("stdin is not a terminal: the demo guest runs l2.action=reboot and ends by itself")
-            return execute([sc])
         try:
             berth = images.berth_binary()
         except images.BuildError as e:
@@ -129,17 +131,22 @@ def cmd_demo(args) -> int:
             return 1
         l2 = images.l2_images()
         mode, reason = modes.choose(berth, l2)
+        if mode != "direct":
+            print(demo.BANNER_L1.format(reason=reason), flush=True)
+        if not shell:
+            say("stdin is not a terminal: the demo guest runs l2.action=reboot and ends by itself")
+            return execute([sc], mode=(mode, reason), berth=berth)
         if mode == "direct":
             say(f"mode direct: {reason}")
-            print(demo.HINTS.replace("Ctrl-A x kills the outer QEMU.", ""), flush=True)
+            print(demo.HINTS, flush=True)
             return demo.run_attached([str(berth), "vm", "--kernel", l2["L2_KERNEL"],
                                       "--initrd", l2["L2_INITRD"], "--cpus", "2",
                                       "--memory", "512", "--cmdline",
                                       "console=ttyS0 quiet panic=-1 reboot=k l2.action=shell"])
-        print(demo.BANNER_L1.format(reason=reason), flush=True)
         imgs = images.l1_image([(sc.path, sc.timeout, True)], berth)
         print(demo.HINTS, flush=True)
-        serial = ["-chardev", "stdio,id=con,mux=on,signal=off", "-serial", "chardev:con"]
+        # No mux and no signals: every key (Ctrl-C, Ctrl-A) passes through to L1 and on to berth.
+        serial = ["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con"]
         return demo.run_attached(runner.l1_command(imgs, serial))
 
 

@@ -36,7 +36,7 @@ lab demo: this takes ~1-2 minutes before the guest's shell appears."""
 HINTS = """\
 lab demo: in the guest shell try: grep -c processor /proc/cpuinfo; free; uname -a
 lab demo: 'exit' ends the demo (the guest reboots, berth exits, L1 powers off).
-lab demo: Ctrl-C goes to the guest; Ctrl-A x kills the outer QEMU."""
+lab demo: Ctrl-C goes to the guest; Ctrl-A x is berth's escape: it stops the VM."""
 
 
 def interactive() -> bool:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 LAB_DIR = Path(__file__).resolve().parent.parent
 REPO = LAB_DIR.parent.parent
-SCENARIO_DIR = LAB_DIR / "scenarios"
+# LAB_SCENARIO_DIR: run scenarios from another directory (e.g. while writing new ones).
+SCENARIO_DIR = Path(os.environ.get("LAB_SCENARIO_DIR") or LAB_DIR / "scenarios").resolve()
 GUEST_IMAGES = REPO / "guest-images"
 TARGET = REPO / "target"
 LOG_ROOT = TARGET / "lab-logs"

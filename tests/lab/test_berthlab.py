@@ -1,0 +1,103 @@
+"""Unit tests of the lab harness itself (no QEMU needed): python3 tests/lab/test_berthlab.py"""
+
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from berthlab import scenario as sc_mod  # noqa: E402
+from berthlab.console import Console, clean  # noqa: E402
+
+HEADER = """\
+#!/bin/sh
+# description: a test scenario
+# timeout: 42
+# needs: berth
+# expect: L2-UP cpus=1
+# expect: (?i)reset
+# reject: Kernel panic
+# expect: NOT-A-HEADER-AFTER-CODE
+echo hi
+# expect: IGNORED
+"""
+
+
+class ScenarioTest(unittest.TestCase):
+    def load(self, text=HEADER):
+        d = tempfile.mkdtemp()
+        p = Path(d) / "x.sh"
+        p.write_text(text)
+        return sc_mod.Scenario.load(p)
+
+    def test_headers(self):
+        sc = self.load()
+        self.assertEqual(sc.name, "x")
+        self.assertEqual(sc.description, "a test scenario")
+        self.assertEqual(sc.timeout, 42)
+        self.assertEqual(sc.needs, ["berth"])
+        self.assertEqual(sc.expect, ["L2-UP cpus=1", "(?i)reset", "NOT-A-HEADER-AFTER-CODE"])
+        self.assertEqual(sc.reject, ["Kernel panic"])
+
+    def test_default_timeout(self):
+        self.assertEqual(self.load("# description: d\necho\n").timeout, sc_mod.DEFAULT_TIMEOUT)
+
+    def judge(self, out, **kw):
+        sc = self.load("# expect: L2-UP cpus=1\n# expect: (?i)reset\n# reject: Kernel panic\n")
+        args = dict(begun=True, ended=True, rc=0, timed_out=False) | kw
+        return sc_mod.judge(sc, out, **args)
+
+    def test_pass(self):
+        self.assertEqual(self.judge("L2-UP cpus=1 mem_kb=1\nberth: guest requested RESET\n").status,
+                         sc_mod.PASS)
+
+    def test_missing_expect_and_reject(self):
+        v = self.judge("L2-UP cpus=2\nKernel panic - not syncing\n")
+        self.assertEqual(v.status, sc_mod.FAIL)
+        self.assertEqual(len(v.reasons), 3)
+
+    def test_skip(self):
+        v = self.judge("SKIP: no tap device\n")
+        self.assertEqual((v.status, v.reasons), (sc_mod.SKIP, ["no tap device"]))
+
+    def test_timeout_rc_and_not_run(self):
+        ok = "L2-UP cpus=1\nreset\n"
+        self.assertIn("timed out", self.judge(ok, timed_out=True, rc=137).reasons[0])
+        self.assertIn("rc=3", self.judge(ok, rc=3).reasons[0])
+        self.assertIn("END", self.judge(ok, ended=False, rc=None).reasons[0])
+        self.assertIn("never started", self.judge("", begun=False).reasons[0])
+
+
+class ConsoleTest(unittest.TestCase):
+    def test_split(self):
+        with tempfile.TemporaryDirectory() as d:
+            c = Console(Path(d) / "console.log", echo=False)
+            for line in ["noise", "L1-READY uptime=1", "=== SCENARIO a BEGIN timeout=5", "one\r",
+                         "=== SCENARIO a END rc=0 secs=1.0", "=== SCENARIO b BEGIN timeout=5",
+                         "two", "=== SCENARIO b TIMEOUT after 5s",
+                         "=== SCENARIO b END rc=137 secs=5.0", "L1-DONE"]:
+                c.feed(line + "\n")
+            c.close()
+            a, b = c.sections["a"], c.sections["b"]
+            self.assertEqual((a.lines, a.rc, a.ended, a.timed_out), (["one"], 0, True, False))
+            self.assertEqual((b.rc, b.timed_out), (137, True))
+            self.assertIn("L1-READY", c.markers)
+            self.assertIn("L1-DONE", c.markers)
+            self.assertIn("] noise", (Path(d) / "console.log").read_text())
+
+    def test_clean(self):
+        self.assertEqual(clean("\x1bc\x1b[?7l\x1b[2JSeaBIOS\r"), "SeaBIOS")
+
+
+class RealScenariosTest(unittest.TestCase):
+    def test_all_scenarios_parse(self):
+        found = sc_mod.discover()
+        self.assertIn("qemu-microvm", found)
+        for sc in found.values():
+            self.assertTrue(sc.description, f"{sc.path} has no '# description:'")
+            self.assertTrue(sc.expect, f"{sc.path} has no '# expect:'")
+
+
+if __name__ == "__main__":
+    unittest.main()
