@@ -3,7 +3,9 @@
 //!
 //! [`vm::Vm`] owns the VM: guest memory, the in-kernel IRQ chip and PIT, the legacy devices on
 //! the port-I/O [`bus`], and one thread per vCPU. [`arch`] holds the x86 specifics (memory
-//! map, Linux boot protocol, registers, CPUID, MP table); [`devices`] the device models.
+//! map, Linux boot protocol, registers, CPUID, MP table); [`devices`] the legacy device models;
+//! [`pci`] the PCI bus, configuration access and MSI-X; [`virtio`] the virtio-pci transport and
+//! virtio devices; [`block`] the storage behind disks; [`irq`] KVM interrupt routing.
 
 #![deny(missing_docs)]
 
@@ -11,7 +13,10 @@ pub mod arch;
 pub mod block;
 pub mod bus;
 pub mod devices;
+pub mod irq;
+pub mod pci;
 mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use arch::boot::{KernelFormat, LinuxBoot, LoadedKernel};

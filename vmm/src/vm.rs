@@ -21,7 +21,12 @@ use crate::devices::cmos::{Cmos, CMOS_BASE};
 use crate::devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
 use crate::devices::serial::{Serial, SerialInput, COM1_BASE, COM1_IRQ};
 use crate::devices::IrqLine;
+use crate::irq::KvmIrqRouter;
+use crate::pci::access::{PciConfigIo, PciConfigMmio, CONFIG_IO_BASE, CONFIG_IO_LEN};
+use crate::pci::{PciBus, SharedPciDevice};
 use crate::vcpu;
+use crate::virtio::pci::{KvmIoEvents, VirtioPci};
+use crate::virtio::VirtioDevice;
 
 /// Smallest guest memory berth accepts: room for the kernel to decompress and run.
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -169,7 +174,9 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// A configured VM, ready to run.
 pub struct Vm {
-    fd: VmFd,
+    fd: Arc<VmFd>,
+    pci: Arc<PciBus>,
+    router: Arc<KvmIrqRouter>,
     memory: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
@@ -204,7 +211,7 @@ impl Vm {
                 max,
             });
         }
-        let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        let fd = Arc::new(kvm.create_vm().map_err(kvm_err("create VM"))?);
         fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(kvm_err("set TSS address"))?;
         fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
@@ -248,6 +255,21 @@ impl Vm {
         pio.insert(CMOS_BASE, 2, Arc::new(Mutex::new(Cmos::default())))
             .map_err(dev_err)?;
 
+        let pci = Arc::new(PciBus::new(mmio.clone()));
+        pio.insert(
+            CONFIG_IO_BASE,
+            CONFIG_IO_LEN,
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        )
+        .map_err(dev_err)?;
+        mmio.insert(
+            layout::ECAM_BASE,
+            layout::ECAM_SIZE,
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+        )
+        .map_err(dev_err)?;
+        let router = Arc::new(KvmIrqRouter::new(fd.clone()));
+
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported CPUID"))?;
@@ -272,6 +294,8 @@ impl Vm {
 
         Ok(Vm {
             fd,
+            pci,
+            router,
             memory,
             vcpus,
             pio,
@@ -303,6 +327,23 @@ impl Vm {
             .map_err(kvm_err("set special registers"))?;
         bsp.set_regs(&regs::boot_regs(entry.0))
             .map_err(kvm_err("set registers"))?;
+        Ok(())
+    }
+
+    /// Plugs a virtio device into the PCI bus.
+    pub fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), VmError> {
+        let dev = VirtioPci::new(
+            device,
+            self.memory.clone(),
+            &self.pci,
+            self.router.clone(),
+            Arc::new(KvmIoEvents(self.fd.clone())),
+        )
+        .map_err(|e| VmError::Device(e.to_string()))?;
+        let shared: SharedPciDevice = Arc::new(Mutex::new(dev));
+        self.pci
+            .add(shared)
+            .map_err(|e| VmError::Device(e.to_string()))?;
         Ok(())
     }
 
@@ -366,6 +407,10 @@ impl Vm {
         }
         let reason = self.control.wait();
         stop_threads(threads);
+        // Devices stop after the vCPUs, so no request is in flight; disks are flushed here.
+        for dev in self.pci.devices() {
+            dev.lock().expect("PCI device lock poisoned").shutdown();
+        }
         // Guest memory (self.memory) is dropped only here, after every vCPU has stopped.
         drop(self.memory);
         Ok(reason)

@@ -162,8 +162,11 @@ fn triple_fault_is_a_reset_and_internal_errors_carry_registers() {
     }
 }
 
+/// MMIO writes seen: (offset, bytes).
+type Writes = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 /// Records MMIO writes and answers reads with a fixed byte.
-struct MmioProbe(Arc<Mutex<Vec<(u64, Vec<u8>)>>>);
+struct MmioProbe(Writes);
 
 impl BusDevice for MmioProbe {
     fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {

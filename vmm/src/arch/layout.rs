@@ -29,6 +29,16 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole below 4 GiB.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Start of the window where PCI BARs are placed (the bottom of the hole).
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+/// End of the PCI BAR window, where ECAM starts.
+pub const PCI_MMIO_END: u64 = ECAM_BASE;
+/// PCI express enhanced configuration access window (bus 0 only).
+pub const ECAM_BASE: u64 = 0xe000_0000;
+/// Size of the ECAM window: one bus of 32 devices x 8 functions x 4 KiB.
+pub const ECAM_SIZE: u64 = 1 << 20;
+/// Start of the reserved top of the hole: IOAPIC, LAPIC and KVM's private pages.
+pub const SYSTEM_RESERVED_START: u64 = IOAPIC_START;
 /// End of the 32-bit MMIO hole, and start of high RAM.
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 /// Default IOAPIC address.
@@ -80,7 +90,7 @@ pub struct E820Entry {
 }
 
 /// The e820 map matching [`ram_regions`]: RAM below the EBDA, RAM from 1 MiB up to the hole (or
-/// the end of memory), RAM above 4 GiB; the EBDA and the MMIO hole are reserved.
+/// the end of memory), RAM above 4 GiB; the EBDA, ECAM and the system pages are reserved.
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
@@ -100,10 +110,16 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
         size: low_end - HIMEM_START,
         kind: E820Type::Ram,
     });
-    // The hole holds the IOAPIC, LAPIC and KVM's private pages; the kernel must not use it.
+    // The PCI BAR window stays a gap (as on a PC, so the kernel may place BARs there); ECAM
+    // and the IOAPIC/LAPIC/KVM pages at the top are reserved.
     map.push(E820Entry {
-        addr: MMIO_HOLE_START,
-        size: MMIO_HOLE_END - MMIO_HOLE_START,
+        addr: ECAM_BASE,
+        size: ECAM_SIZE,
+        kind: E820Type::Reserved,
+    });
+    map.push(E820Entry {
+        addr: SYSTEM_RESERVED_START,
+        size: MMIO_HOLE_END - SYSTEM_RESERVED_START,
         kind: E820Type::Reserved,
     });
     if mem_size > MMIO_HOLE_START {
@@ -186,7 +202,10 @@ mod tests {
             assert!(a < EBDA_START);
         }
         assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(KVM_TSS_ADDRESS + 3 * 4096 <= MMIO_HOLE_END);
-        assert!(KVM_IDENTITY_MAP_ADDRESS > APIC_START);
+        const {
+            assert!(KVM_TSS_ADDRESS + 3 * 4096 <= MMIO_HOLE_END);
+            assert!(KVM_IDENTITY_MAP_ADDRESS > APIC_START);
+            assert!(PCI_MMIO_START < PCI_MMIO_END && ECAM_BASE + ECAM_SIZE <= IOAPIC_START);
+        }
     }
 }

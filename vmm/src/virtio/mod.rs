@@ -1,0 +1,112 @@
+//! Virtio devices and their PCI transport.
+//!
+//! A device implements [`VirtioDevice`]: its identity, features, configuration space, and
+//! what to do when the driver sets DRIVER_OK ([`VirtioDevice::activate`]) or resets it. The
+//! transport in [`pci`] does everything else (feature negotiation, queue setup, notifications,
+//! MSI-X).
+
+pub mod block;
+pub mod pci;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Device type ids.
+pub mod types {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+}
+
+/// Feature bits shared by all devices.
+pub mod features {
+    /// Indirect descriptors.
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    /// used_event/avail_event notification suppression.
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    /// Virtio 1.x (modern) device.
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// Device status bits.
+pub mod status {
+    /// The guest noticed the device.
+    pub const ACKNOWLEDGE: u8 = 1;
+    /// The guest has a driver.
+    pub const DRIVER: u8 = 2;
+    /// The driver is ready.
+    pub const DRIVER_OK: u8 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u8 = 8;
+    /// The device hit an error and needs a reset.
+    pub const DEVICE_NEEDS_RESET: u8 = 0x40;
+    /// The driver gave up on the device.
+    pub const FAILED: u8 = 0x80;
+}
+
+/// How a device raises interrupts once active.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Tells the driver that queue `queue` has used buffers.
+    fn notify_queue(&self, queue: u16);
+    /// Tells the driver the configuration space changed.
+    fn notify_config(&self);
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct ActivateContext {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The queues as the driver configured them, by index.
+    pub queues: Vec<Queue>,
+    /// Notification eventfds, one per queue, written when the driver kicks the queue.
+    pub queue_events: Vec<EventFd>,
+    /// Interrupt delivery.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot activate virtio device: {0}")]
+pub struct ActivateError(pub String);
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// Device type (see [`types`]).
+    fn device_type(&self) -> u32;
+    /// PCI class code for the device (class, subclass, programming interface).
+    fn pci_class(&self) -> (u8, u8, u8);
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers.
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space (ignored by default).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts the device with the queues the driver set up.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Stops the device and returns it to its initial state (the driver may set it up again).
+    fn reset(&mut self);
+    /// The VM is stopping: stop and make everything durable.
+    fn shutdown(&mut self) {
+        self.reset();
+    }
+}
+
+/// Copies `data.len()` bytes of a config structure at `offset`; reads past its end read zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
