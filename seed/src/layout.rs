@@ -58,7 +58,8 @@ pub(crate) fn files(
 ) -> (&'static str, BTreeMap<String, Vec<u8>>) {
     let mut files = BTreeMap::new();
     // Serialising a map of JSON values cannot fail.
-    let md = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+    let mut md = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+    md.push(b'\n');
     match format {
         Format::ConfigDrive => {
             for version in CONFIG_DRIVE_VERSIONS {
@@ -102,7 +103,9 @@ fn network_data(mac: Mac) -> Vec<u8> {
         }],
         "services": [],
     });
-    serde_json::to_vec_pretty(&doc).expect("network data serialises")
+    let mut bytes = serde_json::to_vec_pretty(&doc).expect("network data serialises");
+    bytes.push(b'\n');
+    bytes
 }
 
 /// NoCloud network config version 2: DHCP on the NIC with `mac`.
