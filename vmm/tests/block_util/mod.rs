@@ -76,10 +76,15 @@ pub fn qemu_img_check(img: &Path) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// `qemu-img info --output=json`, lightly parsed: the value of `"key": ` as text.
+/// `qemu-img info`/`check` `--output=json`, lightly parsed: the value of `"key": ` as text.
 pub fn info_field(json: &str, key: &str) -> Option<String> {
+    // Prefer a top-level key (4 spaces in), over the same key in nested children.
+    let top = format!("\n    \"{key}\": ");
     let pat = format!("\"{key}\": ");
-    let start = json.find(&pat)? + pat.len();
+    let start = match json.find(&top) {
+        Some(i) => i + top.len(),
+        None => json.find(&pat)? + pat.len(),
+    };
     let rest = &json[start..];
     let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
     Some(rest[..end].trim().trim_matches('"').to_string())
