@@ -27,6 +27,15 @@ pub enum Failure {
     /// Building the VM failed for another reason.
     #[error("{0}")]
     Setup(String),
+    /// A command-line value is malformed (beyond what the parser checks).
+    #[error("{0}")]
+    Usage(String),
+    /// A disk image cannot be opened or created.
+    #[error("{0}")]
+    Disk(String),
+    /// Bad seed input: invalid or oversized metadata or user data, a bad MAC or host name.
+    #[error("{0}")]
+    Input(String),
 }
 
 impl Failure {
@@ -49,6 +58,9 @@ impl Failure {
             Failure::Kernel(_) => 5,
             Failure::Config(_) => 6,
             Failure::Setup(_) => 7,
+            Failure::Usage(_) => 2,
+            Failure::Disk(_) => 9,
+            Failure::Input(_) => 8,
         }
     }
 }
