@@ -1,1 +1,24 @@
-//! Pod network plumbing (bridge, tap, nftables NAT over netlink) and the DHCP responder. Not yet built: see the network issue.
+//! Pod network plumbing for berth: the VM takes over the pod's IPv4 address.
+//!
+//! [`PodNetwork::setup`] reads the pod's interface and resolv.conf, creates the bridge with
+//! VM_GW/30 and a tap enslaved to it, enables forwarding and installs the NAT table
+//! ([`nft`]); [`DhcpServer::spawn`] gives the VM its one lease. Everything is netlink and
+//! sockets: no external program runs. See README.md for the table and the DHCP options.
+
+pub mod config;
+pub mod dhcp;
+pub mod error;
+pub mod mac;
+pub mod nft;
+mod nlattr;
+pub mod pod;
+pub mod resolv;
+pub mod rtnl;
+pub mod tap;
+
+pub use config::NetConfig;
+pub use dhcp::{DhcpConfig, DhcpServer, Responder};
+pub use error::{Error, Result};
+pub use mac::MacAddr;
+pub use pod::{PodInfo, PodNetwork};
+pub use resolv::DnsConfig;

@@ -1,0 +1,221 @@
+//! The network configuration berth's entrypoint hands to [`crate::PodNetwork::setup`].
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::mac::MacAddr;
+
+/// Default address the VM gets by DHCP.
+pub const DEFAULT_VM_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 2);
+/// Default address of the bridge, the VM's gateway.
+pub const DEFAULT_VM_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 1);
+/// The TCP port kept in the pod for berth's VNC server unless `NO_VNC` is set.
+pub const VNC_PORT: u16 = 5900;
+
+/// How berth wires the VM into the pod's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The VM's address (`VM_IP`).
+    pub vm_ip: Ipv4Addr,
+    /// The bridge's address and the VM's default gateway (`VM_GW`); same /30 as `vm_ip`.
+    pub vm_gw: Ipv4Addr,
+    /// `NO_VNC`: DNAT tcp/5900 to the VM too instead of keeping it for berth's VNC server.
+    pub no_vnc: bool,
+    /// `NO_DHCP`: do not run the DHCP responder.
+    pub no_dhcp: bool,
+    /// The VM NIC's MAC (`VM_MAC`, else derived from the hostname).
+    pub vm_mac: MacAddr,
+    /// The hostname handed to the VM (DHCP option 12); empty means none is sent.
+    pub hostname: String,
+    /// The pod's interface whose IPv4 address the VM takes over.
+    pub pod_iface: String,
+    /// The resolv.conf whose nameservers and search list the VM gets.
+    pub resolv_conf: PathBuf,
+    /// The bridge's name.
+    pub bridge: String,
+    /// The tap's name.
+    pub tap: String,
+    /// The tun clone device.
+    pub tun_device: PathBuf,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            vm_ip: DEFAULT_VM_IP,
+            vm_gw: DEFAULT_VM_GW,
+            no_vnc: false,
+            no_dhcp: false,
+            vm_mac: MacAddr::from_hostname(""),
+            hostname: String::new(),
+            pod_iface: "eth0".into(),
+            resolv_conf: "/etc/resolv.conf".into(),
+            bridge: "br0".into(),
+            tap: "berthtap0".into(),
+            tun_device: "/dev/net/tun".into(),
+        }
+    }
+}
+
+/// True when a flag variable such as `NO_VNC` is set. The original tested `[ -n "$NO_VNC" ]`,
+/// so any non-empty value (even "0") turns it on.
+fn flag(env: &HashMap<String, String>, var: &str) -> bool {
+    env.get(var).is_some_and(|v| !v.is_empty())
+}
+
+fn ip(env: &HashMap<String, String>, var: &'static str, default: Ipv4Addr) -> Result<Ipv4Addr> {
+    match env.get(var).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| Error::BadValue {
+            var,
+            value: v.into(),
+            why: "expected a dotted IPv4 address such as 192.168.254.2",
+        }),
+    }
+}
+
+impl NetConfig {
+    /// Builds a validated config from environment variables: `VM_IP`, `VM_GW`, `NO_VNC`,
+    /// `NO_DHCP`, `VM_MAC`, `HOSTNAME`, and berth's own `POD_IFACE` (default eth0) and
+    /// `RESOLV_CONF` (default /etc/resolv.conf).
+    pub fn from_env_map(env: &HashMap<String, String>) -> Result<NetConfig> {
+        let hostname = env.get("HOSTNAME").cloned().unwrap_or_default();
+        let vm_mac = match env.get("VM_MAC").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => MacAddr::from_hostname(&hostname),
+            Some(v) => v.parse().map_err(|e: crate::mac::MacParseError| Error::BadValue {
+                var: "VM_MAC",
+                value: v.into(),
+                why: match e {
+                    crate::mac::MacParseError::Syntax => "expected six hex bytes like 02:00:00:12:34:56",
+                    crate::mac::MacParseError::Multicast => "a multicast MAC cannot be a NIC's address",
+                    crate::mac::MacParseError::Zero => "the all-zero MAC cannot be a NIC's address",
+                },
+            })?,
+        };
+        let mut cfg = NetConfig {
+            vm_ip: ip(env, "VM_IP", DEFAULT_VM_IP)?,
+            vm_gw: ip(env, "VM_GW", DEFAULT_VM_GW)?,
+            no_vnc: flag(env, "NO_VNC"),
+            no_dhcp: flag(env, "NO_DHCP"),
+            vm_mac,
+            hostname,
+            ..NetConfig::default()
+        };
+        if let Some(v) = env.get("POD_IFACE").filter(|v| !v.is_empty()) {
+            cfg.pod_iface = v.clone();
+        }
+        if let Some(v) = env.get("RESOLV_CONF").filter(|v| !v.is_empty()) {
+            cfg.resolv_conf = v.into();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that VM_IP and VM_GW are the two host addresses of one /30, that the MAC is
+    /// unicast, and that the interface names fit the kernel's limit.
+    pub fn validate(&self) -> Result<()> {
+        let (ip, gw) = (u32::from(self.vm_ip), u32::from(self.vm_gw));
+        let host = |a: u32| a & 3 == 1 || a & 3 == 2;
+        if ip & !3 != gw & !3 || ip == gw || !host(ip) || !host(gw) {
+            return Err(Error::BadVmSubnet { vm_ip: self.vm_ip, vm_gw: self.vm_gw });
+        }
+        if self.vm_mac.is_multicast() || self.vm_mac.is_zero() {
+            return Err(Error::BadValue {
+                var: "VM_MAC",
+                value: self.vm_mac.to_string(),
+                why: "the VM's MAC must be unicast and non-zero",
+            });
+        }
+        for (var, name) in [("POD_IFACE", &self.pod_iface), ("bridge", &self.bridge), ("tap", &self.tap)] {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
+                return Err(Error::BadValue {
+                    var,
+                    value: name.clone(),
+                    why: "an interface name is 1 to 15 characters without '/', ':' or spaces",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The /30's netmask, 255.255.255.252.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::new(255, 255, 255, 252)
+    }
+
+    /// The /30's broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.vm_gw) | 3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = NetConfig::from_env_map(&env(&[("HOSTNAME", "vm-0")])).unwrap();
+        assert_eq!(c.vm_ip, DEFAULT_VM_IP);
+        assert_eq!(c.vm_gw, DEFAULT_VM_GW);
+        assert!(!c.no_vnc && !c.no_dhcp);
+        assert_eq!(c.vm_mac, MacAddr::from_hostname("vm-0"));
+        assert_eq!(c.pod_iface, "eth0");
+        assert_eq!(c.broadcast(), Ipv4Addr::new(192, 168, 254, 3));
+    }
+
+    #[test]
+    fn overrides() {
+        let c = NetConfig::from_env_map(&env(&[
+            ("VM_IP", "10.1.1.5"),
+            ("VM_GW", "10.1.1.6"),
+            ("NO_VNC", "1"),
+            ("NO_DHCP", "yes"),
+            ("VM_MAC", "02:11:22:33:44:55"),
+            ("POD_IFACE", "net1"),
+            ("RESOLV_CONF", "/tmp/r"),
+        ]))
+        .unwrap();
+        assert_eq!((c.vm_ip, c.vm_gw), ("10.1.1.5".parse().unwrap(), "10.1.1.6".parse().unwrap()));
+        assert!(c.no_vnc && c.no_dhcp);
+        assert_eq!(c.vm_mac.to_string(), "02:11:22:33:44:55");
+        assert_eq!(c.pod_iface, "net1");
+        assert_eq!(c.resolv_conf, PathBuf::from("/tmp/r"));
+        // Empty flags are unset, as in the original's `[ -n "$NO_VNC" ]`.
+        let c = NetConfig::from_env_map(&env(&[("NO_VNC", ""), ("NO_DHCP", "")])).unwrap();
+        assert!(!c.no_vnc && !c.no_dhcp);
+    }
+
+    #[test]
+    fn rejects_bad_subnets() {
+        for (ip, gw) in [
+            ("192.168.254.2", "192.168.254.2"), // equal
+            ("192.168.254.2", "192.168.254.5"), // other /30
+            ("192.168.254.0", "192.168.254.1"), // network address
+            ("192.168.254.3", "192.168.254.1"), // broadcast address
+            ("192.168.254.1", "192.168.254.3"),
+        ] {
+            let e = NetConfig::from_env_map(&env(&[("VM_IP", ip), ("VM_GW", gw)])).unwrap_err();
+            assert!(matches!(e, Error::BadVmSubnet { .. }), "{ip} {gw}: {e}");
+            assert!(e.to_string().contains("/30"));
+        }
+        let ok = NetConfig::from_env_map(&env(&[("VM_IP", "192.168.254.1"), ("VM_GW", "192.168.254.2")]));
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for (k, v) in [("VM_IP", "300.1.1.1"), ("VM_GW", "x"), ("VM_MAC", "01:00:00:00:00:01"), ("VM_MAC", "zz")] {
+            let e = NetConfig::from_env_map(&env(&[(k, v)])).unwrap_err();
+            assert!(matches!(e, Error::BadValue { var, .. } if var == k), "{k}={v}: {e}");
+        }
+        let e = NetConfig::from_env_map(&env(&[("POD_IFACE", "a-very-long-interface-name")])).unwrap_err();
+        assert!(matches!(e, Error::BadValue { .. }));
+    }
+}

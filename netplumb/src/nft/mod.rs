@@ -1,0 +1,293 @@
+//! berth's NAT as one nftables table, written over NETLINK_NETFILTER in a single atomic batch.
+//!
+//! The table (what `nft list table ip berth` prints):
+//! ```text
+//! table ip berth {
+//!     chain prerouting {
+//!         type nat hook prerouting priority dstnat; policy accept;
+//!         ip daddr POD_IP tcp dport 5900 return      # absent with NO_VNC
+//!         ip daddr POD_IP dnat to VM_IP
+//!     }
+//!     chain postrouting {
+//!         type nat hook postrouting priority srcnat; policy accept;
+//!         ip saddr VM_IP snat to POD_IP
+//!     }
+//! }
+//! ```
+
+pub mod expr;
+
+use std::net::Ipv4Addr;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+use crate::error::{Error, Result};
+use crate::nlattr::{parse_replies, NlBuf, NLMSG_ERROR};
+use expr::{ip_addr_eq, CmpOp, Expr, MetaKey, NatKind, PayloadBase, Verdict, REG_1};
+
+/// The table's name (family ip).
+pub const TABLE: &str = "berth";
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+const NFNL_MSG_BATCH_END: u16 = 17;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_POST_ROUTING: u32 = 4;
+const NF_IP_PRI_NAT_DST: i32 = -100;
+const NF_IP_PRI_NAT_SRC: i32 = 100;
+const NFPROTO_IPV4: u8 = 2;
+const AF_UNSPEC: u8 = 0;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+
+/// What the NAT table maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatSpec {
+    /// The pod's IPv4 address: traffic to it goes to the VM, the VM's traffic leaves as it.
+    pub pod_ip: Ipv4Addr,
+    /// The VM's address.
+    pub vm_ip: Ipv4Addr,
+    /// Keep tcp/`vnc_port` in the pod (berth's VNC server) instead of forwarding it.
+    pub keep_vnc: bool,
+    /// The VNC port (5900).
+    pub vnc_port: u16,
+}
+
+/// The rules of the table, as (chain, expressions) in order.
+pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
+    let mut out = Vec::new();
+    if spec.keep_vnc {
+        // `tcp dport 5900` is nft's shorthand for `meta l4proto tcp` + `th dport 5900`.
+        let mut e = ip_addr_eq(16, spec.pod_ip).to_vec();
+        e.push(Expr::Meta { key: MetaKey::L4Proto, dreg: REG_1 });
+        e.push(Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: vec![libc::IPPROTO_TCP as u8] });
+        e.push(Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: REG_1 });
+        e.push(Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: spec.vnc_port.to_be_bytes().to_vec() });
+        e.push(Expr::Verdict(Verdict::Return));
+        out.push(("prerouting", e));
+    }
+    let mut e = ip_addr_eq(16, spec.pod_ip).to_vec();
+    e.push(Expr::Immediate { dreg: REG_1, data: spec.vm_ip.octets().to_vec() });
+    e.push(Expr::Nat { kind: NatKind::Dnat, addr_reg: REG_1 });
+    out.push(("prerouting", e));
+    let mut e = ip_addr_eq(12, spec.vm_ip).to_vec();
+    e.push(Expr::Immediate { dreg: REG_1, data: spec.pod_ip.octets().to_vec() });
+    e.push(Expr::Nat { kind: NatKind::Snat, addr_reg: REG_1 });
+    out.push(("postrouting", e));
+    out
+}
+
+/// A batch under construction: BATCH_BEGIN, the nf_tables messages, BATCH_END.
+struct Batch {
+    b: NlBuf,
+    seq: u32,
+    acked: Vec<u32>,
+}
+
+impl Batch {
+    fn new(seq: u32) -> Batch {
+        let mut batch = Batch { b: NlBuf::default(), seq, acked: Vec::new() };
+        batch.control(NFNL_MSG_BATCH_BEGIN);
+        batch
+    }
+
+    fn control(&mut self, ty: u16) {
+        let m = self.b.begin_msg(ty, NLM_F_REQUEST, self.seq);
+        self.seq = self.seq.wrapping_add(1);
+        // struct nfgenmsg: family, version, res_id = the subsystem (network order).
+        let id = NFNL_SUBSYS_NFTABLES.to_be_bytes();
+        self.b.raw(&[AF_UNSPEC, 0, id[0], id[1]]);
+        self.b.end_msg(m);
+    }
+
+    fn msg(&mut self, ty: u16, flags: u16, body: impl FnOnce(&mut NlBuf)) {
+        let m = self.b.begin_msg(NFNL_SUBSYS_NFTABLES << 8 | ty, NLM_F_REQUEST | NLM_F_ACK | flags, self.seq);
+        self.acked.push(self.seq);
+        self.seq = self.seq.wrapping_add(1);
+        self.b.raw(&[NFPROTO_IPV4, 0, 0, 0]);
+        body(&mut self.b);
+        self.b.end_msg(m);
+    }
+
+    /// "add table; delete table": removes the table whether or not it exists.
+    fn drop_table(&mut self) {
+        self.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| b.put_str(NFTA_TABLE_NAME, TABLE));
+        self.msg(NFT_MSG_DELTABLE, 0, |b| b.put_str(NFTA_TABLE_NAME, TABLE));
+    }
+
+    fn finish(mut self) -> (Vec<u8>, Vec<u32>) {
+        self.control(NFNL_MSG_BATCH_END);
+        (self.b.buf, self.acked)
+    }
+}
+
+fn base_chain(batch: &mut Batch, name: &str, hook: u32, prio: i32) {
+    batch.msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |b| {
+        b.put_str(NFTA_CHAIN_TABLE, TABLE);
+        b.put_str(NFTA_CHAIN_NAME, name);
+        b.nest(NFTA_CHAIN_HOOK, |b| {
+            b.put_be32(NFTA_HOOK_HOOKNUM, hook);
+            b.put_be32(NFTA_HOOK_PRIORITY, prio as u32);
+        });
+        b.put_be32(NFTA_CHAIN_POLICY, Verdict::Accept as u32);
+        b.put_str(NFTA_CHAIN_TYPE, "nat");
+    });
+}
+
+/// The batch that atomically replaces any existing `ip berth` table with the one for `spec`.
+/// Returns the bytes and the sequence numbers that will be acknowledged.
+pub fn install_batch(spec: &NatSpec, seq: u32) -> (Vec<u8>, Vec<u32>) {
+    let mut batch = Batch::new(seq);
+    batch.drop_table();
+    batch.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| b.put_str(NFTA_TABLE_NAME, TABLE));
+    base_chain(&mut batch, "prerouting", NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST);
+    base_chain(&mut batch, "postrouting", NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC);
+    for (chain, exprs) in rules(spec) {
+        batch.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |b| {
+            b.put_str(NFTA_RULE_TABLE, TABLE);
+            b.put_str(NFTA_RULE_CHAIN, chain);
+            b.nest(NFTA_RULE_EXPRESSIONS, |b| {
+                for e in &exprs {
+                    b.nest(NFTA_LIST_ELEM, |b| e.encode(b));
+                }
+            });
+        });
+    }
+    batch.finish()
+}
+
+/// The batch that removes the table if it exists (and succeeds if it does not).
+pub fn remove_batch(seq: u32) -> (Vec<u8>, Vec<u32>) {
+    let mut batch = Batch::new(seq);
+    batch.drop_table();
+    batch.finish()
+}
+
+/// A NETLINK_NETFILTER socket, bound to the network namespace it was opened in.
+pub struct Nft {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Nft {
+    /// Opens the socket.
+    pub fn open() -> Result<Nft> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| Error::netlink("open nfnetlink socket", e))?;
+        sock.bind_auto().map_err(|e| Error::netlink("bind nfnetlink socket", e))?;
+        Ok(Nft { sock, seq: 1 })
+    }
+
+    /// Installs (or atomically replaces) the `ip berth` table.
+    pub fn install(&mut self, spec: &NatSpec) -> Result<()> {
+        let (bytes, acked) = install_batch(spec, self.seq);
+        self.send(&bytes, &acked, "install nftables table ip berth")
+    }
+
+    /// Removes the `ip berth` table; succeeds if it is already gone.
+    pub fn remove(&mut self) -> Result<()> {
+        let (bytes, acked) = remove_batch(self.seq);
+        self.send(&bytes, &acked, "remove nftables table ip berth")
+    }
+
+    fn send(&mut self, bytes: &[u8], acked: &[u32], op: &str) -> Result<()> {
+        self.seq = self.seq.wrapping_add(acked.len() as u32 + 2);
+        self.sock
+            .send_to(bytes, &SocketAddr::new(0, 0), 0)
+            .map_err(|e| Error::netlink(op, e))?;
+        // nfnetlink processes the whole batch inside sendmsg, so every answer is queued
+        // by now: drain without blocking.
+        let mut seen = 0;
+        let mut first_err = None;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match self.sock.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    for r in parse_replies(&buf[..n]) {
+                        if r.ty != NLMSG_ERROR {
+                            continue;
+                        }
+                        seen += 1;
+                        match r.errno {
+                            Some(0) | None => {}
+                            Some(e) => {
+                                first_err.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(Error::netlink(op, e)),
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(Error::netlink(op, std::io::Error::from_raw_os_error(e)));
+        }
+        if seen < acked.len() {
+            return Err(Error::netlink(
+                op,
+                std::io::Error::other(format!("{seen} of {} batch messages acknowledged", acked.len())),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(keep_vnc: bool) -> NatSpec {
+        NatSpec { pod_ip: "10.0.0.2".parse().unwrap(), vm_ip: "192.168.254.2".parse().unwrap(), keep_vnc, vnc_port: 5900 }
+    }
+
+    #[test]
+    fn no_vnc_drops_the_return_rule() {
+        assert_eq!(rules(&spec(true)).len(), 3);
+        let r = rules(&spec(false));
+        assert_eq!(r.len(), 2);
+        assert!(r.iter().all(|(_, e)| !e.contains(&Expr::Verdict(Verdict::Return))));
+    }
+
+    #[test]
+    fn batch_is_framed_and_every_message_is_acked() {
+        let (bytes, acked) = install_batch(&spec(true), 100);
+        let replies = parse_replies(&bytes); // same header layout as requests
+        let types: Vec<u16> = replies.iter().map(|r| r.ty).collect();
+        let nft = |t: u16| NFNL_SUBSYS_NFTABLES << 8 | t;
+        assert_eq!(
+            types,
+            [
+                NFNL_MSG_BATCH_BEGIN,
+                nft(NFT_MSG_NEWTABLE),
+                nft(NFT_MSG_DELTABLE),
+                nft(NFT_MSG_NEWTABLE),
+                nft(NFT_MSG_NEWCHAIN),
+                nft(NFT_MSG_NEWCHAIN),
+                nft(NFT_MSG_NEWRULE),
+                nft(NFT_MSG_NEWRULE),
+                nft(NFT_MSG_NEWRULE),
+                NFNL_MSG_BATCH_END
+            ]
+        );
+        assert_eq!(acked, (101..109).collect::<Vec<_>>());
+        assert_eq!(replies.iter().map(|r| r.seq).collect::<Vec<_>>(), (100..110).collect::<Vec<_>>());
+    }
+}
