@@ -1,5 +1,6 @@
 //! `berth`: the pod entrypoint and local command line of the berth VM runner.
 
+mod cmd_overlay;
 mod cmd_seed;
 mod cmd_vm;
 mod console;
@@ -25,6 +26,8 @@ enum Command {
     Vm(cmd_vm::VmArgs),
     /// Build the cloud-init seed drive (config-2 or NoCloud ISO) from user data and metadata.
     Seed(cmd_seed::SeedArgs),
+    /// Manage qcow2 pet overlays (the VM's root disk on a shared, never-written base).
+    Overlay(cmd_overlay::OverlayArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Vm(args) => cmd_vm::run(args),
         Command::Seed(args) => return cmd_seed::run(args),
+        Command::Overlay(args) => return cmd_overlay::run(args),
     };
     match result {
         Ok(reason) => {
