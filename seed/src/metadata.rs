@@ -70,7 +70,13 @@ fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> SeedError {
     let plain = e.without_snippet().to_string();
     let first = plain.lines().next().unwrap_or("").trim();
     // The library appends its own position; ours is added by SeedError.
-    let message = first.split(" at line ").next().unwrap_or(first).to_string();
+    let message = first.split(" at line ").next().unwrap_or(first);
+    // Drop advice addressed to programmers using the library ("set DuplicateKeyPolicy ...").
+    let message = message
+        .split(", set ")
+        .next()
+        .unwrap_or(message)
+        .to_string();
     let (line, column) = match e.location() {
         Some(loc) if loc.line() > 0 => (loc.line(), loc.column()),
         // Errors without a position (e.g. a budget breach) point at the end of the text.
@@ -185,6 +191,9 @@ mod tests {
         assert!(e.starts_with("invalid YAML in /metadata at line "), "{e}");
         let e = p("a: 1\n  b: 2\n").unwrap_err().to_string();
         assert!(e.contains("at line 2, column"), "{e}");
+        let e = p("a: 1\na: 2\n").unwrap_err().to_string();
+        let want = "duplicate mapping key: a; fix the metadata (YAML or a JSON object)";
+        assert!(e.ends_with(want), "{e}");
         let e = parse(Path::new("/m"), b"a: 1\nb: \xff\n")
             .unwrap_err()
             .to_string();
