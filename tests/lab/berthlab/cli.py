@@ -109,14 +109,14 @@ def cmd_list(args) -> int:
     costs = report.load_costs()
     scenarios = sc_mod.discover()
     width = max(len(n) for n in scenarios)
-    print(f"{'scenario':<{width}}  {'timeout':>7}  {'last cost':>16}  description")
+    print(f"{'scenario':<{width}}  {'timeout':>7}  {'last cost':<16}  description")
     for name, sc in scenarios.items():
-        c = costs.get(name)
-        cost = f"{c['secs']:.0f}s {c['result']} ({c['mode']})" if c else "never run"
-        print(f"{name:<{width}}  {sc.timeout:>6}s  {cost:>16}  {sc.description}")
-    if "_l1-boot-and-shutdown" in costs:
-        print(f"(plus ~{costs['_l1-boot-and-shutdown']['secs']:.0f}s per run in l1 mode "
-              "for building, booting and stopping L1)")
+        cost = report.describe_cost(costs.get(name))
+        print(f"{name:<{width}}  {sc.timeout:>6}s  {cost:<16}  {sc.description}")
+    overhead = costs.get(report.OVERHEAD, {}).get("l1")
+    if overhead:
+        print(f"(plus ~{overhead['secs']:.0f}s per `lab run` in l1 mode: image build, L1 boot "
+              "and shutdown)")
     return 0
 
 

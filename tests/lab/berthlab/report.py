@@ -6,6 +6,8 @@ import time
 from . import paths
 from .scenario import FAIL, PASS, SKIP
 
+OVERHEAD = "_l1-boot-build-and-shutdown"
+
 
 def summary(results: list, console_log, total_secs: float, mode: str) -> int:
     """Print failure details and the summary table. Returns the number of failures."""
@@ -45,16 +47,31 @@ def load_costs() -> dict:
 
 
 def record_costs(results: list, mode: str, overhead: float | None) -> None:
-    """Remember each scenario's last measured cost (shown by `lab list` and the README)."""
+    """Remember each scenario's last measured cost per mode (shown by `lab list`).
+
+    The file maps scenario name -> mode -> {secs, result, when}.
+    """
     costs = load_costs()
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for r in results:
         if r.seconds > 0:
-            costs[r.scenario.name] = {"secs": round(r.seconds, 1), "mode": mode,
-                                      "result": r.verdict.status, "when": when}
+            costs.setdefault(r.scenario.name, {})[mode] = {
+                "secs": round(r.seconds, 1), "result": r.verdict.status, "when": when}
     if overhead is not None:
-        costs["_l1-boot-and-shutdown"] = {"secs": round(overhead, 1), "mode": mode, "when": when}
+        costs.setdefault(OVERHEAD, {})[mode] = {"secs": round(overhead, 1), "when": when}
     paths.COSTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     tmp = paths.COSTS_FILE.with_suffix(".tmp")
     tmp.write_text(json.dumps(costs, indent=1, sort_keys=True) + "\n")
     tmp.replace(paths.COSTS_FILE)
+
+
+def describe_cost(entry: dict | None) -> str:
+    """'12s PASS (l1)' style text for `lab list`, from a costs entry (mode -> measurement)."""
+    if not entry:
+        return "never run"
+    parts = []
+    for mode in ("l1", "direct"):
+        m = entry.get(mode)
+        if isinstance(m, dict) and "secs" in m:
+            parts.append(f"{m['secs']:.0f}s {m.get('result', '')} ({mode})".replace("  ", " "))
+    return ", ".join(parts) or "never run"
