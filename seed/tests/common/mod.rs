@@ -72,8 +72,11 @@ MIME-Version: 1.0\r\n\r\n--==B==\r\nContent-Type: text/cloud-config\r\n\r\n\
 #cloud-config\r\nruncmd: [[touch, /tmp/x]]\r\n--==B==\r\n\
 Content-Type: text/x-shellscript\r\n\r\n#!/bin/sh\r\necho hi\r\n--==B==--\r\n";
 
-/// Sample cases: (name, user data, metadata text).
-pub fn samples() -> Vec<(&'static str, Option<Vec<u8>>, Option<&'static str>)> {
+/// A sample case: name, user data, metadata text.
+pub type Sample = (&'static str, Option<Vec<u8>>, Option<&'static str>);
+
+/// The sample cases every reader test runs.
+pub fn samples() -> Vec<Sample> {
     let big: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
     vec![
         (
