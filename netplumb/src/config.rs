@@ -82,17 +82,29 @@ impl NetConfig {
     /// `RESOLV_CONF` (default /etc/resolv.conf).
     pub fn from_env_map(env: &HashMap<String, String>) -> Result<NetConfig> {
         let hostname = env.get("HOSTNAME").cloned().unwrap_or_default();
-        let vm_mac = match env.get("VM_MAC").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        let vm_mac = match env
+            .get("VM_MAC")
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        {
             None => MacAddr::from_hostname(&hostname),
-            Some(v) => v.parse().map_err(|e: crate::mac::MacParseError| Error::BadValue {
-                var: "VM_MAC",
-                value: v.into(),
-                why: match e {
-                    crate::mac::MacParseError::Syntax => "expected six hex bytes like 02:00:00:12:34:56",
-                    crate::mac::MacParseError::Multicast => "a multicast MAC cannot be a NIC's address",
-                    crate::mac::MacParseError::Zero => "the all-zero MAC cannot be a NIC's address",
-                },
-            })?,
+            Some(v) => v
+                .parse()
+                .map_err(|e: crate::mac::MacParseError| Error::BadValue {
+                    var: "VM_MAC",
+                    value: v.into(),
+                    why: match e {
+                        crate::mac::MacParseError::Syntax => {
+                            "expected six hex bytes like 02:00:00:12:34:56"
+                        }
+                        crate::mac::MacParseError::Multicast => {
+                            "a multicast MAC cannot be a NIC's address"
+                        }
+                        crate::mac::MacParseError::Zero => {
+                            "the all-zero MAC cannot be a NIC's address"
+                        }
+                    },
+                })?,
         };
         let mut cfg = NetConfig {
             vm_ip: ip(env, "VM_IP", DEFAULT_VM_IP)?,
@@ -119,7 +131,10 @@ impl NetConfig {
         let (ip, gw) = (u32::from(self.vm_ip), u32::from(self.vm_gw));
         let host = |a: u32| a & 3 == 1 || a & 3 == 2;
         if ip & !3 != gw & !3 || ip == gw || !host(ip) || !host(gw) {
-            return Err(Error::BadVmSubnet { vm_ip: self.vm_ip, vm_gw: self.vm_gw });
+            return Err(Error::BadVmSubnet {
+                vm_ip: self.vm_ip,
+                vm_gw: self.vm_gw,
+            });
         }
         if self.vm_mac.is_multicast() || self.vm_mac.is_zero() {
             return Err(Error::BadValue {
@@ -128,7 +143,11 @@ impl NetConfig {
                 why: "the VM's MAC must be unicast and non-zero",
             });
         }
-        for (var, name) in [("POD_IFACE", &self.pod_iface), ("bridge", &self.bridge), ("tap", &self.tap)] {
+        for (var, name) in [
+            ("POD_IFACE", &self.pod_iface),
+            ("bridge", &self.bridge),
+            ("tap", &self.tap),
+        ] {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
                 return Err(Error::BadValue {
                     var,
@@ -156,7 +175,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -182,7 +204,10 @@ mod tests {
             ("RESOLV_CONF", "/tmp/r"),
         ]))
         .unwrap();
-        assert_eq!((c.vm_ip, c.vm_gw), ("10.1.1.5".parse().unwrap(), "10.1.1.6".parse().unwrap()));
+        assert_eq!(
+            (c.vm_ip, c.vm_gw),
+            ("10.1.1.5".parse().unwrap(), "10.1.1.6".parse().unwrap())
+        );
         assert!(c.no_vnc && c.no_dhcp);
         assert_eq!(c.vm_mac.to_string(), "02:11:22:33:44:55");
         assert_eq!(c.pod_iface, "net1");
@@ -205,17 +230,29 @@ mod tests {
             assert!(matches!(e, Error::BadVmSubnet { .. }), "{ip} {gw}: {e}");
             assert!(e.to_string().contains("/30"));
         }
-        let ok = NetConfig::from_env_map(&env(&[("VM_IP", "192.168.254.1"), ("VM_GW", "192.168.254.2")]));
+        let ok = NetConfig::from_env_map(&env(&[
+            ("VM_IP", "192.168.254.1"),
+            ("VM_GW", "192.168.254.2"),
+        ]));
         assert!(ok.is_ok());
     }
 
     #[test]
     fn rejects_bad_values() {
-        for (k, v) in [("VM_IP", "300.1.1.1"), ("VM_GW", "x"), ("VM_MAC", "01:00:00:00:00:01"), ("VM_MAC", "zz")] {
+        for (k, v) in [
+            ("VM_IP", "300.1.1.1"),
+            ("VM_GW", "x"),
+            ("VM_MAC", "01:00:00:00:00:01"),
+            ("VM_MAC", "zz"),
+        ] {
             let e = NetConfig::from_env_map(&env(&[(k, v)])).unwrap_err();
-            assert!(matches!(e, Error::BadValue { var, .. } if var == k), "{k}={v}: {e}");
+            assert!(
+                matches!(e, Error::BadValue { var, .. } if var == k),
+                "{k}={v}: {e}"
+            );
         }
-        let e = NetConfig::from_env_map(&env(&[("POD_IFACE", "a-very-long-interface-name")])).unwrap_err();
+        let e = NetConfig::from_env_map(&env(&[("POD_IFACE", "a-very-long-interface-name")]))
+            .unwrap_err();
         assert!(matches!(e, Error::BadValue { .. }));
     }
 }

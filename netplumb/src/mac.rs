@@ -138,9 +138,18 @@ mod tests {
         ] {
             assert_eq!(s.parse::<MacAddr>(), Err(MacParseError::Syntax), "{s}");
         }
-        assert_eq!("01:00:5e:00:00:01".parse::<MacAddr>(), Err(MacParseError::Multicast));
-        assert_eq!("ff:ff:ff:ff:ff:ff".parse::<MacAddr>(), Err(MacParseError::Multicast));
-        assert_eq!("00:00:00:00:00:00".parse::<MacAddr>(), Err(MacParseError::Zero));
+        assert_eq!(
+            "01:00:5e:00:00:01".parse::<MacAddr>(),
+            Err(MacParseError::Multicast)
+        );
+        assert_eq!(
+            "ff:ff:ff:ff:ff:ff".parse::<MacAddr>(),
+            Err(MacParseError::Multicast)
+        );
+        assert_eq!(
+            "00:00:00:00:00:00".parse::<MacAddr>(),
+            Err(MacParseError::Zero)
+        );
     }
 
     #[test]
@@ -152,7 +161,10 @@ mod tests {
         assert_eq!(a.to_string(), "ca:ba:dc:04:ff:5b");
         for h in ["", "a", "web-0", "x".repeat(253).as_str()] {
             let m = MacAddr::from_hostname(h);
-            assert!(m.is_local() && !m.is_multicast() && !m.is_zero(), "{h}: {m}");
+            assert!(
+                m.is_local() && !m.is_multicast() && !m.is_zero(),
+                "{h}: {m}"
+            );
         }
     }
 }

@@ -42,7 +42,8 @@ impl NlBuf {
 
     /// Appends one attribute.
     pub(crate) fn put(&mut self, ty: u16, data: &[u8]) {
-        self.buf.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
         self.raw(data);
     }
@@ -64,7 +65,8 @@ impl NlBuf {
     pub(crate) fn nest(&mut self, ty: u16, f: impl FnOnce(&mut NlBuf)) {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         f(self);
         let len = (self.buf.len() - start) as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
@@ -93,9 +95,8 @@ pub(crate) fn parse_replies(mut data: &[u8]) -> Vec<Reply> {
         }
         let ty = u16::from_ne_bytes(data[4..6].try_into().unwrap());
         let seq = u32::from_ne_bytes(data[8..12].try_into().unwrap());
-        let errno = (ty == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4).then(|| {
-            -i32::from_ne_bytes(data[NLMSG_HDRLEN..NLMSG_HDRLEN + 4].try_into().unwrap())
-        });
+        let errno = (ty == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4)
+            .then(|| -i32::from_ne_bytes(data[NLMSG_HDRLEN..NLMSG_HDRLEN + 4].try_into().unwrap()));
         // The error's own seq is the request's; fall back to the echoed header's.
         out.push(Reply { ty, seq, errno });
         data = &data[align4(len).min(data.len())..];
@@ -118,10 +119,16 @@ mod tests {
         });
         b.end_msg(m);
         let v = &b.buf;
-        assert_eq!(u32::from_ne_bytes(v[0..4].try_into().unwrap()) as usize, v.len());
+        assert_eq!(
+            u32::from_ne_bytes(v[0..4].try_into().unwrap()) as usize,
+            v.len()
+        );
         assert_eq!(v.len(), 16 + 4 + 4 + 12 + 8);
         assert_eq!(u16::from_ne_bytes(v[20..22].try_into().unwrap()), 24);
-        assert_eq!(u16::from_ne_bytes(v[22..24].try_into().unwrap()), 4 | NLA_F_NESTED);
+        assert_eq!(
+            u16::from_ne_bytes(v[22..24].try_into().unwrap()),
+            4 | NLA_F_NESTED
+        );
         assert_eq!(&v[28..34], b"berth\0");
         assert_eq!(&v[40..44], &[0, 0, 0, 0x64]);
     }
@@ -141,7 +148,14 @@ mod tests {
         d.extend_from_slice(&[1, 2, 3]); // trailing junk is ignored
         let r = parse_replies(&d);
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0], Reply { ty: NLMSG_ERROR, seq: 1, errno: Some(0) });
+        assert_eq!(
+            r[0],
+            Reply {
+                ty: NLMSG_ERROR,
+                seq: 1,
+                errno: Some(0)
+            }
+        );
         assert_eq!(r[1].errno, Some(17));
     }
 }

@@ -40,14 +40,27 @@ impl PodInfo {
 
     fn discover_with(rtnl: &mut Rtnl, cfg: &NetConfig) -> Result<PodInfo> {
         let iface = cfg.pod_iface.clone();
-        let link = rtnl.link(&iface)?.ok_or_else(|| Error::NoPodInterface { iface: iface.clone() })?;
-        let (ip, prefix) = *rtnl
-            .ipv4_addrs(link.index)?
-            .first()
-            .ok_or_else(|| Error::NoPodIpv4 { iface: iface.clone() })?;
+        let link = rtnl.link(&iface)?.ok_or_else(|| Error::NoPodInterface {
+            iface: iface.clone(),
+        })?;
+        let (ip, prefix) =
+            *rtnl
+                .ipv4_addrs(link.index)?
+                .first()
+                .ok_or_else(|| Error::NoPodIpv4 {
+                    iface: iface.clone(),
+                })?;
         let (gateway, _) = rtnl.default_route_v4()?.ok_or(Error::NoDefaultRoute)?;
         let dns = DnsConfig::read(&cfg.resolv_conf)?;
-        Ok(PodInfo { iface, ifindex: link.index, ip, prefix, mtu: link.mtu, gateway, dns })
+        Ok(PodInfo {
+            iface,
+            ifindex: link.index,
+            ip,
+            prefix,
+            mtu: link.mtu,
+            gateway,
+            dns,
+        })
     }
 }
 
@@ -74,7 +87,15 @@ impl PodNetwork {
         let mut rtnl = Rtnl::open()?;
         let info = PodInfo::discover_with(&mut rtnl, cfg)?;
         let nft = Nft::open()?;
-        let mut net = PodNetwork { cfg: cfg.clone(), info, rtnl, nft, tap: None, bridge_index: None, active: true };
+        let mut net = PodNetwork {
+            cfg: cfg.clone(),
+            info,
+            rtnl,
+            nft,
+            tap: None,
+            bridge_index: None,
+            active: true,
+        };
         // On error `net` is dropped here, which removes whatever was already created.
         net.build()?;
         Ok(net)
@@ -86,7 +107,8 @@ impl PodNetwork {
         self.rtnl.delete_link_by_name(&cfg.bridge)?;
         // A fixed bridge MAC (the VM's with the last bit flipped) keeps the gateway's MAC
         // stable for the guest's ARP cache across restarts, whatever the tap's MAC is.
-        self.rtnl.create_bridge(&cfg.bridge, cfg.vm_mac.bridge_mac(), mtu)?;
+        self.rtnl
+            .create_bridge(&cfg.bridge, cfg.vm_mac.bridge_mac(), mtu)?;
         let br = self.rtnl.link(&cfg.bridge)?.ok_or_else(|| Error::Netlink {
             op: format!("create bridge {}", cfg.bridge),
             source: std::io::Error::from_raw_os_error(libc::ENODEV),
@@ -104,11 +126,23 @@ impl PodNetwork {
         self.rtnl.set_up(tap_link.index)?;
         self.rtnl.set_up(br.index)?;
         self.enable_forwarding(br.index)?;
-        let spec = NatSpec { pod_ip: self.info.ip, vm_ip: cfg.vm_ip, keep_vnc: !cfg.no_vnc, vnc_port: VNC_PORT };
+        let spec = NatSpec {
+            pod_ip: self.info.ip,
+            vm_ip: cfg.vm_ip,
+            keep_vnc: !cfg.no_vnc,
+            vnc_port: VNC_PORT,
+        };
         self.nft.install(&spec)?;
         log::info!(
             "pod network: {} ({}/{}) -> {} via {} {}/30, tap {}, mtu {}",
-            self.info.iface, self.info.ip, self.info.prefix, cfg.vm_ip, cfg.bridge, cfg.vm_gw, cfg.tap, mtu
+            self.info.iface,
+            self.info.ip,
+            self.info.prefix,
+            cfg.vm_ip,
+            cfg.bridge,
+            cfg.vm_gw,
+            cfg.tap,
+            mtu
         );
         Ok(())
     }

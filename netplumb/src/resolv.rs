@@ -17,8 +17,10 @@ pub struct DnsConfig {
 impl DnsConfig {
     /// Reads and parses `path`.
     pub fn read(path: &Path) -> Result<DnsConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::ResolvConf { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ResolvConf {
+            path: path.into(),
+            source,
+        })?;
         Ok(DnsConfig::parse(&text))
     }
 
@@ -34,7 +36,9 @@ impl DnsConfig {
                 Some("nameserver") => {
                     // An IPv6 server may carry a zone (%eth0); DHCPv4 has no place for it.
                     match words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
-                        Some(IpAddr::V4(a)) if !cfg.nameservers.contains(&a) => cfg.nameservers.push(a),
+                        Some(IpAddr::V4(a)) if !cfg.nameservers.contains(&a) => {
+                            cfg.nameservers.push(a)
+                        }
                         Some(IpAddr::V4(_)) => {}
                         _ => log::debug!("resolv.conf: skipping non-IPv4 nameserver line {line:?}"),
                     }
@@ -76,14 +80,23 @@ mod tests {
         );
         assert_eq!(
             c.nameservers,
-            ["10.96.0.10", "10.96.0.11", "10.96.0.12", "10.96.0.13"].map(|s| s.parse::<Ipv4Addr>().unwrap())
+            ["10.96.0.10", "10.96.0.11", "10.96.0.12", "10.96.0.13"]
+                .map(|s| s.parse::<Ipv4Addr>().unwrap())
         );
-        assert_eq!(c.search, ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
+        assert_eq!(
+            c.search,
+            [
+                "default.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
     }
 
     #[test]
     fn last_search_or_domain_wins_and_junk_is_skipped() {
-        let c = DnsConfig::parse("search a.example b.example\ndomain Corp.Example.\nnameserver nope\n");
+        let c =
+            DnsConfig::parse("search a.example b.example\ndomain Corp.Example.\nnameserver nope\n");
         assert_eq!(c.search, ["corp.example"]);
         assert!(c.nameservers.is_empty());
         let long = "x".repeat(64);

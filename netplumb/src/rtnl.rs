@@ -7,7 +7,9 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoBridge, InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoBridge, InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -40,13 +42,20 @@ pub struct Rtnl {
 impl Rtnl {
     /// Opens the socket.
     pub fn open() -> Result<Rtnl> {
-        let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| Error::netlink("open rtnetlink socket", e))?;
-        sock.bind_auto().map_err(|e| Error::netlink("bind rtnetlink socket", e))?;
+        let mut sock =
+            Socket::new(NETLINK_ROUTE).map_err(|e| Error::netlink("open rtnetlink socket", e))?;
+        sock.bind_auto()
+            .map_err(|e| Error::netlink("bind rtnetlink socket", e))?;
         Ok(Rtnl { sock, seq: 1 })
     }
 
     /// Sends one request and collects the answers until ACK, DONE or an error.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &str) -> Result<Vec<RouteNetlinkMessage>> {
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         let mut hdr = NetlinkHeader::default();
         hdr.flags = NLM_F_REQUEST | flags;
         hdr.sequence_number = self.seq;
@@ -55,15 +64,25 @@ impl Rtnl {
         packet.finalize();
         let mut buf = vec![0; packet.buffer_len()];
         packet.serialize(&mut buf);
-        self.sock.send_to(&buf, &SocketAddr::new(0, 0), 0).map_err(|e| Error::netlink(op, e))?;
+        self.sock
+            .send_to(&buf, &SocketAddr::new(0, 0), 0)
+            .map_err(|e| Error::netlink(op, e))?;
         let mut out = Vec::new();
         loop {
-            let (data, _) = self.sock.recv_from_full().map_err(|e| Error::netlink(op, e))?;
+            let (data, _) = self
+                .sock
+                .recv_from_full()
+                .map_err(|e| Error::netlink(op, e))?;
             let mut off = 0;
             while off < data.len() {
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..]).map_err(|e| {
-                    Error::netlink(op, std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
-                })?;
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..]).map_err(
+                    |e| {
+                        Error::netlink(
+                            op,
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                        )
+                    },
+                )?;
                 let len = m.header.length as usize;
                 if m.header.sequence_number == hdr.sequence_number {
                     match m.payload {
@@ -71,7 +90,10 @@ impl Rtnl {
                         NetlinkPayload::Error(e) => {
                             return match e.code {
                                 None => Ok(out),
-                                Some(code) => Err(Error::netlink(op, std::io::Error::from_raw_os_error(-code.get()))),
+                                Some(code) => Err(Error::netlink(
+                                    op,
+                                    std::io::Error::from_raw_os_error(-code.get()),
+                                )),
                             };
                         }
                         NetlinkPayload::InnerMessage(inner) => {
@@ -95,12 +117,18 @@ impl Rtnl {
     pub fn link(&mut self, name: &str) -> Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.into()));
-        match self.request(RouteNetlinkMessage::GetLink(msg), 0, &format!("get link {name}")) {
+        match self.request(
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+            &format!("get link {name}"),
+        ) {
             Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
                 _ => None,
             })),
-            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -109,10 +137,16 @@ impl Rtnl {
     pub fn ipv4_addrs(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
-        let msgs = self.request(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP, "dump addresses")?;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(msg),
+            NLM_F_DUMP,
+            "dump addresses",
+        )?;
         let mut out = Vec::new();
         for m in msgs {
-            let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
             if a.header.index != index || a.header.family != AddressFamily::Inet {
                 continue;
             }
@@ -138,9 +172,15 @@ impl Rtnl {
     pub fn default_route_v4(&mut self) -> Result<Option<(Option<Ipv4Addr>, Option<u32>)>> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
-        let msgs = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP, "dump routes")?;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetRoute(msg),
+            NLM_F_DUMP,
+            "dump routes",
+        )?;
         for m in msgs {
-            let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
             let table = r.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Table(t) => Some(*t),
                 _ => None,
@@ -175,11 +215,21 @@ impl Rtnl {
             LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::ForwardDelay(0)])),
         ]));
         let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        self.request(RouteNetlinkMessage::NewLink(msg), flags, &format!("create bridge {name}"))?;
+        self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            flags,
+            &format!("create bridge {name}"),
+        )?;
         Ok(())
     }
 
-    fn set_link(&mut self, index: u32, attrs: Vec<LinkAttribute>, up: bool, op: &str) -> Result<()> {
+    fn set_link(
+        &mut self,
+        index: u32,
+        attrs: Vec<LinkAttribute>,
+        up: bool,
+        op: &str,
+    ) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         if up {
@@ -193,12 +243,22 @@ impl Rtnl {
 
     /// Sets a link's MTU.
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-        self.set_link(index, vec![LinkAttribute::Mtu(mtu)], false, &format!("set mtu {mtu} on link {index}"))
+        self.set_link(
+            index,
+            vec![LinkAttribute::Mtu(mtu)],
+            false,
+            &format!("set mtu {mtu} on link {index}"),
+        )
     }
 
     /// Enslaves link `index` to bridge `master`.
     pub fn set_master(&mut self, index: u32, master: u32) -> Result<()> {
-        self.set_link(index, vec![LinkAttribute::Controller(master)], false, &format!("enslave link {index}"))
+        self.set_link(
+            index,
+            vec![LinkAttribute::Controller(master)],
+            false,
+            &format!("enslave link {index}"),
+        )
     }
 
     /// Brings a link up.
@@ -213,10 +273,17 @@ impl Rtnl {
         const IPV4_DEVCONF_FORWARDING: u16 = 1;
         let mut b = NlBuf::default();
         b.nest(libc::AF_INET as u16, |b| {
-            b.nest(IFLA_INET_CONF, |b| b.put(IPV4_DEVCONF_FORWARDING, &1u32.to_ne_bytes()))
+            b.nest(IFLA_INET_CONF, |b| {
+                b.put(IPV4_DEVCONF_FORWARDING, &1u32.to_ne_bytes())
+            })
         });
         let attrs = vec![LinkAttribute::AfSpecUnknown(b.buf)];
-        self.set_link(index, attrs, false, &format!("enable forwarding on link {index}"))
+        self.set_link(
+            index,
+            attrs,
+            false,
+            &format!("enable forwarding on link {index}"),
+        )
     }
 
     /// Adds an IPv4 address to a link (an existing identical address is not an error).
@@ -228,10 +295,17 @@ impl Rtnl {
         msg.attributes.push(AddressAttribute::Local(addr.into()));
         msg.attributes.push(AddressAttribute::Address(addr.into()));
         let bcast = u32::from(addr) | (u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0));
-        msg.attributes.push(AddressAttribute::Broadcast(bcast.into()));
+        msg.attributes
+            .push(AddressAttribute::Broadcast(bcast.into()));
         let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        match self.request(RouteNetlinkMessage::NewAddress(msg), flags, &format!("add {addr}/{prefix}")) {
-            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        match self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            flags,
+            &format!("add {addr}/{prefix}"),
+        ) {
+            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
             r => r.map(|_| ()),
         }
     }
@@ -240,8 +314,14 @@ impl Rtnl {
     pub fn delete_link(&mut self, index: u32) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self.request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK, &format!("delete link {index}")) {
-            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        match self.request(
+            RouteNetlinkMessage::DelLink(msg),
+            NLM_F_ACK,
+            &format!("delete link {index}"),
+        ) {
+            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+                Ok(())
+            }
             r => r.map(|_| ()),
         }
     }
@@ -256,11 +336,19 @@ impl Rtnl {
 }
 
 fn parse_link(l: &LinkMessage) -> Link {
-    let mut link = Link { index: l.header.index, mtu: 0, mac: None, master: None, kind: None };
+    let mut link = Link {
+        index: l.header.index,
+        mtu: 0,
+        mac: None,
+        master: None,
+        kind: None,
+    };
     for a in &l.attributes {
         match a {
             LinkAttribute::Mtu(m) => link.mtu = *m,
-            LinkAttribute::Address(b) if b.len() == 6 => link.mac = Some(MacAddr(b[..6].try_into().unwrap())),
+            LinkAttribute::Address(b) if b.len() == 6 => {
+                link.mac = Some(MacAddr(b[..6].try_into().unwrap()))
+            }
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {

@@ -27,7 +27,11 @@ struct IfReqFlags {
 
 impl IfReqFlags {
     fn new(name: &str, flags: u16) -> IfReqFlags {
-        let mut r = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: flags as libc::c_short, _pad: [0; 22] };
+        let mut r = IfReqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: flags as libc::c_short,
+            _pad: [0; 22],
+        };
         let n = name.len().min(libc::IFNAMSIZ - 1);
         r.name[..n].copy_from_slice(&name.as_bytes()[..n]);
         r
@@ -49,15 +53,26 @@ impl Tap {
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
             .open(tun_device)
-            .map_err(|source| Error::NoTunDevice { path: tun_device.into(), source })?;
+            .map_err(|source| Error::NoTunDevice {
+                path: tun_device.into(),
+                source,
+            })?;
         let fd = OwnedFd::from(file);
         let mut req = IfReqFlags::new(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
         // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `req` is laid out as.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReqFlags) };
+        let rc =
+            unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReqFlags) };
         if rc < 0 {
-            return Err(Error::io(format!("create tap {name} (TUNSETIFF)"), std::io::Error::last_os_error()));
+            return Err(Error::io(
+                format!("create tap {name} (TUNSETIFF)"),
+                std::io::Error::last_os_error(),
+            ));
         }
-        let len = req.name.iter().position(|&c| c == 0).unwrap_or(libc::IFNAMSIZ);
+        let len = req
+            .name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(libc::IFNAMSIZ);
         let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
         Ok(Tap { fd, name })
     }
@@ -71,7 +86,13 @@ impl Tap {
     pub fn flags(&self) -> Result<u16> {
         let mut req = IfReqFlags::new("", 0);
         // SAFETY: TUNGETIFF fills a struct ifreq, which `req` is laid out as.
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNGETIFF as _, &mut req as *mut IfReqFlags) };
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNGETIFF as _,
+                &mut req as *mut IfReqFlags,
+            )
+        };
         if rc < 0 {
             return Err(Error::io("TUNGETIFF", std::io::Error::last_os_error()));
         }

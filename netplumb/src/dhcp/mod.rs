@@ -127,7 +127,12 @@ impl Responder {
     /// A responder answering from `server_mac` (the bridge's MAC).
     pub fn new(cfg: DhcpConfig, server_mac: MacAddr) -> Responder {
         let options = lease_options(&cfg);
-        Responder { cfg, server_mac, options, state: LeaseState::Free }
+        Responder {
+            cfg,
+            server_mac,
+            options,
+            state: LeaseState::Free,
+        }
     }
 
     /// The lease's state.
@@ -139,7 +144,8 @@ impl Responder {
     /// not well-formed DHCP requests from the configured client are dropped.
     pub fn handle(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
         let req = parse_frame(frame)?.msg;
-        if req.op != 1 || req.htype != 1 || req.hlen != 6 || req.client_mac() != self.cfg.client_mac {
+        if req.op != 1 || req.htype != 1 || req.hlen != 6 || req.client_mac() != self.cfg.client_mac
+        {
             return None;
         }
         let ty = MessageType::from_u8(*req.option(code::MESSAGE_TYPE)?.first()?)?;
@@ -169,7 +175,10 @@ impl Responder {
             }
             MessageType::Inform => Some(self.reply(&req, MessageType::Ack)),
             MessageType::Release => {
-                if req.option_ip(code::SERVER_ID).is_none_or(|s| s == self.cfg.server_ip) {
+                if req
+                    .option_ip(code::SERVER_ID)
+                    .is_none_or(|s| s == self.cfg.server_ip)
+                {
                     self.state = LeaseState::Free;
                 }
                 None
@@ -211,14 +220,21 @@ impl Responder {
         }
         // RFC 2131 4.1: NAKs are broadcast; a client that has an address gets unicast to it;
         // otherwise broadcast if asked, else unicast to the offered address at chaddr.
-        let (dst_mac, dst_ip) = if ty == MessageType::Nak || (req.ciaddr.is_unspecified() && req.flags & 0x8000 != 0) {
-            (MacAddr::BROADCAST, Ipv4Addr::BROADCAST)
-        } else if !req.ciaddr.is_unspecified() {
-            (req.client_mac(), req.ciaddr)
-        } else {
-            (req.client_mac(), self.cfg.client_ip)
-        };
-        build_frame(self.server_mac, dst_mac, self.cfg.server_ip, dst_ip, &msg.emit(&opts))
+        let (dst_mac, dst_ip) =
+            if ty == MessageType::Nak || (req.ciaddr.is_unspecified() && req.flags & 0x8000 != 0) {
+                (MacAddr::BROADCAST, Ipv4Addr::BROADCAST)
+            } else if !req.ciaddr.is_unspecified() {
+                (req.client_mac(), req.ciaddr)
+            } else {
+                (req.client_mac(), self.cfg.client_ip)
+            };
+        build_frame(
+            self.server_mac,
+            dst_mac,
+            self.cfg.server_ip,
+            dst_ip,
+            &msg.emit(&opts),
+        )
     }
 }
 
@@ -232,10 +248,19 @@ fn lease_options(cfg: &DhcpConfig) -> Vec<u8> {
         let dns: Vec<u8> = cfg.dns.iter().flat_map(|a| a.octets()).collect();
         options::put(&mut o, code::DNS, &dns);
     }
-    let search: Vec<String> = cfg.search.iter().filter(|d| crate::resolv::valid_domain(d)).cloned().collect();
+    let search: Vec<String> = cfg
+        .search
+        .iter()
+        .filter(|d| crate::resolv::valid_domain(d))
+        .cloned()
+        .collect();
     if let Some(first) = search.first() {
         options::put(&mut o, code::DOMAIN_NAME, first.as_bytes());
-        options::put(&mut o, code::DOMAIN_SEARCH, &options::encode_search(&search));
+        options::put(
+            &mut o,
+            code::DOMAIN_SEARCH,
+            &options::encode_search(&search),
+        );
     }
     if !cfg.hostname.is_empty() {
         options::put(&mut o, code::HOSTNAME, cfg.hostname.as_bytes());

@@ -155,14 +155,22 @@ mod tests {
         let mut want = b"\x03eng\x05apple\x03com\x00\x09marketing".to_vec();
         want.extend_from_slice(&[0xc0, 0x04]);
         assert_eq!(enc, want);
-        assert_eq!(decode_search(&enc).unwrap(), ["eng.apple.com", "marketing.apple.com"]);
+        assert_eq!(
+            decode_search(&enc).unwrap(),
+            ["eng.apple.com", "marketing.apple.com"]
+        );
     }
 
     #[test]
     fn kubernetes_search_list_round_trips_compressed() {
-        let list: Vec<String> = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local", "example.com"]
-            .map(String::from)
-            .to_vec();
+        let list: Vec<String> = [
+            "default.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local",
+            "example.com",
+        ]
+        .map(String::from)
+        .to_vec();
         let enc = encode_search(&list);
         assert!(enc.len() < list.iter().map(|d| d.len() + 2).sum::<usize>());
         assert_eq!(decode_search(&enc).unwrap(), list);
@@ -185,6 +193,9 @@ mod tests {
         let parsed = parse(&out).unwrap();
         assert_eq!(parsed, vec![(code::DNS, value)]);
         assert_eq!(parse(&[code::DNS, 4, 1, 2]), None);
-        assert_eq!(parse(&[code::PAD, code::PAD, code::END, 9, 9]).unwrap(), vec![]);
+        assert_eq!(
+            parse(&[code::PAD, code::PAD, code::END, 9, 9]).unwrap(),
+            vec![]
+        );
     }
 }

@@ -30,38 +30,53 @@ fn last(op: &str) -> Error {
 fn dhcp_filter() -> [libc::sock_filter; 11] {
     let s = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     [
-        s(0x28, 0, 0, 12),     // ldh [12]            ethertype
-        s(0x15, 0, 8, 0x0800), // jeq #IPv4 else drop
-        s(0x30, 0, 0, 23),     // ldb [23]            IP protocol
-        s(0x15, 0, 6, 17),     // jeq #UDP else drop
-        s(0x28, 0, 0, 20),     // ldh [20]            flags + fragment offset
-        s(0x45, 4, 0, 0x1fff), // jset #offset -> drop
-        s(0xb1, 0, 0, 14),     // ldxb 4*([14]&0xf)   IP header length
-        s(0x48, 0, 0, 16),     // ldh [x+16]          UDP destination port
-        s(0x15, 0, 1, 67),     // jeq #67 else drop
+        s(0x28, 0, 0, 12),      // ldh [12]            ethertype
+        s(0x15, 0, 8, 0x0800),  // jeq #IPv4 else drop
+        s(0x30, 0, 0, 23),      // ldb [23]            IP protocol
+        s(0x15, 0, 6, 17),      // jeq #UDP else drop
+        s(0x28, 0, 0, 20),      // ldh [20]            flags + fragment offset
+        s(0x45, 4, 0, 0x1fff),  // jset #offset -> drop
+        s(0xb1, 0, 0, 14),      // ldxb 4*([14]&0xf)   IP header length
+        s(0x48, 0, 0, 16),      // ldh [x+16]          UDP destination port
+        s(0x15, 0, 1, 67),      // jeq #67 else drop
         s(0x06, 0, 0, 0x40000), // ret accept
-        s(0x06, 0, 0, 0),      // ret drop
+        s(0x06, 0, 0, 0),       // ret drop
     ]
 }
 
 fn packet_socket(iface: &str) -> Result<(OwnedFd, i32, MacAddr)> {
-    let name = CString::new(iface).map_err(|_| Error::io("interface name", io::ErrorKind::InvalidInput.into()))?;
+    let name = CString::new(iface)
+        .map_err(|_| Error::io("interface name", io::ErrorKind::InvalidInput.into()))?;
     // SAFETY: plain FFI calls with valid arguments; every fd is owned right after creation.
     unsafe {
         let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
         if ifindex == 0 {
             return Err(last(&format!("dhcp: find interface {iface}")));
         }
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(ETH_P_IP.to_be()));
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_IP.to_be()),
+        );
         if fd < 0 {
             return Err(last("dhcp: open packet socket"));
         }
         let fd = OwnedFd::from_raw_fd(fd);
         let filter = dhcp_filter();
-        let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut _ };
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut _,
+        };
         let p = &prog as *const libc::sock_fprog as *const libc::c_void;
         let plen = std::mem::size_of::<libc::sock_fprog>() as u32;
-        if libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, p, plen) < 0 {
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            p,
+            plen,
+        ) < 0
+        {
             return Err(last("dhcp: attach socket filter"));
         }
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
@@ -69,7 +84,12 @@ fn packet_socket(iface: &str) -> Result<(OwnedFd, i32, MacAddr)> {
         sll.sll_protocol = ETH_P_IP.to_be();
         sll.sll_ifindex = ifindex;
         let sp = &sll as *const libc::sockaddr_ll as *const libc::sockaddr;
-        if libc::bind(fd.as_raw_fd(), sp, std::mem::size_of::<libc::sockaddr_ll>() as u32) < 0 {
+        if libc::bind(
+            fd.as_raw_fd(),
+            sp,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) < 0
+        {
             return Err(last(&format!("dhcp: bind packet socket to {iface}")));
         }
         let mut ifr: libc::ifreq = std::mem::zeroed();
@@ -97,14 +117,19 @@ impl DhcpServer {
         }
         // SAFETY: `stop` is a fresh fd owned by nobody else.
         let stop = unsafe { OwnedFd::from_raw_fd(stop) };
-        let stop_rd = stop.try_clone().map_err(|e| Error::io("dhcp: dup eventfd", e))?;
+        let stop_rd = stop
+            .try_clone()
+            .map_err(|e| Error::io("dhcp: dup eventfd", e))?;
         let responder = Responder::new(cfg, mac);
         let thread = std::thread::Builder::new()
             .name("berth-dhcp".into())
             .spawn(move || serve(sock, ifindex, stop_rd, responder))
             .map_err(|e| Error::io("dhcp: spawn thread", e))?;
         log::info!("dhcp: serving on {iface} ({mac})");
-        Ok(DhcpServer { stop, thread: Some(thread) })
+        Ok(DhcpServer {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the thread and waits for it.
@@ -132,8 +157,16 @@ fn serve(sock: OwnedFd, ifindex: i32, stop: OwnedFd, mut responder: Responder) {
     let mut buf = vec![0u8; 65536];
     loop {
         let mut fds = [
-            libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `fds` is a valid array of two pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -147,7 +180,9 @@ fn serve(sock: OwnedFd, ifindex: i32, stop: OwnedFd, mut responder: Responder) {
         if fds[1].revents != 0 {
             return;
         }
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 && fds[0].revents & libc::POLLIN == 0 {
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+            && fds[0].revents & libc::POLLIN == 0
+        {
             log::error!("dhcp: packet socket failed (revents {:#x})", fds[0].revents);
             return;
         }
@@ -156,7 +191,14 @@ fn serve(sock: OwnedFd, ifindex: i32, stop: OwnedFd, mut responder: Responder) {
             let mut from: libc::sockaddr_ll = std::mem::zeroed();
             let mut flen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
             let fp = &mut from as *mut libc::sockaddr_ll as *mut libc::sockaddr;
-            let r = libc::recvfrom(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, fp, &mut flen);
+            let r = libc::recvfrom(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                fp,
+                &mut flen,
+            );
             (r, from.sll_pkttype)
         };
         if len < 0 {
@@ -165,7 +207,9 @@ fn serve(sock: OwnedFd, ifindex: i32, stop: OwnedFd, mut responder: Responder) {
         if pkttype == libc::PACKET_OUTGOING {
             continue; // our own replies
         }
-        let Some(reply) = responder.handle(&buf[..len as usize]) else { continue };
+        let Some(reply) = responder.handle(&buf[..len as usize]) else {
+            continue;
+        };
         // SAFETY: sends `reply` to a fully initialised sockaddr_ll.
         let r = unsafe {
             let mut to: libc::sockaddr_ll = std::mem::zeroed();
@@ -175,7 +219,14 @@ fn serve(sock: OwnedFd, ifindex: i32, stop: OwnedFd, mut responder: Responder) {
             to.sll_halen = 6;
             to.sll_addr[..6].copy_from_slice(&reply[..6]);
             let tp = &to as *const libc::sockaddr_ll as *const libc::sockaddr;
-            libc::sendto(sock.as_raw_fd(), reply.as_ptr().cast(), reply.len(), 0, tp, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+            libc::sendto(
+                sock.as_raw_fd(),
+                reply.as_ptr().cast(),
+                reply.len(),
+                0,
+                tp,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         if r < 0 {
             log::warn!("dhcp: send reply: {}", io::Error::last_os_error());

@@ -69,7 +69,10 @@ impl Default for DhcpMessage {
 impl DhcpMessage {
     /// An option's value.
     pub fn option(&self, code: u8) -> Option<&[u8]> {
-        self.options.iter().find(|(c, _)| *c == code).map(|(_, v)| v.as_slice())
+        self.options
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// An option holding exactly one IPv4 address.
@@ -175,11 +178,21 @@ pub fn parse_frame(f: &[u8]) -> Option<Frame> {
         return None;
     }
     let msg = DhcpMessage::parse(&udp[8..ulen])?;
-    Some(Frame { src_mac, src_ip: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), msg })
+    Some(Frame {
+        src_mac,
+        src_ip: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        msg,
+    })
 }
 
 /// Builds an Ethernet + IPv4 + UDP frame from the server port to the client port.
-pub fn build_frame(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+pub fn build_frame(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    payload: &[u8],
+) -> Vec<u8> {
     let udp_len = 8 + payload.len();
     let total = 20 + udp_len;
     let mut f = Vec::with_capacity(ETH_HLEN + total);
@@ -222,8 +235,20 @@ mod tests {
 
     #[test]
     fn checksums_verify() {
-        let msg = DhcpMessage { op: 1, htype: 1, hlen: 6, xid: 7, ..Default::default() };
-        let f = build_frame(MacAddr([2, 0, 0, 0, 0, 1]), MacAddr::BROADCAST, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, &msg.emit(&[]));
+        let msg = DhcpMessage {
+            op: 1,
+            htype: 1,
+            hlen: 6,
+            xid: 7,
+            ..Default::default()
+        };
+        let f = build_frame(
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            MacAddr::BROADCAST,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            &msg.emit(&[]),
+        );
         assert_eq!(checksum(&f[14..34], 0), 0);
         // UDP: sum over pseudo-header + segment is 0xffff (complement 0).
         let mut pseudo = f[26..34].to_vec();
@@ -234,8 +259,21 @@ mod tests {
 
     #[test]
     fn frames_to_the_server_port_round_trip() {
-        let msg = DhcpMessage { op: 1, htype: 1, hlen: 6, xid: 0xdead, options: vec![(53, vec![1])], ..Default::default() };
-        let mut f = build_frame(MacAddr([2, 0, 0, 0, 0, 1]), MacAddr::BROADCAST, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, &msg.emit(&[53, 1, 1]));
+        let msg = DhcpMessage {
+            op: 1,
+            htype: 1,
+            hlen: 6,
+            xid: 0xdead,
+            options: vec![(53, vec![1])],
+            ..Default::default()
+        };
+        let mut f = build_frame(
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            MacAddr::BROADCAST,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            &msg.emit(&[53, 1, 1]),
+        );
         assert_eq!(parse_frame(&f), None, "client port, not the server's");
         f[34..36].copy_from_slice(&CLIENT_PORT.to_be_bytes());
         f[36..38].copy_from_slice(&SERVER_PORT.to_be_bytes());

@@ -147,7 +147,12 @@ impl Expr {
     pub(crate) fn encode(&self, b: &mut NlBuf) {
         b.put_str(NFTA_EXPR_NAME, self.name());
         b.nest(NFTA_EXPR_DATA, |b| match self {
-            Expr::Payload { base, offset, len, dreg } => {
+            Expr::Payload {
+                base,
+                offset,
+                len,
+                dreg,
+            } => {
                 b.put_be32(NFTA_PAYLOAD_DREG, *dreg);
                 b.put_be32(NFTA_PAYLOAD_BASE, *base as u32);
                 b.put_be32(NFTA_PAYLOAD_OFFSET, *offset);
@@ -169,7 +174,9 @@ impl Expr {
             Expr::Verdict(v) => {
                 b.put_be32(NFTA_IMMEDIATE_DREG, REG_VERDICT);
                 b.nest(NFTA_IMMEDIATE_DATA, |b| {
-                    b.nest(NFTA_DATA_VERDICT, |b| b.put_be32(NFTA_VERDICT_CODE, *v as i32 as u32))
+                    b.nest(NFTA_DATA_VERDICT, |b| {
+                        b.put_be32(NFTA_VERDICT_CODE, *v as i32 as u32)
+                    })
                 });
             }
             Expr::Nat { kind, addr_reg } => {
@@ -184,8 +191,17 @@ impl Expr {
 /// `ip saddr` (offset 12) or `ip daddr` (offset 16) `== addr`: a payload load and a cmp.
 pub fn ip_addr_eq(offset: u32, addr: std::net::Ipv4Addr) -> [Expr; 2] {
     [
-        Expr::Payload { base: PayloadBase::Network, offset, len: 4, dreg: REG_1 },
-        Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: addr.octets().to_vec() },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset,
+            len: 4,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: addr.octets().to_vec(),
+        },
     ]
 }
 
@@ -215,7 +231,12 @@ mod tests {
         let data = attrs(&a[1].1);
         assert_eq!(
             data,
-            vec![(1, vec![0, 0, 0, 1]), (2, vec![0, 0, 0, 1]), (3, vec![0, 0, 0, 16]), (4, vec![0, 0, 0, 4])]
+            vec![
+                (1, vec![0, 0, 0, 1]),
+                (2, vec![0, 0, 0, 1]),
+                (3, vec![0, 0, 0, 16]),
+                (4, vec![0, 0, 0, 4])
+            ]
         );
     }
 
@@ -228,13 +249,21 @@ mod tests {
         let data = attrs(&a[1].1);
         assert_eq!(data[0], (NFTA_IMMEDIATE_DREG, vec![0, 0, 0, 0]));
         let verdict = attrs(&attrs(&data[1].1)[0].1);
-        assert_eq!(verdict[0], (NFTA_VERDICT_CODE, (-5i32).to_be_bytes().to_vec()));
+        assert_eq!(
+            verdict[0],
+            (NFTA_VERDICT_CODE, (-5i32).to_be_bytes().to_vec())
+        );
     }
 
     #[test]
     fn cmp_carries_value_in_packet_order() {
         let mut b = NlBuf::default();
-        Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: 5900u16.to_be_bytes().to_vec() }.encode(&mut b);
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: 5900u16.to_be_bytes().to_vec(),
+        }
+        .encode(&mut b);
         let data = attrs(&attrs(&b.buf)[1].1);
         assert_eq!(attrs(&data[2].1)[0], (NFTA_DATA_VALUE, vec![0x17, 0x0c]));
     }

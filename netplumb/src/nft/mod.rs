@@ -77,20 +77,48 @@ pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
     if spec.keep_vnc {
         // `tcp dport 5900` is nft's shorthand for `meta l4proto tcp` + `th dport 5900`.
         let mut e = ip_addr_eq(16, spec.pod_ip).to_vec();
-        e.push(Expr::Meta { key: MetaKey::L4Proto, dreg: REG_1 });
-        e.push(Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: vec![libc::IPPROTO_TCP as u8] });
-        e.push(Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: REG_1 });
-        e.push(Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: spec.vnc_port.to_be_bytes().to_vec() });
+        e.push(Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: REG_1,
+        });
+        e.push(Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: vec![libc::IPPROTO_TCP as u8],
+        });
+        e.push(Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: REG_1,
+        });
+        e.push(Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: spec.vnc_port.to_be_bytes().to_vec(),
+        });
         e.push(Expr::Verdict(Verdict::Return));
         out.push(("prerouting", e));
     }
     let mut e = ip_addr_eq(16, spec.pod_ip).to_vec();
-    e.push(Expr::Immediate { dreg: REG_1, data: spec.vm_ip.octets().to_vec() });
-    e.push(Expr::Nat { kind: NatKind::Dnat, addr_reg: REG_1 });
+    e.push(Expr::Immediate {
+        dreg: REG_1,
+        data: spec.vm_ip.octets().to_vec(),
+    });
+    e.push(Expr::Nat {
+        kind: NatKind::Dnat,
+        addr_reg: REG_1,
+    });
     out.push(("prerouting", e));
     let mut e = ip_addr_eq(12, spec.vm_ip).to_vec();
-    e.push(Expr::Immediate { dreg: REG_1, data: spec.pod_ip.octets().to_vec() });
-    e.push(Expr::Nat { kind: NatKind::Snat, addr_reg: REG_1 });
+    e.push(Expr::Immediate {
+        dreg: REG_1,
+        data: spec.pod_ip.octets().to_vec(),
+    });
+    e.push(Expr::Nat {
+        kind: NatKind::Snat,
+        addr_reg: REG_1,
+    });
     out.push(("postrouting", e));
     out
 }
@@ -104,7 +132,11 @@ struct Batch {
 
 impl Batch {
     fn new(seq: u32) -> Batch {
-        let mut batch = Batch { b: NlBuf::default(), seq, acked: Vec::new() };
+        let mut batch = Batch {
+            b: NlBuf::default(),
+            seq,
+            acked: Vec::new(),
+        };
         batch.control(NFNL_MSG_BATCH_BEGIN);
         batch
     }
@@ -119,7 +151,11 @@ impl Batch {
     }
 
     fn msg(&mut self, ty: u16, flags: u16, body: impl FnOnce(&mut NlBuf)) {
-        let m = self.b.begin_msg(NFNL_SUBSYS_NFTABLES << 8 | ty, NLM_F_REQUEST | NLM_F_ACK | flags, self.seq);
+        let m = self.b.begin_msg(
+            NFNL_SUBSYS_NFTABLES << 8 | ty,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            self.seq,
+        );
         self.acked.push(self.seq);
         self.seq = self.seq.wrapping_add(1);
         self.b.raw(&[NFPROTO_IPV4, 0, 0, 0]);
@@ -129,7 +165,9 @@ impl Batch {
 
     /// "add table; delete table": removes the table whether or not it exists.
     fn drop_table(&mut self) {
-        self.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| b.put_str(NFTA_TABLE_NAME, TABLE));
+        self.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| {
+            b.put_str(NFTA_TABLE_NAME, TABLE)
+        });
         self.msg(NFT_MSG_DELTABLE, 0, |b| b.put_str(NFTA_TABLE_NAME, TABLE));
     }
 
@@ -157,9 +195,21 @@ fn base_chain(batch: &mut Batch, name: &str, hook: u32, prio: i32) {
 pub fn install_batch(spec: &NatSpec, seq: u32) -> (Vec<u8>, Vec<u32>) {
     let mut batch = Batch::new(seq);
     batch.drop_table();
-    batch.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| b.put_str(NFTA_TABLE_NAME, TABLE));
-    base_chain(&mut batch, "prerouting", NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST);
-    base_chain(&mut batch, "postrouting", NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC);
+    batch.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| {
+        b.put_str(NFTA_TABLE_NAME, TABLE)
+    });
+    base_chain(
+        &mut batch,
+        "prerouting",
+        NF_INET_PRE_ROUTING,
+        NF_IP_PRI_NAT_DST,
+    );
+    base_chain(
+        &mut batch,
+        "postrouting",
+        NF_INET_POST_ROUTING,
+        NF_IP_PRI_NAT_SRC,
+    );
     for (chain, exprs) in rules(spec) {
         batch.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |b| {
             b.put_str(NFTA_RULE_TABLE, TABLE);
@@ -190,8 +240,10 @@ pub struct Nft {
 impl Nft {
     /// Opens the socket.
     pub fn open() -> Result<Nft> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| Error::netlink("open nfnetlink socket", e))?;
-        sock.bind_auto().map_err(|e| Error::netlink("bind nfnetlink socket", e))?;
+        let mut sock = Socket::new(NETLINK_NETFILTER)
+            .map_err(|e| Error::netlink("open nfnetlink socket", e))?;
+        sock.bind_auto()
+            .map_err(|e| Error::netlink("bind nfnetlink socket", e))?;
         Ok(Nft { sock, seq: 1 })
     }
 
@@ -243,7 +295,10 @@ impl Nft {
         if seen < acked.len() {
             return Err(Error::netlink(
                 op,
-                std::io::Error::other(format!("{seen} of {} batch messages acknowledged", acked.len())),
+                std::io::Error::other(format!(
+                    "{seen} of {} batch messages acknowledged",
+                    acked.len()
+                )),
             ));
         }
         Ok(())
@@ -255,7 +310,12 @@ mod tests {
     use super::*;
 
     fn spec(keep_vnc: bool) -> NatSpec {
-        NatSpec { pod_ip: "10.0.0.2".parse().unwrap(), vm_ip: "192.168.254.2".parse().unwrap(), keep_vnc, vnc_port: 5900 }
+        NatSpec {
+            pod_ip: "10.0.0.2".parse().unwrap(),
+            vm_ip: "192.168.254.2".parse().unwrap(),
+            keep_vnc,
+            vnc_port: 5900,
+        }
     }
 
     #[test]
@@ -263,7 +323,9 @@ mod tests {
         assert_eq!(rules(&spec(true)).len(), 3);
         let r = rules(&spec(false));
         assert_eq!(r.len(), 2);
-        assert!(r.iter().all(|(_, e)| !e.contains(&Expr::Verdict(Verdict::Return))));
+        assert!(r
+            .iter()
+            .all(|(_, e)| !e.contains(&Expr::Verdict(Verdict::Return))));
     }
 
     #[test]
@@ -288,6 +350,9 @@ mod tests {
             ]
         );
         assert_eq!(acked, (101..109).collect::<Vec<_>>());
-        assert_eq!(replies.iter().map(|r| r.seq).collect::<Vec<_>>(), (100..110).collect::<Vec<_>>());
+        assert_eq!(
+            replies.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (100..110).collect::<Vec<_>>()
+        );
     }
 }
