@@ -6,6 +6,7 @@
 //! MSI-X).
 
 pub mod block;
+pub mod net;
 pub mod pci;
 
 use std::sync::Arc;

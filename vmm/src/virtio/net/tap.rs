@@ -1,0 +1,102 @@
+//! The host side of a virtio-net device: a tap opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+//! (by the caller), whose frames carry the same 12-byte header as virtio 1.x, so headers pass
+//! through without translation.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// Length of `virtio_net_hdr_v1` (with `num_buffers`), used on both sides.
+pub const VNET_HDR_LEN: usize = 12;
+
+/// Offloads the tap may hand to the guest (TUNSETOFFLOAD flags).
+pub mod offload {
+    /// Partial checksums.
+    pub const CSUM: u32 = libc::TUN_F_CSUM;
+    /// TCPv4 segmentation offload.
+    pub const TSO4: u32 = libc::TUN_F_TSO4;
+    /// TCPv6 segmentation offload.
+    pub const TSO6: u32 = libc::TUN_F_TSO6;
+    /// TSO with ECN.
+    pub const TSO_ECN: u32 = libc::TUN_F_TSO_ECN;
+    /// UDP fragmentation offload.
+    pub const UFO: u32 = libc::TUN_F_UFO;
+}
+
+/// Where frames go and come from.
+pub trait NetBackend: Send + AsRawFd {
+    /// Reads one frame (header included) into `buf`; `WouldBlock` when none is waiting.
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one frame (header included).
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Tells the host which offloads the guest accepts.
+    fn set_offload(&mut self, flags: u32) -> io::Result<()>;
+}
+
+/// A tap device.
+pub struct Tap {
+    fd: OwnedFd,
+}
+
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+impl Tap {
+    /// Takes a tap fd opened with IFF_VNET_HDR; sets the header size and non-blocking mode.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        let size: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads an int from the pointer; fcntl on an owned fd.
+        unsafe {
+            if libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ as _, &size) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Tap { fd })
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl NetBackend for Tap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: reads into a valid, writable buffer of the given length.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: writes from a valid buffer of the given length.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn set_offload(&mut self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD as _,
+                flags as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
