@@ -30,6 +30,16 @@ pub enum Error {
         /// The gateway (bridge) address.
         vm_gw: Ipv4Addr,
     },
+    /// The VM's /30 overlaps the pod's own subnet, so routing to the VM would be ambiguous.
+    #[error("VM_GW/30 ({vm_gw}/30) overlaps the pod network {pod_ip}/{prefix}: choose VM_IP and VM_GW outside it")]
+    VmSubnetOverlapsPod {
+        /// The gateway (bridge) address.
+        vm_gw: Ipv4Addr,
+        /// The pod's address.
+        pod_ip: Ipv4Addr,
+        /// The pod's prefix length.
+        prefix: u8,
+    },
     /// An environment variable holds something that does not parse.
     #[error("{var}={value:?} is not valid: {why}")]
     BadValue {

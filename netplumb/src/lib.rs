@@ -5,6 +5,8 @@
 //! ([`nft`]); [`DhcpServer::spawn`] gives the VM its one lease. Everything is netlink and
 //! sockets: no external program runs. See README.md for the table and the DHCP options.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod dhcp;
 pub mod error;

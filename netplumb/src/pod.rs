@@ -64,6 +64,13 @@ impl PodInfo {
     }
 }
 
+/// Whether prefixes a/alen and b/blen share an address.
+fn overlaps(a: Ipv4Addr, alen: u8, b: Ipv4Addr, blen: u8) -> bool {
+    let len = alen.min(blen).min(32);
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
 /// The plumbing berth installed: bridge with VM_GW/30, the tap in it, forwarding, and the
 /// `ip berth` NAT table. [`PodNetwork::teardown`] (or dropping it) removes all of it.
 ///
@@ -86,6 +93,14 @@ impl PodNetwork {
         cfg.validate()?;
         let mut rtnl = Rtnl::open()?;
         let info = PodInfo::discover_with(&mut rtnl, cfg)?;
+        if overlaps(info.ip, info.prefix, cfg.vm_gw, 30) {
+            let (vm_gw, pod_ip, prefix) = (cfg.vm_gw, info.ip, info.prefix);
+            return Err(Error::VmSubnetOverlapsPod {
+                vm_gw,
+                pod_ip,
+                prefix,
+            });
+        }
         let nft = Nft::open()?;
         let mut net = PodNetwork {
             cfg: cfg.clone(),
@@ -213,5 +228,20 @@ impl Drop for PodNetwork {
         if let Err(e) = self.teardown() {
             log::warn!("pod network teardown: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlaps;
+
+    #[test]
+    fn prefix_overlap() {
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(overlaps(ip("192.168.254.7"), 24, ip("192.168.254.1"), 30));
+        assert!(overlaps(ip("192.168.254.2"), 32, ip("192.168.254.1"), 30));
+        assert!(!overlaps(ip("192.168.254.5"), 32, ip("192.168.254.1"), 30));
+        assert!(!overlaps(ip("10.213.0.2"), 24, ip("192.168.254.1"), 30));
+        assert!(overlaps(ip("10.0.0.1"), 0, ip("192.168.254.1"), 30));
     }
 }
