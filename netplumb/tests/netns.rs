@@ -12,7 +12,7 @@ use common::*;
 use netplumb::{DhcpServer, Error, MacAddr, NetConfig, PodNetwork};
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(3);
+const T: Duration = Duration::from_secs(10);
 
 fn config(pod: &Pod, hostname: &str) -> NetConfig {
     NetConfig {
@@ -210,7 +210,7 @@ fn vm_takes_over_the_pod_ip() {
     let out = std::process::Command::new("ip")
         .args([
             "netns", "exec", &vm.name, "busybox", "udhcpc", "-i", "vmnic", "-f", "-q", "-n", "-t",
-            "5", "-T", "1",
+            "10", "-T", "2",
         ])
         .args([
             "-O",
