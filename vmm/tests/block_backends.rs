@@ -56,51 +56,53 @@ fn images(dir: &Path) -> Vec<(&'static str, PathBuf, DiskFormat, Vec<u8>)> {
 }
 
 /// Writes, zeroes and discards at random unaligned offsets, many across cluster boundaries,
-/// checking every read against an in-memory model, then again after reopening.
+/// checking every read against an in-memory model; returns the final model.
+fn exercise(name: &str, disk: &mut dyn BlockBackend, mut model: Vec<u8>) -> Vec<u8> {
+    assert_eq!(disk.size(), SIZE, "{name}");
+    let mut rng = Rng(0x1234_5678 ^ name.len() as u64);
+    for i in 0..300u64 {
+        // Bias offsets to straddle cluster boundaries.
+        let off = if rng.below(2) == 0 {
+            (rng.below(SIZE / CLUSTER - 1) + 1) * CLUSTER - rng.below(5000)
+        } else {
+            rng.below(SIZE - 1)
+        };
+        let len = (1 + rng.below(150_000)).min(SIZE - off);
+        let (o, l) = (off as usize, len as usize);
+        match rng.below(10) {
+            0..=5 => {
+                let data = pattern(i + 7, l);
+                disk.write_at(&data, off).unwrap();
+                model[o..o + l].copy_from_slice(&data);
+            }
+            6 => {
+                disk.write_zeroes(off, len, rng.below(2) == 0).unwrap();
+                model[o..o + l].fill(0);
+            }
+            7 => {
+                disk.discard(off, len).unwrap();
+                model[o..o + l].fill(0);
+            }
+            _ => {}
+        }
+        if i % 50 == 0 {
+            disk.flush().unwrap();
+        }
+        let mut buf = vec![0u8; l];
+        disk.read_at(&mut buf, off).unwrap();
+        assert!(buf == model[o..o + l], "{name}: op {i} at {off}+{len}");
+    }
+    disk.flush().unwrap();
+    model
+}
+
 #[test]
 fn random_io_matches_model() {
     let dir = tempfile::tempdir().unwrap();
+    let raw_base = dir.path().join("base.raw");
     for (name, path, fmt, init) in images(dir.path()) {
-        let raw_base = dir.path().join("base.raw");
         let base_before = (name == "overlay on raw").then(|| std::fs::read(&raw_base).unwrap());
-        let mut model = init;
-        let mut disk = open(&path, fmt, false);
-        assert_eq!(disk.size(), SIZE, "{name}");
-        let mut rng = Rng(0x1234_5678 ^ name.len() as u64);
-        for i in 0..300u64 {
-            // Bias offsets to straddle cluster boundaries.
-            let off = if rng.below(2) == 0 {
-                (rng.below(SIZE / CLUSTER - 1) + 1) * CLUSTER - rng.below(5000)
-            } else {
-                rng.below(SIZE - 1)
-            };
-            let len = (1 + rng.below(150_000)).min(SIZE - off);
-            let (o, l) = (off as usize, len as usize);
-            match rng.below(10) {
-                0..=5 => {
-                    let data = pattern(i + 7, l);
-                    disk.write_at(&data, off).unwrap();
-                    model[o..o + l].copy_from_slice(&data);
-                }
-                6 => {
-                    disk.write_zeroes(off, len, rng.below(2) == 0).unwrap();
-                    model[o..o + l].fill(0);
-                }
-                7 => {
-                    disk.discard(off, len).unwrap();
-                    model[o..o + l].fill(0);
-                }
-                _ => {}
-            }
-            if i % 50 == 0 {
-                disk.flush().unwrap();
-            }
-            let mut buf = vec![0u8; l];
-            disk.read_at(&mut buf, off).unwrap();
-            assert!(buf == model[o..o + l], "{name}: op {i} at {off}+{len}");
-        }
-        disk.flush().unwrap();
-        drop(disk);
+        let model = exercise(name, open(&path, fmt, false).as_mut(), init);
         let mut disk = open(&path, fmt, true);
         let mut all = vec![0u8; SIZE as usize];
         disk.read_at(&mut all, 0).unwrap();
@@ -112,6 +114,44 @@ fn random_io_matches_model() {
             );
         }
     }
+}
+
+/// A loop device detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// The raw backend on a block device (size by ioctl, BLKDISCARD, fallocate on the device);
+/// skipped where loop devices cannot be set up.
+#[test]
+fn raw_block_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backing.img");
+    let init = pattern(4, SIZE as usize);
+    std::fs::write(&file, &init).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show", s(&file)])
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => Loop(String::from_utf8(o.stdout).unwrap().trim().into()),
+        _ => {
+            eprintln!("skipping raw_block_device: no loop devices here");
+            return;
+        }
+    };
+    let mut disk = open_disk(Path::new(&dev.0), DiskOptions::default()).unwrap();
+    let model = exercise("block device", disk.as_mut(), init);
+    drop(disk);
+    let mut disk = open(Path::new(&dev.0), DiskFormat::Raw, true);
+    let mut all = vec![0u8; SIZE as usize];
+    disk.read_at(&mut all, 0).unwrap();
+    assert!(all == model, "block device content after reopen differs");
 }
 
 #[test]

@@ -119,12 +119,12 @@ fn sigkill_mid_storm_loses_no_flushed_write() {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut rng = Rng(seed * 3);
         let kill_after = 1 + rng.below(24);
         let (mut flushed, mut seen) = (0u64, 0);
         let mut killed = false;
-        while let Some(line) = lines.next() {
+        for line in lines {
             let Some(n) = line.unwrap().strip_prefix("F ").map(|n| n.parse().unwrap()) else {
                 continue;
             };
