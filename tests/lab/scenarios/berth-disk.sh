@@ -24,11 +24,12 @@ before=$(md5sum base.raw | cut -d' ' -f1)
 dd if=/dev/zero of=extra.img bs=1M count=8 2>/dev/null
 
 # The guest's part of each boot travels as /scenario.sh in a second initramfs appended to the
-# first (the kernel unpacks concatenated archives in order).
+# first (the kernel unpacks concatenated archives in order; compressed, so that the second one
+# need not start on the 4-byte boundary an uncompressed cpio needs).
 with_script() {  # name, script text
     mkdir -p "s$1"
     printf '%s\n' "$2" > "s$1/scenario.sh"
-    (cd "s$1" && echo scenario.sh | cpio -o -H newc 2>/dev/null) > "s$1.cpio"
+    (cd "s$1" && echo scenario.sh | cpio -o -H newc 2>/dev/null | gzip) > "s$1.cpio"
     cat "$L2_INITRD" "s$1.cpio" > "initrd-$1"
 }
 with_script 1 '
