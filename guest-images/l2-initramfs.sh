@@ -4,6 +4,7 @@
 # (guest-images/l2/init; see its header for the l2.* kernel command line knobs).
 #
 # Output (stdout, eval-able):  L2_KERNEL=...  L2_INITRD=...
+# The initrd is padded to 512 bytes, so further cpio archives can be appended to it.
 # Cached in $BERTH_CACHE/l2/ and rebuilt only when an input changes.
 set -euo pipefail
 GI_NAME=l2-initramfs.sh
@@ -64,6 +65,12 @@ echo '/bin/sh' > "$r/etc/shells"
 echo 'berth-l2' > "$r/etc/hostname"
 
 mkcpio "$r" "$tmp/initrd.cpio.gz" gzip || die "cpio/gzip of $r failed"
+# Pad with zeros to a multiple of 512 bytes: the kernel only recognises a further (uncompressed)
+# cpio archive appended after a compressed one if it starts 4-byte aligned, and it skips zeros.
+# This lets scenarios append files: cat "$L2_INITRD" extra.cpio > initrd (see berth-disk.sh).
+size=$(stat -c %s "$tmp/initrd.cpio.gz")
+pad=$(( (512 - size % 512) % 512 ))
+[ "$pad" -eq 0 ] || head -c "$pad" /dev/zero >> "$tmp/initrd.cpio.gz"
 publish "$tmp/initrd.cpio.gz" "$out" "$stamp"
 log "built $out ($(du -k "$out" | cut -f1) KiB)"
 emit
