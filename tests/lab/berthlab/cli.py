@@ -1,6 +1,8 @@
 """The `lab` command line: build, run, demo, list. See tests/lab/README.md."""
 
 import argparse
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -16,12 +18,25 @@ def say(msg: str) -> None:
 
 
 def new_logdir() -> Path:
+    """A fresh target/lab-logs/<UTC timestamp>/, pointed to by target/lab-logs/latest.
+
+    Only the newest $LAB_KEEP_LOGS (default 30) run directories are kept.
+    """
     d = paths.LOG_ROOT / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     n = 1
     while d.exists():
         n += 1
         d = d.with_name(d.name.split(".")[0] + f".{n}")
     d.mkdir(parents=True)
+    latest = paths.LOG_ROOT / "latest"
+    if latest.is_symlink() or not latest.exists():
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(d.name)
+    keep = int(os.environ.get("LAB_KEEP_LOGS", "30"))
+    runs = sorted(p for p in paths.LOG_ROOT.iterdir()
+                  if p.is_dir() and not p.is_symlink() and p.name[:1].isdigit())
+    for old in runs[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
     return d
 
 
