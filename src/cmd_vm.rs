@@ -6,8 +6,8 @@ use vmm::block::{open_disk, DiskFormat, DiskOptions};
 use vmm::virtio::block::Block;
 use vmm::{ExitReason, LinuxBoot, MachineConfig, Vm};
 
-use crate::console;
 use crate::exit::Failure;
+use crate::{console, lifecycle};
 
 /// Arguments of `berth vm`.
 #[derive(clap::Args)]
@@ -33,6 +33,10 @@ pub struct VmArgs {
     /// give format=raw for raw disks a guest writes.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// Seconds the guest gets to power off after SIGTERM/SIGINT (its ACPI power button is
+    /// pressed) before the VM is stopped. Default: BERTH_SHUTDOWN_TIMEOUT, else 60.
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_timeout: Option<u64>,
 }
 
 /// One `--disk` argument.
@@ -79,6 +83,12 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
 
 /// Runs the VM until it stops.
 pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
+    lifecycle::block_signals();
+    let timeout = match args.shutdown_timeout {
+        Some(s) => lifecycle::parse_timeout(&s.to_string()),
+        None => lifecycle::shutdown_timeout_from_env(),
+    }
+    .map_err(Failure::Usage)?;
     for f in std::iter::once(&args.kernel).chain(args.initrd.as_ref()) {
         std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
     }
@@ -115,9 +125,16 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         args.memory,
         specs.len()
     );
+    lifecycle::watch_signals(vm.power_button(), vm.control(), timeout);
     let _terminal = console::attach_stdin(vm.serial_input(), vm.control());
     match vm.run()? {
         ExitReason::Failed(why) => Err(Failure::GuestFailed(why)),
+        ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
+            Err(Failure::ShutdownTimeout(format!(
+                "{why} ({} s); disks were flushed",
+                timeout.as_secs()
+            )))
+        }
         other => Ok(other),
     }
 }
@@ -141,7 +158,13 @@ mod tests {
         assert!(d.read_only);
         assert_eq!(d.format, Some(DiskFormat::Raw));
         assert_eq!(d.serial.as_deref(), Some("xyz"));
-        for bad in ["", ",readonly", "/a,format=vmdk", "/a,bogus", "/a,serial=123456789012345678901"] {
+        for bad in [
+            "",
+            ",readonly",
+            "/a,format=vmdk",
+            "/a,bogus",
+            "/a,serial=123456789012345678901",
+        ] {
             assert!(parse_disk(bad).is_err(), "{bad}");
         }
     }

@@ -33,6 +33,9 @@ pub enum Failure {
     /// A disk image cannot be opened or created.
     #[error("{0}")]
     Disk(String),
+    /// The guest ignored the power button and was stopped.
+    #[error("{0}")]
+    ShutdownTimeout(String),
     /// Bad seed input: invalid or oversized metadata or user data, a bad MAC or host name.
     #[error("{0}")]
     Input(String),
@@ -60,6 +63,7 @@ impl Failure {
             Failure::Setup(_) => 7,
             Failure::Usage(_) => 2,
             Failure::Disk(_) => 9,
+            Failure::ShutdownTimeout(_) => 11,
             Failure::Input(_) => 8,
         }
     }

@@ -5,6 +5,7 @@ mod cmd_seed;
 mod cmd_vm;
 mod console;
 mod exit;
+mod lifecycle;
 
 use std::process::ExitCode;
 

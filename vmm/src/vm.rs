@@ -15,8 +15,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::boot::{self, BootError, LinuxBoot, LoadedKernel};
-use crate::arch::{cpuid, layout, mptable, msr, regs};
+use crate::arch::{acpi, cpuid, layout, mptable, msr, regs};
 use crate::bus::Bus;
+use crate::devices::acpi::{AcpiPm, PowerButton};
 use crate::devices::cmos::{Cmos, CMOS_BASE};
 use crate::devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
 use crate::devices::serial::{Serial, SerialInput, COM1_BASE, COM1_IRQ};
@@ -49,6 +50,8 @@ pub enum ResetSource {
     TripleFault,
     /// KVM reported a reset system event.
     Kvm,
+    /// The guest wrote the ACPI reset register (Linux's default reboot method).
+    Acpi,
 }
 
 impl std::fmt::Display for ResetSource {
@@ -57,6 +60,7 @@ impl std::fmt::Display for ResetSource {
             ResetSource::I8042 => "i8042 reset line",
             ResetSource::TripleFault => "triple fault",
             ResetSource::Kvm => "KVM system event",
+            ResetSource::Acpi => "ACPI reset register",
         })
     }
 }
@@ -183,6 +187,7 @@ pub struct Vm {
     mmio: Arc<Bus>,
     control: Arc<VmControl>,
     serial: Arc<Mutex<Serial>>,
+    power_button: PowerButton,
     config: MachineConfig,
 }
 
@@ -270,6 +275,17 @@ impl Vm {
         .map_err(dev_err)?;
         let router = Arc::new(KvmIrqRouter::new(fd.clone()));
 
+        pio.insert(
+            acpi::PM_PORT,
+            1,
+            Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
+        )
+        .map_err(dev_err)?;
+        let ged = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+        fd.register_irqfd(&ged, acpi::GED_GSI)
+            .map_err(kvm_err("register power button irqfd"))?;
+        let power_button = PowerButton::new(ged);
+
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported CPUID"))?;
@@ -302,16 +318,19 @@ impl Vm {
             mmio,
             control,
             serial,
+            power_button,
             config,
         })
     }
 
-    /// Loads a Linux kernel, initrd and command line, writes the MP table and points the boot
-    /// vCPU at the kernel's 64-bit entry.
+    /// Loads a Linux kernel, initrd and command line, writes the MP and ACPI tables and points
+    /// the boot vCPU at the kernel's 64-bit entry.
     pub fn load_linux(&mut self, linux: &LinuxBoot) -> Result<LoadedKernel, VmError> {
         mptable::setup(&self.memory, self.config.vcpus)
             .map_err(|e| VmError::Device(e.to_string()))?;
-        let kernel = boot::load_linux(&self.memory, linux)?;
+        let rsdp = acpi::setup(&self.memory, self.config.vcpus)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        let kernel = boot::load_linux(&self.memory, linux, Some(rsdp))?;
         self.enter_long_mode(kernel.entry)?;
         Ok(kernel)
     }
@@ -370,6 +389,11 @@ impl Vm {
     /// The stop state, to stop the VM from another thread.
     pub fn control(&self) -> Arc<VmControl> {
         self.control.clone()
+    }
+
+    /// A handle that presses the guest's ACPI power button (for a clean shutdown).
+    pub fn power_button(&self) -> PowerButton {
+        self.power_button.clone()
     }
 
     /// A handle that types into the serial console.

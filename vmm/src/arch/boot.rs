@@ -140,8 +140,13 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Loads the kernel, initrd and command line into `mem` and writes the zero page.
-pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<LoadedKernel, BootError> {
+/// Loads the kernel, initrd and command line into `mem` and writes the zero page, which points
+/// at the ACPI RSDP when there is one.
+pub fn load_linux(
+    mem: &GuestMemoryMmap,
+    boot: &LinuxBoot,
+    acpi_rsdp: Option<u64>,
+) -> Result<LoadedKernel, BootError> {
     let path = boot.kernel.as_path();
     let mut file = File::open(path).map_err(read_err(path))?;
     let format = detect_format(&mut file, path)?;
@@ -202,6 +207,7 @@ pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot) -> Result<LoadedKerne
 
     let mem_size: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
     fill_e820(&mut params, &layout::e820_map(mem_size));
+    params.acpi_rsdp_addr = acpi_rsdp.unwrap_or(0);
 
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|_| BootError::GuestMemory)?;
@@ -333,7 +339,7 @@ mod tests {
             initrd: Some(initrd),
             cmdline: "console=ttyS0 quiet".into(),
         };
-        let k = load_linux(&mem, &boot).unwrap();
+        let k = load_linux(&mem, &boot, Some(0xe0000)).unwrap();
         assert_eq!(k.format, KernelFormat::BzImage);
         assert_eq!(k.entry, GuestAddress(layout::HIMEM_START + 0x200));
 
@@ -376,6 +382,7 @@ mod tests {
                 kernel: old,
                 ..Default::default()
             },
+            None,
         )
         .unwrap_err();
         assert!(matches!(err, BootError::No64BitEntry(_)), "{err}");
@@ -388,6 +395,7 @@ mod tests {
                 kernel: junk,
                 ..Default::default()
             },
+            None,
         )
         .unwrap_err();
         assert!(matches!(err, BootError::NotAKernel(_)), "{err}");
@@ -406,6 +414,7 @@ mod tests {
                 initrd: None,
                 cmdline: long,
             },
+            None,
         )
         .unwrap_err();
         assert!(
@@ -419,6 +428,7 @@ mod tests {
                 initrd: None,
                 cmdline: "a\0b".into(),
             },
+            None,
         )
         .unwrap_err();
         assert!(matches!(err, BootError::CmdlineNul));

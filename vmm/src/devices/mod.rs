@@ -1,5 +1,7 @@
-//! Legacy PC devices: the COM1 UART, the i8042 controller (its reset line) and the CMOS RTC.
+//! Platform devices: the COM1 UART, the i8042 controller (its reset line), the CMOS RTC and
+//! the ACPI power-management registers and power button.
 
+pub mod acpi;
 pub mod cmos;
 pub mod i8042;
 pub mod serial;
