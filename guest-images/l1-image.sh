@@ -3,7 +3,8 @@
 # made of three concatenated archives, which the kernel unpacks in order:
 #   qemu.cpio     QEMU + its shared libraries + firmware          (cached: QEMU version)
 #   modules.cpio  kvm, kvm-amd, tun, bridge, veth, vhost... + deps  (cached: kernel version)
-#   payload.cpio  busybox, /init, berth, the L2 kernel + initrd, the scenarios (rebuilt each call)
+#   payload.cpio  busybox, /init, berth, the L2 kernel + initrd, the scenarios
+#                 (l1.cpio is reused only if none of these, nor the plan, changed)
 #
 # Usage: BERTH_BIN=path/to/berth guest-images/l1-image.sh [--plan FILE | SCENARIO.sh...]
 #   SCENARIO.sh...  scenario files; the timeout comes from their '# timeout:' header (default 300)
@@ -91,11 +92,26 @@ else
     publish "$tmp/modules.cpio" "$d/modules.cpio" "$mstamp"
 fi
 
-# --- payload.cpio (every call: berth and scenarios change often) ------------------------------
+# --- payload.cpio + l1.cpio (berth and scenarios change often: checked on every call) ---------
+BUSYBOX=$(command -v busybox)
+pstamp_args=("$0" "$GI_DIR/lib.sh" "$GI_DIR/l1/init" "$BUSYBOX" "$L2_KERNEL" "$L2_INITRD"
+             "$qstamp" "$mstamp" "${BERTH_BIN:-no-berth}")
+for line in "${plan_in[@]}"; do
+    read -r path _ <<< "$line"
+    pstamp_args+=("$line" "$path")
+done
+pstamp=$(stamp_of "${pstamp_args[@]}")
+emit() {
+    printf 'L1_KERNEL=%q\nL1_INITRD=%q\nL2_KERNEL=%q\nL2_INITRD=%q\n' \
+        "$VMLINUZ" "$d/l1.cpio" "$L2_KERNEL" "$L2_INITRD"
+}
+if fresh "$d/l1.cpio" "$pstamp"; then
+    log "reusing l1.cpio (berth, scenarios and images unchanged)"
+    emit; exit 0
+fi
 r=$tmp/payload
 mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,root,scratch,etc}
 mkdir -p "$r"/lab/{bin,l2,scenarios}
-BUSYBOX=$(command -v busybox)
 install -m 755 "$BUSYBOX" "$r/bin/busybox"
 "$BUSYBOX" --list-full | while read -r applet; do
     [ -e "$r/$applet" ] || ln -s /bin/busybox "$r/$applet"
@@ -125,6 +141,6 @@ done
 mkcpio "$r" "$tmp/payload.cpio" || die "cpio of payload failed"
 
 cat "$d/qemu.cpio" "$d/modules.cpio" "$tmp/payload.cpio" > "$tmp/l1.cpio"
-mv -f "$tmp/l1.cpio" "$d/l1.cpio"
+publish "$tmp/l1.cpio" "$d/l1.cpio" "$pstamp"
 log "built $d/l1.cpio ($(du -m "$d/l1.cpio" | cut -f1) MiB, ${#plan_in[@]} scenario(s))"
-printf 'L1_KERNEL=%q\nL1_INITRD=%q\nL2_KERNEL=%q\nL2_INITRD=%q\n' "$VMLINUZ" "$d/l1.cpio" "$L2_KERNEL" "$L2_INITRD"
+emit

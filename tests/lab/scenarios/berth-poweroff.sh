@@ -1,13 +1,15 @@
-# description: the guest's reset (reboot=k, no ACPI in berth yet) makes berth exit 0 on its own
+# description: ACPI: the guest powers off (S5 through the sleep control register) and berth exits 0 saying so; the kernel finds ACPI, PCI and no firmware errors
 # timeout: 120
 # needs: berth
-# expect: L2-ACTION reboot
-# expect: (?i)berth: .*reset
+# expect: L2-ACTION poweroff
+# expect: berth: guest powered off
 # expect: BERTH-EXIT rc=0
 # reject: Kernel panic
 # reject: KVM internal error
-# When berth gains ACPI this becomes the poweroff path: l2.action=poweroff, expect a power-off line.
+# reject: ACPI BIOS Error
+# reject: PCI: Fatal
+# reject: ACPI Error
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
 "$BERTH" vm --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --cpus 1 --memory 256 \
-    --cmdline "console=ttyS0 quiet panic=-1 reboot=k l2.action=reboot" </dev/null
+    --cmdline "console=ttyS0 quiet panic=-1 l2.action=poweroff" </dev/null
 echo "BERTH-EXIT rc=$?"
