@@ -10,6 +10,8 @@
 #   SCENARIO.sh...  scenario files; the timeout comes from their '# timeout:' header (default 300)
 #   --plan FILE     lines "<path-to-scenario.sh> <timeout> [tty]" (written by tests/lab/lab)
 #   BERTH_BIN       the static berth binary; optional (scenarios that need it then SKIP)
+#   L1_OUTPUT       also hard-link the image to this path (same filesystem as the cache) and
+#                   report it as L1_INITRD: a private copy for one run
 # Output (stdout, eval-able):  L1_KERNEL=...  L1_INITRD=...  L2_KERNEL=...  L2_INITRD=...
 set -euo pipefail
 GI_NAME=l1-image.sh
@@ -103,9 +105,12 @@ done
 pstamp=$(stamp_of "${pstamp_args[@]}")
 emit() {
     printf 'L1_KERNEL=%q\nL1_INITRD=%q\nL2_KERNEL=%q\nL2_INITRD=%q\n' \
-        "$VMLINUZ" "$d/l1.cpio" "$L2_KERNEL" "$L2_INITRD"
+        "$VMLINUZ" "${L1_OUTPUT:-$d/l1.cpio}" "$L2_KERNEL" "$L2_INITRD"
 }
-if fresh "$d/l1.cpio" "$pstamp"; then
+# L1_OUTPUT: also hard-link the result there, a private name that a concurrent run rebuilding
+# l1.cpio for another plan cannot replace before this run's QEMU opens it.
+if fresh "$d/l1.cpio" "$pstamp" && { [ -z "${L1_OUTPUT:-}" ] || ln -f "$d/l1.cpio" "$L1_OUTPUT"; } \
+        && fresh "$d/l1.cpio" "$pstamp"; then
     log "reusing l1.cpio (berth, scenarios and images unchanged)"
     emit; exit 0
 fi
@@ -141,6 +146,7 @@ done
 mkcpio "$r" "$tmp/payload.cpio" || die "cpio of payload failed"
 
 cat "$d/qemu.cpio" "$d/modules.cpio" "$tmp/payload.cpio" > "$tmp/l1.cpio"
+[ -z "${L1_OUTPUT:-}" ] || ln -f "$tmp/l1.cpio" "$L1_OUTPUT" || die "cannot link $L1_OUTPUT"
 publish "$tmp/l1.cpio" "$d/l1.cpio" "$pstamp"
 log "built $d/l1.cpio ($(du -m "$d/l1.cpio" | cut -f1) MiB, ${#plan_in[@]} scenario(s))"
 emit

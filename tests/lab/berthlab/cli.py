@@ -74,8 +74,9 @@ def execute(scenarios: list, mode=None, berth=None) -> int:
             runner.run_direct(runnable, berth, l2, console)
         elif runnable:
             plan = [(s.path, s.timeout, False) for s in runnable]
-            imgs = images.l1_image(plan, berth)
-            rc, timed_out = runner.run_l1(runnable, imgs, console)
+            with images.private_l1_path() as private:
+                imgs = images.l1_image(plan, berth, private)
+                rc, timed_out = runner.run_l1(runnable, imgs, console)
             if timed_out:
                 say(f"ERROR: outer QEMU hit its timeout ({runner.outer_timeout(runnable)}s) and was killed")
             for marker in ("L1-READY", "L1-DONE"):
@@ -158,11 +159,12 @@ def cmd_demo(args) -> int:
                                       "--initrd", l2["L2_INITRD"], "--cpus", "2",
                                       "--memory", "512", "--cmdline",
                                       "console=ttyS0 quiet panic=-1 reboot=k l2.action=shell"])
-        imgs = images.l1_image([(sc.path, sc.timeout, True)], berth)
-        print(demo.HINTS, flush=True)
-        # No mux and no signals: every key (Ctrl-C, Ctrl-A) passes through to L1 and on to berth.
-        serial = ["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con"]
-        return demo.run_attached(runner.l1_command(imgs, serial))
+        with images.private_l1_path() as private:
+            imgs = images.l1_image([(sc.path, sc.timeout, True)], berth, private)
+            print(demo.HINTS, flush=True)
+            # No mux, no signals: every key (Ctrl-C, Ctrl-A) passes through to L1 and berth.
+            serial = ["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con"]
+            return demo.run_attached(runner.l1_command(imgs, serial))
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
 """Building berth and the guest images (the guest-images/*.sh scripts do the real work)."""
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -62,14 +63,29 @@ def l2_images() -> dict:
     return run_script("l2-initramfs.sh")
 
 
-def l1_image(plan: list, berth: Path | None) -> dict:
+def l1_image(plan: list, berth: Path | None, private: Path | None = None) -> dict:
     """Build the L1 image for `plan`, a list of (scenario_path, timeout, tty: bool).
 
+    With `private` (a path in the cache's filesystem), the image is also hard-linked there and
+    that path is returned, so a concurrent run cannot swap it before QEMU opens it.
     Returns L1_KERNEL, L1_INITRD, L2_KERNEL, L2_INITRD.
     """
     with tempfile.NamedTemporaryFile("w", prefix="lab-plan.", suffix=".txt") as f:
         for path, timeout, tty in plan:
             f.write(f"{path} {timeout}{' tty' if tty else ''}\n")
         f.flush()
-        env = {"BERTH_BIN": str(berth) if berth else ""}
+        env = {"BERTH_BIN": str(berth) if berth else "", "L1_OUTPUT": str(private or "")}
         return run_script("l1-image.sh", "--plan", f.name, env=env)
+
+
+@contextlib.contextmanager
+def private_l1_path():
+    """A private, removed-afterwards name for one run's L1 image, next to the cache."""
+    d = paths.cache_dir() / "l1"
+    d.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="run.", suffix=".cpio", dir=d)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
