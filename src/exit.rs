@@ -39,6 +39,9 @@ pub enum Failure {
     /// Bad seed input: invalid or oversized metadata or user data, a bad MAC or host name.
     #[error("{0}")]
     Input(String),
+    /// The base image cannot be found or downloaded.
+    #[error("{0}")]
+    Fetch(String),
 }
 
 impl Failure {
@@ -65,6 +68,7 @@ impl Failure {
             Failure::Disk(_) => 9,
             Failure::ShutdownTimeout(_) => 11,
             Failure::Input(_) => 8,
+            Failure::Fetch(_) => 10,
         }
     }
 }

@@ -5,6 +5,7 @@ mod cmd_seed;
 mod cmd_vm;
 mod console;
 mod exit;
+mod fetch;
 mod lifecycle;
 
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Command {
     Seed(cmd_seed::SeedArgs),
     /// Manage qcow2 pet overlays (the VM's root disk on a shared, never-written base).
     Overlay(cmd_overlay::OverlayArgs),
+    /// Download the base image like the pod entrypoint does (for tests and debugging).
+    #[command(hide = true)]
+    Fetch(fetch::cmd::FetchArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Vm(args) => cmd_vm::run(args),
         Command::Seed(args) => return cmd_seed::run(args),
         Command::Overlay(args) => return cmd_overlay::run(args),
+        Command::Fetch(args) => return fetch::cmd::run(args),
     };
     match result {
         Ok(reason) => {
