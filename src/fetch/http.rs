@@ -164,14 +164,14 @@ fn transfer(
             }))
         }
     };
-    let of = total
-        .map(|t| format!(" of {}", size(t)))
-        .unwrap_or_default();
+    let sized = |t: u64| format!(" of {}", size(t));
     if start > 0 {
+        let of = total.map(sized).unwrap_or_default();
         log(format!("resuming {url} at {}{of}", size(start)));
     } else {
+        let len = total.map(|t| format!(" ({})", size(t))).unwrap_or_default();
         log(format!(
-            "downloading {url}{of} to {}",
+            "downloading {url}{len} to {}",
             files.target.display()
         ));
     }
@@ -183,7 +183,9 @@ fn transfer(
         &mut progress,
         url,
     )?;
-    log(progress.line());
+    if let Some(line) = progress.finish() {
+        log(line);
+    }
     match total {
         Some(t) if len < t => Err(AttemptError::network(
             url,

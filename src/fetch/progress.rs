@@ -14,6 +14,7 @@ pub struct Progress {
     done: u64,
     total: Option<u64>,
     last_decile: u64,
+    logged: u64,
 }
 
 impl Progress {
@@ -27,6 +28,7 @@ impl Progress {
             done: offset,
             total,
             last_decile: decile(offset, total),
+            logged: offset,
         }
     }
 
@@ -40,7 +42,13 @@ impl Progress {
         }
         self.last_decile = d;
         self.last = now;
+        self.logged = self.done;
         Some(self.line())
+    }
+
+    /// The closing line, unless the last one logged already said it all.
+    pub fn finish(&self) -> Option<String> {
+        (self.logged != self.done).then(|| self.line())
     }
 
     /// The current state: bytes, total and percentage when known, and the average rate.

@@ -288,7 +288,7 @@ impl ureq::unversioned::resolver::Resolver for Resolver {
                 80
             });
         // The DnsError rides inside an io::Error so that the caller can tell DNS apart.
-        let addrs = self.lookup(host).map_err(|e| io::Error::other(e))?;
+        let addrs = self.lookup(host).map_err(io::Error::other)?;
         let mut out = self.empty();
         for ip in addrs.into_iter().take(16) {
             out.push(SocketAddr::new(ip, port));
