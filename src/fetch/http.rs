@@ -76,6 +76,12 @@ fn content_range(headers: &HeaderMap) -> Option<(u64, Option<u64>)> {
     Some((first, total.trim().parse().ok()))
 }
 
+/// The size in a 416's `Content-Range: bytes */TOTAL`.
+fn complete_size(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get("content-range")?.to_str().ok()?;
+    v.strip_prefix("bytes */")?.trim().parse().ok()
+}
+
 /// What `If-Range` can carry: a strong ETag, else Last-Modified.
 fn validator(headers: &HeaderMap) -> Option<String> {
     let get = |name| headers.get(name)?.to_str().ok().map(str::to_string);
@@ -143,6 +149,12 @@ fn transfer(
                 0,
                 total,
             )
+        }
+        // The part is already whole (a kill between the last byte and the rename, maybe
+        // while hashing): `bytes */TOTAL` says so.
+        416 if offset > 0 && complete_size(resp.headers()) == Some(offset) => {
+            log(format!("{} is already complete", files.part.display()));
+            return Ok(None);
         }
         416 if offset > 0 => {
             files.restart(None)?;
@@ -250,6 +262,8 @@ mod tests {
         let h = headers(&[("content-range", "bytes 5-9/*")]);
         assert_eq!(content_range(&h), Some((5, None)));
         assert_eq!(content_range(&headers(&[("content-range", "junk")])), None);
+        let h = headers(&[("content-range", "bytes */1000")]);
+        assert_eq!((content_range(&h), complete_size(&h)), (None, Some(1000)));
         let h = headers(&[("etag", "W/\"x\""), ("last-modified", "Mon, 1 Jan 2024")]);
         assert_eq!(validator(&h).as_deref(), Some("Mon, 1 Jan 2024"));
         assert_eq!(

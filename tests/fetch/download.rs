@@ -155,11 +155,40 @@ fn sigkill_mid_download_leaves_only_a_part_then_resumes() {
 }
 
 #[test]
+fn a_complete_part_is_committed_without_downloading_again() {
+    // As if killed after the last byte but before the rename.
+    let s = Scratch::new();
+    let data = payload(LEN);
+    let srv = Server::start(data.clone(), Opts::default());
+    std::fs::write(s.image(".c.qcow2.part"), &data).unwrap();
+    std::fs::write(s.image(".c.qcow2.part.validator"), "\"berth-test-v1\"").unwrap();
+    let run = s.fetch(
+        &srv.url("/img"),
+        "c.qcow2",
+        &[("IMG_SHA256", &sha_hex(&data))],
+    );
+    run.ok();
+    assert!(
+        run.stderr().contains("already complete"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    assert_eq!(srv.seen()[0].range, Some(format!("bytes={LEN}-")));
+    assert_eq!(srv.seen().len(), 1);
+    assert_eq!(s.listing(), vec![".c.qcow2.lock", "c.qcow2"]);
+    // A part longer than the image is not complete: it starts over.
+    std::fs::write(s.image(".d.qcow2.part"), payload(LEN + 10)).unwrap();
+    s.fetch(&srv.url("/img"), "d.qcow2", &[]).ok();
+    assert_eq!(std::fs::read(s.image("d.qcow2")).unwrap(), data);
+}
+
+#[test]
 fn concurrent_fetchers_download_once() {
     let s = Scratch::new();
     let data = payload(LEN);
     let opts = Opts {
-        trickle: Some((16 << 10, Duration::from_millis(10))),
+        trickle: Some((8 << 10, Duration::from_millis(10))),
         ..Opts::default()
     };
     let srv = Server::start(data.clone(), opts);

@@ -194,7 +194,11 @@ fn handle<S: Read + Write>(st: &State, s: &mut S, addr: SocketAddr) {
         _ => None,
     };
     let head = match start {
-        Some(first) if first >= len => return status(s, "416 Range Not Satisfiable"),
+        Some(first) if first >= len => {
+            let msg = format!("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(msg.as_bytes());
+            return;
+        }
         Some(first) => format!(
             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {first}-{}/{len}\r\nContent-Length: {}\r\n",
             len - 1,
