@@ -1,4 +1,4 @@
-"""Why the chart grants exactly CAP_NET_ADMIN and CAP_NET_RAW (docs/chart.md, "Security
+"""Why the chart grants exactly CAP_NET_ADMIN and CAP_NET_RAW (chart/berth/README.md, "Security
 model"): each operation berth does in the pod, run as root in a fresh network namespace with
 only the given capabilities (setpriv --bounding-set), succeeds with the chart's set and fails
 when the capability it needs is taken away. Opening /dev/kvm and creating a VM needs none."""

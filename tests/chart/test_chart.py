@@ -48,7 +48,7 @@ def scenarios() -> dict[str, dict[str, Any]]:
 
 
 def assert_secure_pod(tc: unittest.TestCase, sts: dict[str, Any], no_dhcp: bool = False) -> None:
-    """The security model of docs/chart.md, for one VM's pod."""
+    """The security model of chart/berth/README.md, for one VM's pod."""
     spec = sts["spec"]["template"]["spec"]
     name = sts["metadata"]["name"]
     for k in ("hostNetwork", "hostPID", "hostIPC"):

@@ -135,7 +135,7 @@ class Image(unittest.TestCase):
         self.assertRegex(r.stdout.strip(), r"^berth \d+\.\d+\.\d+")
 
     def test_bind_mounted_kvm_is_blocked_by_the_device_cgroup(self) -> None:
-        """Evidence for docs/chart.md: a hostPath /dev/kvm (a bind mount of the node) is not
+        """Evidence for chart/berth/README.md: a hostPath /dev/kvm (a bind mount of the node) is not
         enough in an unprivileged container; runc's device cgroup denies it unless the runtime
         adds the device (--device here; a device plugin or runtime config in Kubernetes)."""
         if not os.path.exists("/dev/kvm"):
