@@ -73,6 +73,16 @@ fn bad_settings_are_clear() {
         .output()
         .unwrap();
     assert!(Run(out).failed().contains("IMG_TARGET is not set"));
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["fetch", "--target", "/nonexistent/c.qcow2"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = Run(out).failed();
+    assert!(
+        err.contains("/nonexistent/c.qcow2 does not exist and IMG_SOURCE is not set"),
+        "{err}"
+    );
 }
 
 #[test]
