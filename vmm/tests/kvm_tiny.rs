@@ -302,3 +302,32 @@ fn bad_configs_are_refused() {
     .unwrap();
     assert!(e.to_string().contains("too small"), "{e}");
 }
+
+#[test]
+fn a_jump_to_the_reset_vector_resets_the_vm() {
+    let (vm, sink) = vm(2);
+    vmm::arch::boot::write_reset_stub(vm.memory()).unwrap();
+    // The AP starts in real mode at 0xff000 (SIPI vector 0xff) and far-jumps to the reset
+    // vector, as Linux does when it reboots "through the BIOS".
+    let ljmp = [0xea, 0xf0, 0xff, 0x00, 0xf0]; // jmp 0xf000:0xfff0
+    vm.memory()
+        .write_slice(&ljmp, GuestAddress(0xff000))
+        .unwrap();
+    let bsp = Asm::default()
+        .print("A", true)
+        .mov_rbx(0xfee0_00f0)
+        .mov_eax(0x1ff)
+        .store_eax()
+        .mov_rbx(0xfee0_0310)
+        .mov_eax(1 << 24)
+        .store_eax()
+        .mov_rbx(0xfee0_0300)
+        .mov_eax(0x4500)
+        .store_eax()
+        .mov_eax(0x46ff)
+        .store_eax()
+        .spin();
+    let reason = boot(vm, &bsp.0);
+    assert_eq!(sink.text(), "A");
+    assert_eq!(reason, ExitReason::Reset(ResetSource::I8042));
+}

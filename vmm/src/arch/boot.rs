@@ -211,7 +211,25 @@ pub fn load_linux(
 
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|_| BootError::GuestMemory)?;
+    write_reset_stub(mem)?;
     Ok(LoadedKernel { entry, format })
+}
+
+/// Real-mode code at the reset vector: pulse the i8042 reset line, as PC firmware does when
+/// it is entered by a warm restart. Linux jumps here when it reboots through the "BIOS"
+/// (its default on hardware-reduced ACPI without EFI runtime services); without it the CPU
+/// would run whatever bytes are there and the VM would hang instead of resetting.
+pub const RESET_STUB: [u8; 7] = [
+    0xb0, 0xfe, // mov al, 0xfe
+    0xe6, 0x64, // out 0x64, al
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp back to hlt
+];
+
+/// Writes [`RESET_STUB`] at the reset vector.
+pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&RESET_STUB, GuestAddress(layout::RESET_VECTOR))
+        .map_err(|_| BootError::GuestMemory)
 }
 
 /// The setup header a bootloader fills for a kernel that has none (ELF vmlinux).

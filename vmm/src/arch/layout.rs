@@ -25,6 +25,8 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the extended BIOS data area, where the MP table lives; RAM below it is usable.
 pub const EBDA_START: u64 = 0x9fc00;
+/// Where a CPU starts after reset (CS=0xf000, IP=0xfff0): the last 16 bytes below 1 MiB.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// Start of RAM above the legacy hole (VGA, option ROMs, BIOS): where kernels are loaded.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole below 4 GiB.
