@@ -22,6 +22,8 @@ need busybox cpio ldd sha256sum
 L1_MODULES=(irqbypass ccp kvm kvm-amd tun llc stp bridge veth vhost_iotlb vhost vhost_net)
 QEMU_BIN=${QEMU_BIN:-$(command -v qemu-system-x86_64 || true)}
 [ -n "$QEMU_BIN" ] || die "qemu-system-x86_64 not found; run scripts/setup"
+IPROUTE_BIN=$(readlink -f "$(command -v ip || echo /bin/ip)")
+[ -x "$IPROUTE_BIN" ] || die "iproute2's ip not found; run scripts/setup"
 FIRMWARE=(/usr/share/seabios/bios-256k.bin /usr/share/seabios/bios-microvm.bin
           /usr/share/qemu/qboot.rom /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/linuxboot.bin
           /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin /usr/lib/ipxe/qemu/efi-virtio.rom)
@@ -48,13 +50,18 @@ trap 'rm -rf "$tmp"' EXIT
 
 # --- qemu.cpio (cached) ----------------------------------------------------------------------
 qstamp=$(stamp_of "$0" "$GI_DIR/lib.sh" "$QEMU_BIN" \
-    "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)" "${FIRMWARE[*]}")
+    "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)" "${FIRMWARE[*]}" \
+    "$IPROUTE_BIN")
 if fresh "$d/qemu.cpio" "$qstamp"; then
     log "reusing qemu.cpio"
 else
     log "building qemu.cpio from $QEMU_BIN"
     r=$tmp/qemu
     copy_with_libs "$r" "$QEMU_BIN"
+    # iproute2's ip for scenarios that build network namespaces (busybox ip cannot move links
+    # between namespaces); installed as ip2 so busybox's ip applet does not shadow it.
+    copy_with_libs "$r" "$IPROUTE_BIN"
+    install -D -m 755 "$r$IPROUTE_BIN" "$r/usr/local/bin/ip2" && rm -f "$r$IPROUTE_BIN"
     [ "$QEMU_BIN" = /usr/bin/qemu-system-x86_64 ] || install -D -m 755 "$QEMU_BIN" "$r/usr/bin/qemu-system-x86_64"
     mkdir -p "$r/usr/share/qemu"
     for fw in "${FIRMWARE[@]}"; do

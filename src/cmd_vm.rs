@@ -1,12 +1,13 @@
-//! `berth vm`: boot a kernel with disks, its serial console on this terminal.
+//! `berth vm`: boot a kernel with disks and a NIC, its serial console on this terminal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use vmm::block::{open_disk, DiskFormat, DiskOptions};
-use vmm::virtio::block::Block;
-use vmm::{ExitReason, LinuxBoot, MachineConfig, Vm};
+use netplumb::tap::Tap as HostTap;
+use netplumb::MacAddr;
+use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
 use crate::exit::Failure;
+use crate::machine::{self, MachineSpec, NetSpec};
 use crate::{console, lifecycle};
 
 /// Arguments of `berth vm`.
@@ -33,108 +34,115 @@ pub struct VmArgs {
     /// give format=raw for raw disks a guest writes.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// A virtio-net NIC on an existing tap: tap=NAME[,mac=MAC][,mtu=N]. The MAC defaults to
+    /// one derived from the tap's name (stable across runs), the MTU to 1500.
+    #[arg(long, value_name = "SPEC")]
+    net: Option<String>,
     /// Seconds the guest gets to power off after SIGTERM/SIGINT (its ACPI power button is
     /// pressed) before the VM is stopped. Default: BERTH_SHUTDOWN_TIMEOUT, else 60.
     #[arg(long, value_name = "SECONDS")]
     shutdown_timeout: Option<u64>,
 }
 
-/// One `--disk` argument.
+/// A parsed `--net`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct DiskSpec {
-    /// Image path.
-    pub path: PathBuf,
-    /// Open read-only.
-    pub read_only: bool,
-    /// Declared format.
-    pub format: Option<DiskFormat>,
-    /// Serial (GET_ID).
-    pub serial: Option<String>,
+pub struct NetArg {
+    /// Tap name.
+    pub tap: String,
+    /// MAC.
+    pub mac: MacAddr,
+    /// MTU.
+    pub mtu: u16,
 }
 
-/// Parses `PATH[,readonly][,format=raw|qcow2][,serial=ID]`.
-pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
-    let mut parts = spec.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
-        format!("--disk {spec:?}: no path; use --disk PATH[,readonly][,format=raw|qcow2]")
-    })?;
-    let mut d = DiskSpec {
-        path: PathBuf::from(path),
-        read_only: false,
-        format: None,
-        serial: None,
-    };
-    for opt in parts {
+/// Parses `tap=NAME[,mac=MAC][,mtu=N]`.
+pub fn parse_net(spec: &str) -> Result<NetArg, String> {
+    let usage = "use --net tap=NAME[,mac=52:54:00:12:34:56][,mtu=1500]";
+    let (mut tap, mut mac, mut mtu) = (None, None, 1500u16);
+    for opt in spec.split(',') {
         match opt.split_once('=') {
-            None if opt == "readonly" || opt == "ro" => d.read_only = true,
-            Some(("format", "raw")) => d.format = Some(DiskFormat::Raw),
-            Some(("format", "qcow2")) => d.format = Some(DiskFormat::Qcow2),
-            Some(("serial", s)) if s.len() <= 20 => d.serial = Some(s.to_owned()),
-            _ => {
-                return Err(format!(
-                    "--disk {spec:?}: unknown option {opt:?}; options are readonly, \
-                     format=raw|qcow2, serial=ID (up to 20 bytes)"
-                ))
+            Some(("tap", n)) if !n.is_empty() && n.len() < 16 => tap = Some(n.to_owned()),
+            Some(("mac", m)) => {
+                mac = Some(
+                    m.parse::<MacAddr>()
+                        .map_err(|e| format!("--net {spec:?}: {e}; {usage}"))?,
+                )
             }
+            Some(("mtu", m)) => {
+                mtu = m
+                    .parse()
+                    .ok()
+                    .filter(|m| (68..=65535).contains(m))
+                    .ok_or_else(|| format!("--net {spec:?}: mtu must be 68 to 65535; {usage}"))?
+            }
+            _ => return Err(format!("--net {spec:?}: unknown or bad option {opt:?}; {usage}")),
         }
     }
-    Ok(d)
+    let tap = tap.ok_or_else(|| format!("--net {spec:?}: no tap name; {usage}"))?;
+    let mac = mac.unwrap_or_else(|| MacAddr::from_hostname(&tap));
+    Ok(NetArg { tap, mac, mtu })
 }
 
 /// Runs the VM until it stops.
 pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
-    lifecycle::block_signals();
     let timeout = match args.shutdown_timeout {
         Some(s) => lifecycle::parse_timeout(&s.to_string()),
         None => lifecycle::shutdown_timeout_from_env(),
     }
     .map_err(Failure::Usage)?;
+    let lc = lifecycle::Lifecycle::start(timeout);
     for f in std::iter::once(&args.kernel).chain(args.initrd.as_ref()) {
         std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
     }
-    let specs = args
+    let disks = args
         .disks
         .iter()
-        .map(|s| parse_disk(s))
+        .map(|s| machine::parse_disk(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::Usage)?;
-    let config = MachineConfig {
-        vcpus: args.cpus,
-        memory_mib: args.memory,
+    let net = match &args.net {
+        None => None,
+        Some(spec) => {
+            let n = parse_net(spec).map_err(Failure::Usage)?;
+            let tap = HostTap::create(Path::new("/dev/net/tun"), &n.tap)
+                .map_err(|e| Failure::Setup(e.to_string()))?;
+            Some(NetSpec {
+                tap: tap.into_fd(),
+                mac: n.mac.0,
+                mtu: n.mtu,
+            })
+        }
     };
-    let mut vm = Vm::new(config, Box::new(std::io::stdout()))?;
-    for (i, d) in specs.iter().enumerate() {
-        let opts = DiskOptions {
-            read_only: d.read_only,
-            format: d.format,
-        };
-        let backend = open_disk(&d.path, opts).map_err(|e| Failure::Disk(e.to_string()))?;
-        let serial = d.serial.clone().unwrap_or_else(|| format!("berth-disk{i}"));
-        vm.add_virtio(Box::new(Block::new(backend, d.read_only, &serial)))?;
-    }
-    let kernel = vm.load_linux(&LinuxBoot {
-        kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
-        cmdline: args.cmdline.clone(),
-    })?;
+    let spec = MachineSpec {
+        config: MachineConfig {
+            vcpus: args.cpus,
+            memory_mib: args.memory,
+        },
+        boot: LinuxBoot {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+        },
+        disks,
+        net,
+    };
+    let (vm, kernel) = machine::build(&spec)?;
     eprintln!(
-        "berth: booting {} ({:?}) with {} vCPU(s), {} MiB, {} disk(s)",
+        "berth: booting {} ({:?}) with {} vCPU(s), {} MiB, {} disk(s){}",
         args.kernel.display(),
         kernel.format,
         args.cpus,
         args.memory,
-        specs.len()
+        spec.disks.len(),
+        if spec.net.is_some() { ", 1 NIC" } else { "" }
     );
-    lifecycle::watch_signals(vm.power_button(), vm.control(), timeout);
+    lc.set_current(Some((vm.power_button(), vm.control())));
     let _terminal = console::attach_stdin(vm.serial_input(), vm.control());
     match vm.run()? {
         ExitReason::Failed(why) => Err(Failure::GuestFailed(why)),
-        ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
-            Err(Failure::ShutdownTimeout(format!(
-                "{why} ({} s); disks were flushed",
-                timeout.as_secs()
-            )))
-        }
+        ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => Err(
+            Failure::ShutdownTimeout(format!("{why} ({} s); disks were flushed", timeout.as_secs())),
+        ),
         other => Ok(other),
     }
 }
@@ -144,28 +152,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn disk_specs() {
-        assert_eq!(
-            parse_disk("/a.qcow2").unwrap(),
-            DiskSpec {
-                path: "/a.qcow2".into(),
-                read_only: false,
-                format: None,
-                serial: None
-            }
-        );
-        let d = parse_disk("/b.img,readonly,format=raw,serial=xyz").unwrap();
-        assert!(d.read_only);
-        assert_eq!(d.format, Some(DiskFormat::Raw));
-        assert_eq!(d.serial.as_deref(), Some("xyz"));
-        for bad in [
-            "",
-            ",readonly",
-            "/a,format=vmdk",
-            "/a,bogus",
-            "/a,serial=123456789012345678901",
-        ] {
-            assert!(parse_disk(bad).is_err(), "{bad}");
+    fn net_specs() {
+        let n = parse_net("tap=tap0").unwrap();
+        assert_eq!((n.tap.as_str(), n.mtu), ("tap0", 1500));
+        assert_eq!(n.mac, MacAddr::from_hostname("tap0"), "stable default");
+        let n = parse_net("tap=t1,mac=52:54:00:aa:bb:cc,mtu=1450").unwrap();
+        assert_eq!(n.mac.0, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
+        assert_eq!(n.mtu, 1450);
+        for bad in ["", "mac=52:54:00:aa:bb:cc", "tap=", "tap=t,mtu=10", "tap=t,mac=zz", "tap=t,x=1"] {
+            assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 }

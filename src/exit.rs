@@ -33,6 +33,9 @@ pub enum Failure {
     /// A disk image cannot be opened or created.
     #[error("{0}")]
     Disk(String),
+    /// Pod networking could not be set up.
+    #[error("{0}")]
+    Network(String),
     /// The guest ignored the power button and was stopped.
     #[error("{0}")]
     ShutdownTimeout(String),
@@ -67,6 +70,7 @@ impl Failure {
             Failure::Usage(_) => 2,
             Failure::Disk(_) => 9,
             Failure::ShutdownTimeout(_) => 11,
+            Failure::Network(_) => 12,
             Failure::Input(_) => 8,
             Failure::Fetch(_) => 10,
         }

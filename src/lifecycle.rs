@@ -1,8 +1,11 @@
 //! The VM's life tied to the process's: SIGTERM or SIGINT presses the guest's ACPI power
 //! button, and if the guest has not powered off within the shutdown timeout, the VM is
-//! stopped (disks are still flushed) and berth says so.
+//! stopped (disks are still flushed) and berth says so. The VM being watched can change
+//! (the pod entrypoint builds a new one when the guest reboots); once a signal came, no new
+//! VM is started.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmm::devices::acpi::PowerButton;
@@ -14,71 +17,97 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 60;
 /// Why the VM was stopped when the guest ignored the power button.
 pub const TIMEOUT_REASON: &str = "the guest did not power off within the shutdown timeout";
 
-/// Blocks SIGTERM and SIGINT in this thread and every thread started after it, so that only
-/// the signal thread receives them. Call before any other thread starts.
-pub fn block_signals() {
-    // SAFETY: plain signal-mask manipulation with a properly initialised set.
+/// Shared between the signal thread and whoever runs VMs.
+pub struct Lifecycle {
+    current: Mutex<Option<(PowerButton, Arc<VmControl>)>>,
+    terminating: AtomicBool,
+    timeout: Duration,
+}
+
+impl Lifecycle {
+    /// Blocks SIGTERM and SIGINT (in this thread and every thread started after it) and starts
+    /// the thread that handles them. Call before any other thread starts.
+    pub fn start(timeout: Duration) -> Arc<Lifecycle> {
+        block_signals();
+        let lc = Arc::new(Lifecycle {
+            current: Mutex::new(None),
+            terminating: AtomicBool::new(false),
+            timeout,
+        });
+        let me = lc.clone();
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || me.watch());
+        lc
+    }
+
+    /// The VM now running; `None` between boots.
+    pub fn set_current(&self, vm: Option<(PowerButton, Arc<VmControl>)>) {
+        *self.current.lock().expect("lifecycle lock poisoned") = vm;
+    }
+
+    /// Whether a signal asked berth to stop: no new VM should be started.
+    pub fn terminating(&self) -> bool {
+        self.terminating.load(Ordering::SeqCst)
+    }
+
+    fn watch(self: Arc<Self>) {
+        loop {
+            let sig = wait_signal();
+            let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+            let first = !self.terminating.swap(true, Ordering::SeqCst);
+            let current = self.current.lock().expect("lifecycle lock poisoned").clone();
+            let Some((button, control)) = current else {
+                eprintln!("berth: {name}: no VM is running; stopping");
+                continue;
+            };
+            eprintln!(
+                "berth: {name}: pressing the guest's power button; the VM is stopped in {} s \
+                 if the guest has not powered off",
+                self.timeout.as_secs()
+            );
+            if button.press().is_err() {
+                control.request_exit(ExitReason::Stopped(format!("{name}; power button failed")));
+            }
+            if first {
+                let me = self.clone();
+                let _ = std::thread::Builder::new()
+                    .name("shutdown-timer".into())
+                    .spawn(move || {
+                        std::thread::sleep(me.timeout);
+                        let current = me.current.lock().expect("lifecycle lock poisoned").clone();
+                        if let Some((_, c)) = current {
+                            c.request_exit(ExitReason::Stopped(TIMEOUT_REASON.into()));
+                        }
+                    });
+            }
+        }
+    }
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is initialised by sigemptyset before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
 }
 
-/// Starts the thread that turns SIGTERM/SIGINT into a power-button press and, after
-/// `timeout`, a forced stop.
-pub fn watch_signals(button: PowerButton, control: Arc<VmControl>, timeout: Duration) {
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut pressed = false;
-            loop {
-                let sig = wait_signal();
-                if control.exit_requested() {
-                    return;
-                }
-                let name = if sig == libc::SIGTERM {
-                    "SIGTERM"
-                } else {
-                    "SIGINT"
-                };
-                eprintln!(
-                    "berth: {name}: pressing the guest's power button; the VM is stopped in {} s \
-                     if the guest has not powered off",
-                    timeout.as_secs()
-                );
-                if button.press().is_err() {
-                    control
-                        .request_exit(ExitReason::Stopped(format!("{name}; power button failed")));
-                    return;
-                }
-                if !pressed {
-                    pressed = true;
-                    let c = control.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("shutdown-timer".into())
-                        .spawn(move || {
-                            std::thread::sleep(timeout);
-                            c.request_exit(ExitReason::Stopped(TIMEOUT_REASON.into()));
-                        });
-                }
-            }
-        });
+fn block_signals() {
+    let set = signal_set();
+    // SAFETY: plain signal-mask manipulation with an initialised set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
 fn wait_signal() -> libc::c_int {
-    // SAFETY: sigwait on a properly initialised set of blocked signals.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        let mut sig = 0;
-        while libc::sigwait(&set, &mut sig) != 0 {}
-        sig
-    }
+    let set = signal_set();
+    let mut sig = 0;
+    // SAFETY: sigwait on an initialised set of blocked signals.
+    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+    sig
 }
 
 /// The shutdown timeout from BERTH_SHUTDOWN_TIMEOUT (seconds).

@@ -7,6 +7,8 @@ mod console;
 mod exit;
 mod fetch;
 mod lifecycle;
+mod machine;
+mod pod;
 
 use std::process::ExitCode;
 
@@ -16,12 +18,21 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "berth", version, about)]
 struct Cli {
+    /// Without a command, berth is the pod entrypoint (`berth pod`).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// The pod entrypoint: run the VM the pod's environment describes (the default).
+    Pod,
+    /// Ask the running entrypoint for its state; exit 0 while the VM runs (liveness probe).
+    Status {
+        /// Print the whole JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot a Linux kernel in a VM with its serial console on this terminal.
     ///
     /// Type Ctrl-A x to stop the VM from an interactive terminal.
@@ -37,7 +48,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match cli.command.unwrap_or(Command::Pod) {
+        Command::Pod => pod::run(),
+        Command::Status { json } => return pod::status_command(json),
         Command::Vm(args) => cmd_vm::run(args),
         Command::Seed(args) => return cmd_seed::run(args),
         Command::Overlay(args) => return cmd_overlay::run(args),

@@ -7,9 +7,11 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::{DhcpConfig, Responder};
+use super::{DhcpConfig, LeaseState, Responder};
 use crate::error::{Error, Result};
 use crate::mac::MacAddr;
 
@@ -19,6 +21,7 @@ const ETH_P_IP: u16 = 0x0800;
 pub struct DhcpServer {
     stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
+    bound: Arc<AtomicBool>,
 }
 
 fn last(op: &str) -> Error {
@@ -121,15 +124,23 @@ impl DhcpServer {
             .try_clone()
             .map_err(|e| Error::io("dhcp: dup eventfd", e))?;
         let responder = Responder::new(cfg, mac);
+        let bound = Arc::new(AtomicBool::new(false));
+        let bound2 = bound.clone();
         let thread = std::thread::Builder::new()
             .name("berth-dhcp".into())
-            .spawn(move || serve(sock, ifindex, stop_rd, responder))
+            .spawn(move || serve(sock, ifindex, stop_rd, responder, &bound2))
             .map_err(|e| Error::io("dhcp: spawn thread", e))?;
         log::info!("dhcp: serving on {iface} ({mac})");
         Ok(DhcpServer {
             stop,
             thread: Some(thread),
+            bound,
         })
+    }
+
+    /// Whether the VM holds the lease (its last REQUEST was acknowledged and not released).
+    pub fn lease_bound(&self) -> bool {
+        self.bound.load(Ordering::SeqCst)
     }
 
     /// Stops the thread and waits for it.
@@ -153,7 +164,7 @@ impl Drop for DhcpServer {
     }
 }
 
-fn serve(sock: OwnedFd, ifindex: i32, stop: OwnedFd, mut responder: Responder) {
+fn serve(sock: OwnedFd, ifindex: i32, stop: OwnedFd, mut responder: Responder, bound: &AtomicBool) {
     let mut buf = vec![0u8; 65536];
     loop {
         let mut fds = [
@@ -207,7 +218,9 @@ fn serve(sock: OwnedFd, ifindex: i32, stop: OwnedFd, mut responder: Responder) {
         if pkttype == libc::PACKET_OUTGOING {
             continue; // our own replies
         }
-        let Some(reply) = responder.handle(&buf[..len as usize]) else {
+        let reply = responder.handle(&buf[..len as usize]);
+        bound.store(responder.state() == LeaseState::Bound, Ordering::SeqCst);
+        let Some(reply) = reply else {
             continue;
         };
         // SAFETY: sends `reply` to a fully initialised sockaddr_ll.

@@ -1,0 +1,229 @@
+//! The entrypoint's configuration: the contract's environment variables and berth's own,
+//! validated together so every problem is reported at once, one line each.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::lifecycle;
+
+/// Default vCPUs (IMG_VCPU).
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Default memory in MiB (IMG_RAM_MB).
+pub const DEFAULT_RAM_MB: u64 = 512;
+/// Smallest memory the entrypoint accepts for a cloud image.
+pub const MIN_RAM_MB: u64 = 64;
+/// Default control socket: an abstract unix socket, so it needs no writable filesystem.
+pub const DEFAULT_CONTROL_SOCKET: &str = "@berth-control";
+
+/// What the pod asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodConfig {
+    /// HOSTNAME: names the pet overlay and the VM.
+    pub hostname: String,
+    /// IMG_VCPU.
+    pub vcpus: u8,
+    /// IMG_RAM_MB.
+    pub ram_mb: u64,
+    /// KERNEL: a kernel to boot instead of the image's own.
+    pub kernel: Option<PathBuf>,
+    /// INITRD: with KERNEL.
+    pub initrd: Option<PathBuf>,
+    /// KERNEL_CMDLINE: with KERNEL (or to replace the image's command line).
+    pub cmdline: Option<String>,
+    /// SEED_FORMAT: config-2 (default) or nocloud.
+    pub seed_format: seed::Format,
+    /// BERTH_SHUTDOWN_TIMEOUT.
+    pub shutdown_timeout: Duration,
+    /// BERTH_ROOT: where /image, /userdata, /metadata, /volumes and /dev/vm are looked up
+    /// (default `/`; tests point it elsewhere).
+    pub root: PathBuf,
+    /// BERTH_CONTROL_SOCKET: `@name` for an abstract socket, else a path.
+    pub control_socket: String,
+    /// NO_VNC.
+    pub no_vnc: bool,
+    /// VNC_PASSWORD is set (the value itself is not kept here).
+    pub vnc_password: bool,
+}
+
+fn var<'a>(env: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
+    env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+impl PodConfig {
+    /// Reads and checks the variables; on failure returns every problem found.
+    pub fn from_env(env: &HashMap<String, String>) -> Result<PodConfig, Vec<String>> {
+        let mut errs = Vec::new();
+        let hostname = match var(env, "HOSTNAME") {
+            Some(h) if valid_hostname(h) => h.to_owned(),
+            Some(h) => {
+                errs.push(format!(
+                    "HOSTNAME={h:?} cannot name the pet disk: use letters, digits, '-' and '.', \
+                     not starting with '.' (a StatefulSet pod name works)"
+                ));
+                String::new()
+            }
+            None => {
+                errs.push(
+                    "HOSTNAME is not set: it names the pet disk /image/$HOSTNAME.qcow2; run in a \
+                     pod (Kubernetes sets it) or export it"
+                        .into(),
+                );
+                String::new()
+            }
+        };
+        let vcpus = match var(env, "IMG_VCPU").map(str::parse::<u8>) {
+            None => DEFAULT_VCPUS,
+            Some(Ok(n)) if (1..=vmm::arch::mptable::MAX_CPUS).contains(&n) => n,
+            _ => {
+                errs.push(format!(
+                    "IMG_VCPU={:?} is not a vCPU count from 1 to {}",
+                    env["IMG_VCPU"],
+                    vmm::arch::mptable::MAX_CPUS
+                ));
+                DEFAULT_VCPUS
+            }
+        };
+        let ram_mb = match var(env, "IMG_RAM_MB").map(str::parse::<u64>) {
+            None => DEFAULT_RAM_MB,
+            Some(Ok(n)) if (MIN_RAM_MB..=1 << 22).contains(&n) => n,
+            _ => {
+                errs.push(format!(
+                    "IMG_RAM_MB={:?} is not a memory size in MiB from {MIN_RAM_MB} to 4194304",
+                    env["IMG_RAM_MB"]
+                ));
+                DEFAULT_RAM_MB
+            }
+        };
+        let kernel = var(env, "KERNEL").map(PathBuf::from);
+        let initrd = var(env, "INITRD").map(PathBuf::from);
+        if initrd.is_some() && kernel.is_none() {
+            errs.push("INITRD is set without KERNEL: set KERNEL too, or unset INITRD".into());
+        }
+        let cmdline = env.get("KERNEL_CMDLINE").cloned().filter(|c| !c.is_empty());
+        let seed_format = match var(env, "SEED_FORMAT").map(str::parse::<seed::Format>) {
+            None => seed::Format::default(),
+            Some(Ok(f)) => f,
+            Some(Err(_)) => {
+                errs.push(format!(
+                    "SEED_FORMAT={:?} is not config-2 or nocloud",
+                    env["SEED_FORMAT"]
+                ));
+                seed::Format::default()
+            }
+        };
+        let shutdown_timeout = match var(env, "BERTH_SHUTDOWN_TIMEOUT") {
+            None => Duration::from_secs(lifecycle::DEFAULT_SHUTDOWN_TIMEOUT),
+            Some(v) => lifecycle::parse_timeout(v).unwrap_or_else(|e| {
+                errs.push(e);
+                Duration::from_secs(lifecycle::DEFAULT_SHUTDOWN_TIMEOUT)
+            }),
+        };
+        let root = PathBuf::from(var(env, "BERTH_ROOT").unwrap_or("/"));
+        if !root.is_absolute() {
+            errs.push(format!("BERTH_ROOT={:?} must be an absolute path", root));
+        }
+        let control_socket = var(env, "BERTH_CONTROL_SOCKET")
+            .unwrap_or(DEFAULT_CONTROL_SOCKET)
+            .to_owned();
+        let cfg = PodConfig {
+            hostname,
+            vcpus,
+            ram_mb,
+            kernel,
+            initrd,
+            cmdline,
+            seed_format,
+            shutdown_timeout,
+            root,
+            control_socket,
+            no_vnc: env.get("NO_VNC").is_some_and(|v| !v.is_empty()),
+            vnc_password: var(env, "VNC_PASSWORD").is_some(),
+        };
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// A path under [`PodConfig::root`].
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.root.join(p.trim_start_matches('/'))
+    }
+
+    /// The one-line summary printed at start.
+    pub fn summary(&self) -> String {
+        let kernel = match &self.kernel {
+            Some(k) => format!("kernel={}", k.display()),
+            None => "kernel=from the image".into(),
+        };
+        format!(
+            "hostname={} vcpus={} memory={}MiB {kernel} seed={} vnc={} shutdown_timeout={}s",
+            self.hostname,
+            self.vcpus,
+            self.ram_mb,
+            match self.seed_format {
+                seed::Format::ConfigDrive => "config-2",
+                seed::Format::NoCloud => "nocloud",
+            },
+            if self.no_vnc { "off" } else { "on" },
+            self.shutdown_timeout.as_secs()
+        )
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    h.len() <= 253
+        && !h.starts_with('.')
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c = PodConfig::from_env(&env(&[("HOSTNAME", "vm-0")])).unwrap();
+        assert_eq!((c.vcpus, c.ram_mb), (DEFAULT_VCPUS, DEFAULT_RAM_MB));
+        assert_eq!(c.control_socket, DEFAULT_CONTROL_SOCKET);
+        assert_eq!(c.path("/image"), PathBuf::from("/image"));
+        let c = PodConfig::from_env(&env(&[
+            ("HOSTNAME", "vm-0"),
+            ("IMG_VCPU", "4"),
+            ("IMG_RAM_MB", "2048"),
+            ("SEED_FORMAT", "nocloud"),
+            ("BERTH_ROOT", "/tmp/pod"),
+            ("NO_VNC", "1"),
+        ]))
+        .unwrap();
+        assert_eq!((c.vcpus, c.ram_mb, c.no_vnc), (4, 2048, true));
+        assert_eq!(c.seed_format, seed::Format::NoCloud);
+        assert_eq!(c.path("/image"), PathBuf::from("/tmp/pod/image"));
+        assert!(c.summary().contains("vcpus=4 memory=2048MiB"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let errs = PodConfig::from_env(&env(&[
+            ("IMG_VCPU", "0"),
+            ("IMG_RAM_MB", "lots"),
+            ("INITRD", "/i"),
+            ("SEED_FORMAT", "iso"),
+            ("BERTH_SHUTDOWN_TIMEOUT", "0"),
+        ]))
+        .unwrap_err();
+        assert_eq!(errs.len(), 6, "{errs:#?}");
+        for (e, word) in errs.iter().zip(["HOSTNAME", "IMG_VCPU", "IMG_RAM_MB", "INITRD", "SEED_FORMAT", "BERTH_SHUTDOWN_TIMEOUT"]) {
+            assert!(e.contains(word), "{e}");
+            assert!(!e.contains('\n'));
+        }
+        let errs = PodConfig::from_env(&env(&[("HOSTNAME", "../x")])).unwrap_err();
+        assert!(errs[0].contains("HOSTNAME"));
+    }
+}

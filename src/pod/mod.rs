@@ -1,0 +1,288 @@
+//! The pod entrypoint (`berth`, `berth pod`): turns the pod's environment and mounted files
+//! into a running VM, and keeps the VM's life tied to the pod's.
+//!
+//! Order: configuration (every problem reported at once), the base image (fetched if needed)
+//! and the pet overlay, extra disks, pod networking (bridge, tap, NAT, DHCP), the cloud-init
+//! seed drive, then the VM. A guest reboot builds a fresh VM on the same disks and tap; a guest
+//! power-off ends berth with 0; SIGTERM presses the power button (see `lifecycle`).
+
+pub mod config;
+pub mod control;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use netplumb::{DhcpServer, NetConfig, PodNetwork};
+use serde_json::json;
+use vmm::block::overlay::{ensure_overlay, extra_disks, pet_overlay_path, root_device};
+use vmm::block::DiskFormat;
+use vmm::{ExitReason, LinuxBoot, MachineConfig};
+
+use crate::exit::Failure;
+use crate::fetch::{ensure_image, FetchRequest};
+use crate::lifecycle::{self, Lifecycle};
+use crate::machine::{self, DiskSpec, MachineSpec, NetSpec};
+use config::PodConfig;
+use control::{State, Status};
+
+/// Kernel command line when KERNEL is given without KERNEL_CMDLINE.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=1";
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("berth: {msg}");
+}
+
+/// Runs the entrypoint until the VM ends.
+pub fn run() -> Result<ExitReason, Failure> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cfg = PodConfig::from_env(&env).map_err(|errs| Failure::Config(errs.join("\nberth: ")))?;
+    let lc = Lifecycle::start(cfg.shutdown_timeout);
+    log(format!("config: {}", cfg.summary()));
+
+    let status = Arc::new(Mutex::new(Status {
+        state: State::Starting,
+        since: Instant::now(),
+        boots: 0,
+        vcpus: cfg.vcpus,
+        memory_mib: cfg.ram_mb,
+        disks: Vec::new(),
+        net: None,
+        lease: None,
+    }));
+    control::serve(&cfg.control_socket, status.clone()).map_err(|e| {
+        Failure::Setup(format!(
+            "cannot listen on the control socket {}: {e}; set BERTH_CONTROL_SOCKET",
+            cfg.control_socket
+        ))
+    })?;
+
+    let mut disks = root_disks(&cfg)?;
+    for extra in extra_disks(&cfg.root).map_err(|e| Failure::Disk(e.to_string()))? {
+        log(format!("extra disk {}", extra.display()));
+        disks.push(raw_disk(extra, false));
+    }
+
+    let netcfg = NetConfig::from_env_map(&env).map_err(|e| Failure::Network(e.to_string()))?;
+    let mut pod_net = PodNetwork::setup(&netcfg).map_err(|e| Failure::Network(e.to_string()))?;
+    let info = pod_net.info().clone();
+    log(format!(
+        "network: the VM ({} at {}) takes over pod IP {} on {} (MTU {})",
+        netcfg.vm_mac, netcfg.vm_ip, info.ip, info.iface, info.mtu
+    ));
+    let dhcp = if netcfg.no_dhcp {
+        log("NO_DHCP is set: no DHCP server; configure the guest's address yourself");
+        None
+    } else {
+        Some(Arc::new(
+            DhcpServer::spawn(&netcfg.bridge, pod_net.dhcp_config())
+                .map_err(|e| Failure::Network(e.to_string()))?,
+        ))
+    };
+    let tap = pod_net.tap_fd().map_err(|e| Failure::Network(e.to_string()))?;
+
+    let seed_out = cfg.path("/image").join(format!("{}-seed.iso", cfg.hostname));
+    let sources = seed::Sources {
+        userdata: cfg.path("/userdata"),
+        metadata: cfg.path("/metadata"),
+    };
+    let options = seed::Options {
+        format: cfg.seed_format,
+        hostname: cfg.hostname.clone(),
+        mac: Some(seed::Mac(netcfg.vm_mac.0)),
+    };
+    if let Some(iso) = seed::build_drive(&sources, &options, &seed_out)
+        .map_err(|e| Failure::Input(e.to_string()))?
+    {
+        log(format!("cloud-init seed drive {}", iso.display()));
+        disks.push(DiskSpec {
+            path: iso,
+            read_only: true,
+            format: Some(DiskFormat::Raw),
+            serial: Some("berth-seed".into()),
+        });
+    }
+
+    let boot = kernel(&cfg)?;
+    {
+        let mut s = status.lock().expect("status lock poisoned");
+        s.disks = disks.iter().map(|d| d.path.display().to_string()).collect();
+        s.net = Some(json!({
+            "pod_ip": info.ip.to_string(),
+            "vm_ip": netcfg.vm_ip.to_string(),
+            "gateway": netcfg.vm_gw.to_string(),
+            "mac": netcfg.vm_mac.to_string(),
+            "mtu": info.mtu,
+        }));
+        if let Some(d) = dhcp.clone() {
+            s.lease = Some(Box::new(move || d.lease_bound()));
+        }
+    }
+    let spec = MachineSpec {
+        config: MachineConfig {
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.ram_mb,
+        },
+        boot,
+        disks,
+        net: Some(NetSpec {
+            tap,
+            mac: netcfg.vm_mac.0,
+            mtu: u16::try_from(info.mtu).unwrap_or(1500),
+        }),
+    };
+    let result = run_vm(&spec, &lc, &status, cfg.shutdown_timeout.as_secs());
+    status.lock().expect("status lock poisoned").state = State::Stopping;
+    drop(dhcp);
+    if let Err(e) = pod_net.teardown() {
+        log(format!("network teardown: {e}"));
+    }
+    result
+}
+
+/// Boots the VM, again after every guest reset, until it powers off or is stopped.
+fn run_vm(
+    spec: &MachineSpec,
+    lc: &Lifecycle,
+    status: &control::SharedStatus,
+    timeout: u64,
+) -> Result<ExitReason, Failure> {
+    loop {
+        if lc.terminating() {
+            return Ok(ExitReason::Stopped("signal before the VM started".into()));
+        }
+        let (vm, kernel) = machine::build(spec)?;
+        {
+            let mut s = status.lock().expect("status lock poisoned");
+            s.boots += 1;
+            s.since = Instant::now();
+            s.state = State::Running;
+            log(format!(
+                "boot {}: {} ({:?}), {} vCPU(s), {} MiB, {} disk(s)",
+                s.boots,
+                spec.boot.kernel.display(),
+                kernel.format,
+                spec.config.vcpus,
+                spec.config.memory_mib,
+                spec.disks.len()
+            ));
+        }
+        lc.set_current(Some((vm.power_button(), vm.control())));
+        let reason = vm.run()?;
+        lc.set_current(None);
+        log(&reason);
+        match reason {
+            ExitReason::Reset(_) if !lc.terminating() => {
+                status.lock().expect("status lock poisoned").state = State::Rebooting;
+                log("restarting the VM on the same disks and network");
+            }
+            ExitReason::Failed(why) => return Err(Failure::GuestFailed(why)),
+            ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
+                return Err(Failure::ShutdownTimeout(format!(
+                    "{why} ({timeout} s); disks were flushed"
+                )))
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+fn raw_disk(path: PathBuf, read_only: bool) -> DiskSpec {
+    DiskSpec {
+        path,
+        read_only,
+        format: Some(DiskFormat::Raw),
+        serial: None,
+    }
+}
+
+/// The root disk: /dev/vm/root (raw) if present, else the pet overlay on the base image
+/// (fetched first if needed), else none (only with KERNEL).
+fn root_disks(cfg: &PodConfig) -> Result<Vec<DiskSpec>, Failure> {
+    if let Some(dev) = root_device(&cfg.root) {
+        log(format!("root disk {} (raw, from /dev/vm/root)", dev.display()));
+        return Ok(vec![raw_disk(dev, false)]);
+    }
+    let mut req = FetchRequest::from_env().map_err(|e| Failure::Fetch(e.to_string()))?;
+    req.image_dir = cfg.path("/image");
+    if req.target.is_none() {
+        if cfg.kernel.is_some() {
+            log("no IMG_TARGET and no /dev/vm/root: booting KERNEL without a root disk");
+            return Ok(Vec::new());
+        }
+        return Err(Failure::Config(
+            "nothing to boot: set IMG_SOURCE and IMG_TARGET (a cloud image), provide \
+             /dev/vm/root, or set KERNEL"
+                .into(),
+        ));
+    }
+    let base = ensure_image(&req).map_err(|e| Failure::Fetch(e.to_string()))?;
+    let overlay = pet_overlay_path(&cfg.root, &cfg.hostname)
+        .ok_or_else(|| Failure::Config(format!("HOSTNAME={:?} cannot name a disk", cfg.hostname)))?;
+    let state = ensure_overlay(&base, &overlay, None).map_err(|e| Failure::Disk(e.to_string()))?;
+    log(format!(
+        "root disk {} ({state:?} on base {})",
+        overlay.display(),
+        base.display()
+    ));
+    Ok(vec![DiskSpec {
+        path: overlay,
+        read_only: false,
+        format: Some(DiskFormat::Qcow2),
+        serial: Some("berth-root".into()),
+    }])
+}
+
+/// KERNEL/INITRD/KERNEL_CMDLINE, or the image's own kernel.
+fn kernel(cfg: &PodConfig) -> Result<LinuxBoot, Failure> {
+    match &cfg.kernel {
+        Some(k) => {
+            for f in std::iter::once(k).chain(cfg.initrd.as_ref()) {
+                std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
+            }
+            Ok(LinuxBoot {
+                kernel: k.clone(),
+                initrd: cfg.initrd.clone(),
+                cmdline: cfg.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+            })
+        }
+        None => Err(Failure::Kernel(
+            "booting the image's own kernel is not available in this build: set KERNEL \
+             (and INITRD, KERNEL_CMDLINE) to a kernel for the image"
+                .into(),
+        )),
+    }
+}
+
+/// `berth status`: prints the entrypoint's state; exit 0 while the VM runs.
+pub fn status_command(json_out: bool) -> std::process::ExitCode {
+    let name = std::env::var("BERTH_CONTROL_SOCKET")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| config::DEFAULT_CONTROL_SOCKET.into());
+    match control::query(&name) {
+        Ok(v) => {
+            if json_out {
+                println!("{v}");
+            } else {
+                println!(
+                    "state={} uptime={}s boots={} lease_given={}",
+                    v["state"].as_str().unwrap_or("?"),
+                    v["uptime_seconds"],
+                    v["boots"],
+                    v["lease_given"]
+                );
+            }
+            if v["state"] == "running" {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("berth: no berth entrypoint answers on {name}: {e}; is the VM running in this pod?");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

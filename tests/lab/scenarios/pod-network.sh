@@ -1,0 +1,84 @@
+# description: the pod entrypoint in a "pod" network namespace: the guest's DHCP lease over virtio-net (3 DNS servers, search list, MTU, hostname), the SSH banner at the pod IP from a client namespace, `berth status`, SIGTERM -> ACPI power button -> clean exit, nothing left behind
+# timeout: 300
+# needs: berth
+# expect: L2-NET eth0 192\.168\.254\.2/30
+# expect: L2-MTU 1450
+# expect: L2-DNS nameserver 10\.77\.0\.53 nameserver 10\.77\.0\.54 nameserver 10\.77\.0\.55 search pod\.test svc\.test cluster\.test
+# expect: L2-HOSTNAME vm-0
+# expect: STATUS state=running .*lease_given=true
+# expect: BANNER SSH-2\.0-dropbear
+# expect: L2-POWER-BUTTON
+# expect: berth: guest powered off
+# expect: BERTH-EXIT rc=0
+# expect: TEARDOWN-CLEAN
+# reject: Kernel panic
+# reject: KVM internal error
+[ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
+IP=/usr/local/bin/ip2
+[ -x "$IP" ] || { echo "SKIP: no iproute2 ip in this lab image"; exit 0; }
+cd "$SCRATCH"
+
+# Two network namespaces held open by sleepers: the pod and a client on its network.
+unshare -n sleep 100000 & POD=$!
+unshare -n sleep 100000 & CLIENT=$!
+sleep 0.5
+inpod() { nsenter -t "$POD" -n "$@"; }
+incl() { nsenter -t "$CLIENT" -n "$@"; }
+$IP link add veth-pod type veth peer name veth-cl
+$IP link set veth-pod netns "$POD"
+$IP link set veth-cl netns "$CLIENT"
+inpod $IP link set veth-pod name eth0
+inpod $IP link set lo up
+inpod $IP link set eth0 mtu 1450 up
+inpod $IP addr add 10.77.0.2/24 dev eth0
+inpod $IP route add default via 10.77.0.1
+incl $IP link set lo up
+incl $IP link set veth-cl mtu 1450 up
+incl $IP addr add 10.77.0.1/24 dev veth-cl
+
+mkdir -p root/image
+printf 'nameserver 10.77.0.53\nnameserver 10.77.0.54\nnameserver 10.77.0.55\nsearch pod.test svc.test cluster.test\noptions ndots:5\n' > resolv.conf
+
+# The guest prints what DHCP gave it and waits for its power button.
+mkdir -p l2s
+cat > l2s/scenario.sh <<'EOS'
+echo "L2-MTU $(cat /sys/class/net/eth0/mtu)"
+echo "L2-DNS $(tr '\n' ' ' < /etc/resolv.conf | sed 's/ *$//')"
+echo "L2-HOSTNAME $(hostname)"
+sleep 600
+EOS
+(cd l2s && echo scenario.sh | cpio -o -H newc 2>/dev/null | gzip) > l2s.cpio
+cat "$L2_INITRD" l2s.cpio > initrd
+
+export BERTH_CONTROL_SOCKET=@berth-lab
+inpod env HOSTNAME=vm-0 BERTH_ROOT="$SCRATCH/root" RESOLV_CONF="$SCRATCH/resolv.conf" \
+    KERNEL="$L2_KERNEL" INITRD="$SCRATCH/initrd" BERTH_SHUTDOWN_TIMEOUT=60 \
+    KERNEL_CMDLINE="console=ttyS0 quiet panic=-1 l2.action=script l2.ssh=1" \
+    "$BERTH" pod </dev/null &
+BERTH_PID=$!
+
+# Wait for the lease (berth status says so), then reach the guest at the pod IP.
+st=""
+for i in $(seq 1 200); do
+    st=$(inpod "$BERTH" status 2>/dev/null)
+    case "$st" in *lease_given=true*) break ;; esac
+    kill -0 "$BERTH_PID" 2>/dev/null || break
+    sleep 1
+done
+echo "STATUS $st"
+for i in $(seq 1 30); do
+    banner=$(incl sh -c 'echo | nc -w 3 10.77.0.2 22' 2>/dev/null | head -n1 | tr -d '\r')
+    [ -n "$banner" ] && break
+    sleep 1
+done
+echo "BANNER $banner"
+
+# Pod deletion: SIGTERM presses the power button; the guest powers off; berth exits 0.
+kill -TERM "$BERTH_PID"
+wait "$BERTH_PID"
+echo "BERTH-EXIT rc=$?"
+left=""
+inpod $IP link show br0 >/dev/null 2>&1 && left="$left br0"
+inpod $IP link show berthtap0 >/dev/null 2>&1 && left="$left berthtap0"
+[ -z "$left" ] && echo TEARDOWN-CLEAN || echo "TEARDOWN-LEFT$left"
+kill "$POD" "$CLIENT" 2>/dev/null
