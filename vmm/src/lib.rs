@@ -13,11 +13,13 @@ pub mod arch;
 pub mod block;
 pub mod bus;
 pub mod devices;
+pub mod framebuffer;
 pub mod irq;
 pub mod pci;
 mod vcpu;
 pub mod virtio;
 pub mod vm;
+pub mod vnc;
 
 pub use arch::boot::{KernelFormat, LinuxBoot, LoadedKernel};
 pub use devices::serial::SerialInput;

@@ -19,9 +19,10 @@ use crate::arch::{acpi, cpuid, layout, mptable, msr, regs};
 use crate::bus::Bus;
 use crate::devices::acpi::{AcpiPm, PowerButton};
 use crate::devices::cmos::{Cmos, CMOS_BASE};
-use crate::devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
+use crate::devices::i8042::{KeyboardInput, COMMAND_PORT, DATA_PORT, I8042, KEYBOARD_IRQ};
 use crate::devices::serial::{Serial, SerialInput, COM1_BASE, COM1_IRQ};
 use crate::devices::IrqLine;
+use crate::framebuffer::{Framebuffer, FramebufferConfig};
 use crate::irq::KvmIrqRouter;
 use crate::pci::access::{PciConfigIo, PciConfigMmio, CONFIG_IO_BASE, CONFIG_IO_LEN};
 use crate::pci::{PciBus, SharedPciDevice};
@@ -189,6 +190,9 @@ pub struct Vm {
     serial: Arc<Mutex<Serial>>,
     power_button: PowerButton,
     config: MachineConfig,
+    i8042: Arc<Mutex<I8042>>,
+    /// Kept (and so mapped) until `run` returns, after the vCPUs stopped.
+    framebuffer: Option<Arc<Framebuffer>>,
 }
 
 impl Vm {
@@ -254,9 +258,15 @@ impl Vm {
         let serial = Arc::new(Mutex::new(Serial::new(IrqLine(irq), console)));
         let dev_err = |e: crate::bus::BusError| VmError::Device(e.to_string());
         pio.insert(COM1_BASE, 8, serial.clone()).map_err(dev_err)?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(control.clone())));
+        let kbd_irq =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+        fd.register_irqfd(&kbd_irq, KEYBOARD_IRQ)
+            .map_err(kvm_err("register keyboard irqfd"))?;
+        let i8042 = Arc::new(Mutex::new(
+            I8042::new(control.clone()).with_irq(Box::new(IrqLine(kbd_irq))),
+        ));
         pio.insert(DATA_PORT, 1, i8042.clone()).map_err(dev_err)?;
-        pio.insert(COMMAND_PORT, 1, i8042).map_err(dev_err)?;
+        pio.insert(COMMAND_PORT, 1, i8042.clone()).map_err(dev_err)?;
         pio.insert(CMOS_BASE, 2, Arc::new(Mutex::new(Cmos::default())))
             .map_err(dev_err)?;
 
@@ -320,6 +330,8 @@ impl Vm {
             serial,
             power_button,
             config,
+            i8042,
+            framebuffer: None,
         })
     }
 
@@ -331,6 +343,9 @@ impl Vm {
         let rsdp = acpi::setup(&self.memory, self.config.vcpus)
             .map_err(|e| VmError::Device(e.to_string()))?;
         let kernel = boot::load_linux(&self.memory, linux, Some(rsdp))?;
+        if let Some(fb) = &self.framebuffer {
+            boot::write_screen_info(&self.memory, &fb.linear())?;
+        }
         self.enter_long_mode(kernel.entry)?;
         Ok(kernel)
     }
@@ -364,6 +379,29 @@ impl Vm {
             .add(shared)
             .map_err(|e| VmError::Device(e.to_string()))?;
         Ok(())
+    }
+
+    /// Adds a linear framebuffer (at [`crate::framebuffer::FRAMEBUFFER_BASE`], a KVM slot
+    /// with dirty logging) that [`Vm::load_linux`] announces to the kernel as its boot
+    /// display. Call it before `load_linux`; one per VM.
+    pub fn add_framebuffer(
+        &mut self,
+        config: FramebufferConfig,
+    ) -> Result<Arc<Framebuffer>, VmError> {
+        if self.framebuffer.is_some() {
+            return Err(VmError::Device("the VM already has a framebuffer".into()));
+        }
+        let mut fb = Framebuffer::new(config).map_err(|e| VmError::Device(e.to_string()))?;
+        // SAFETY: the Vm keeps an Arc of the framebuffer until every vCPU has stopped.
+        unsafe { fb.attach(self.fd.clone()) }.map_err(kvm_err("map framebuffer"))?;
+        let fb = Arc::new(fb);
+        self.framebuffer = Some(fb.clone());
+        Ok(fb)
+    }
+
+    /// A handle that presses keys on the guest's PS/2 keyboard.
+    pub fn keyboard(&self) -> KeyboardInput {
+        KeyboardInput::new(self.i8042.clone())
     }
 
     /// Guest memory, for loading payloads.

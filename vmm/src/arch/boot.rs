@@ -291,6 +291,52 @@ pub fn initrd_address(mem_size: u64, initrd_size: u64, hdr: &setup_header) -> Op
     (addr >= layout::HIMEM_START + (16 << 20)).then_some(addr)
 }
 
+/// `screen_info.orig_video_isVGA` for a firmware (EFI GOP) linear framebuffer, which Linux's
+/// sysfb hands to efifb.
+pub const VIDEO_TYPE_EFI: u8 = 0x70;
+/// `screen_info.capabilities` bit: `ext_lfb_base` holds the upper 32 bits of the base.
+const VIDEO_CAPABILITY_64BIT_BASE: u32 = 1 << 1;
+
+/// A linear 32-bpp XRGB8888 framebuffer the kernel should use as its boot console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearFramebuffer {
+    /// Guest-physical base address.
+    pub base: u64,
+    /// Size of the region in bytes.
+    pub size: u64,
+    /// Width in pixels.
+    pub width: u16,
+    /// Height in pixels.
+    pub height: u16,
+    /// Bytes per line.
+    pub stride: u16,
+}
+
+/// Describes `fb` in the zero page's `screen_info` (after [`load_linux`] wrote it), as EFI
+/// firmware would: Linux's sysfb then registers an efifb device for it and fbcon takes it.
+pub fn write_screen_info(mem: &GuestMemoryMmap, fb: &LinearFramebuffer) -> Result<(), BootError> {
+    let at = GuestAddress(layout::ZERO_PAGE_START);
+    let mut params: boot_params = mem.read_obj(at).map_err(|_| BootError::GuestMemory)?;
+    let si = &mut params.screen_info;
+    si.orig_video_isVGA = VIDEO_TYPE_EFI;
+    si.lfb_width = fb.width;
+    si.lfb_height = fb.height;
+    si.lfb_depth = 32;
+    si.lfb_linelength = fb.stride;
+    si.lfb_base = fb.base as u32;
+    si.ext_lfb_base = (fb.base >> 32) as u32;
+    if si.ext_lfb_base != 0 {
+        si.capabilities |= VIDEO_CAPABILITY_64BIT_BASE;
+    }
+    // For EFI framebuffers lfb_size is in bytes (VESA uses 64 KiB units).
+    si.lfb_size = fb.size.min(u64::from(u32::MAX)) as u32;
+    (si.red_size, si.red_pos) = (8, 16);
+    (si.green_size, si.green_pos) = (8, 8);
+    (si.blue_size, si.blue_pos) = (8, 0);
+    (si.rsvd_size, si.rsvd_pos) = (8, 24);
+    mem.write_obj(params, at).map_err(|_| BootError::GuestMemory)
+}
+
 fn fill_e820(params: &mut boot_params, map: &[E820Entry]) {
     for (slot, e) in params.e820_table.iter_mut().zip(map) {
         *slot = boot_e820_entry {
@@ -463,6 +509,28 @@ mod tests {
         assert!(a + 4096 <= DEFAULT_INITRD_ADDR_MAX + 1);
         // Does not fit.
         assert_eq!(initrd_address(32 * MIB, 30 * MIB, &hdr), None);
+    }
+
+    #[test]
+    fn screen_info_describes_the_framebuffer() {
+        let mem = guest(64 * MIB);
+        let fb = LinearFramebuffer {
+            base: 0xe100_0000,
+            size: 3 * MIB,
+            width: 1024,
+            height: 768,
+            stride: 4096,
+        };
+        write_screen_info(&mem, &fb).unwrap();
+        let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        let si = p.screen_info;
+        assert_eq!(si.orig_video_isVGA, VIDEO_TYPE_EFI);
+        assert_eq!(({ si.lfb_base }, { si.ext_lfb_base }), (0xe100_0000, 0));
+        assert_eq!({ si.capabilities } & VIDEO_CAPABILITY_64BIT_BASE, 0);
+        assert_eq!(({ si.lfb_width }, { si.lfb_height }), (1024, 768));
+        assert_eq!(({ si.lfb_depth }, { si.lfb_linelength }), (32, 4096));
+        assert_eq!({ si.lfb_size }, 3 << 20);
+        assert_eq!((si.red_pos, si.green_pos, si.blue_pos), (16, 8, 0));
     }
 
     #[test]

@@ -1,0 +1,342 @@
+//! One viewer: the handshake, then a reader (client messages) and a writer (updates).
+
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::encode::{
+    Converter, Encoder, PixelFormat, Rect, ENCODING_RAW, ENCODING_ZLIB, ENCODING_ZRLE,
+};
+use super::proto::{self, ClientMessage, ServerInit};
+use super::Shared;
+use crate::devices::i8042::keymap::{self, LEFT_SHIFT};
+use crate::devices::i8042::KeyboardInput;
+use crate::framebuffer::Framebuffer;
+
+/// Encodings the server produces, best first.
+const PREFERENCE: [i32; 3] = [ENCODING_ZRLE, ENCODING_ZLIB, ENCODING_RAW];
+/// X11 keysyms of the Shift keys.
+const SHIFT_KEYSYMS: [u32; 2] = [0xffe1, 0xffe2];
+
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    incremental: bool,
+    rect: Rect,
+}
+
+/// What the reader tells the writer.
+struct State {
+    format: PixelFormat,
+    encoding: i32,
+    request: Option<Request>,
+    /// Lines changed since they were last sent.
+    dirty: Vec<bool>,
+    closed: bool,
+}
+
+/// A connected viewer, as the server's other threads see it.
+pub(super) struct Client {
+    state: Mutex<State>,
+    changed: Condvar,
+    stream: Option<TcpStream>,
+}
+
+impl Client {
+    fn new(height: u32, stream: Option<TcpStream>) -> Self {
+        Client {
+            state: Mutex::new(State {
+                format: PixelFormat::XRGB8888,
+                encoding: ENCODING_RAW,
+                request: None,
+                // A new viewer has seen nothing: its first incremental request gets it all.
+                dirty: vec![true; height as usize],
+                closed: false,
+            }),
+            changed: Condvar::new(),
+            stream,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("client lock poisoned")
+    }
+
+    /// Whether the client waits for changes (so the dirty log must be polled).
+    pub(super) fn waiting(&self) -> bool {
+        let s = self.lock();
+        !s.closed && s.request.is_some_and(|r| r.incremental)
+    }
+
+    /// Adds changed lines.
+    pub(super) fn mark_dirty(&self, lines: &[(u32, u32)]) {
+        let mut s = self.lock();
+        for &(a, b) in lines {
+            for d in s.dirty.iter_mut().take(b as usize).skip(a as usize) {
+                *d = true;
+            }
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Ends the session: both threads stop.
+    pub(super) fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+        if let Some(s) = &self.stream {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Waits for an update to send: the rectangles, and the format and encoding to use.
+    fn next_update(&self) -> Option<(Vec<Rect>, PixelFormat, i32)> {
+        let mut s = self.lock();
+        loop {
+            if s.closed {
+                return None;
+            }
+            if let Some(rects) = s.request.and_then(|req| take_rects(&mut s.dirty, req)) {
+                s.request = None;
+                return Some((rects, s.format, s.encoding));
+            }
+            s = self.changed.wait(s).expect("client lock poisoned");
+        }
+    }
+}
+
+/// The rectangles answering `req`, clearing the lines sent (when the request spans the
+/// whole width); `None` if an incremental request has nothing to send yet.
+fn take_rects(dirty: &mut [bool], req: Request) -> Option<Vec<Rect>> {
+    let r = req.rect;
+    let whole_width = r.x == 0;
+    let lines = &mut dirty[r.y as usize..(r.y + r.h) as usize];
+    if !req.incremental {
+        if whole_width {
+            lines.fill(false);
+        }
+        return Some(if r.w > 0 && r.h > 0 { vec![r] } else { vec![] });
+    }
+    let mut rects = Vec::new();
+    let mut y = 0;
+    while y < lines.len() {
+        if !lines[y] {
+            y += 1;
+            continue;
+        }
+        let start = y;
+        while y < lines.len() && lines[y] {
+            if whole_width {
+                lines[y] = false;
+            }
+            y += 1;
+        }
+        rects.push(Rect {
+            x: r.x,
+            y: r.y + start as u32,
+            w: r.w,
+            h: (y - start) as u32,
+        });
+    }
+    (!rects.is_empty() && r.w > 0).then_some(rects)
+}
+
+/// Clips a requested rectangle to the screen.
+fn clip(fb: &Framebuffer, x: u16, y: u16, w: u16, h: u16) -> Rect {
+    let c = fb.config();
+    let x = u32::from(x).min(c.width);
+    let y = u32::from(y).min(c.height);
+    Rect {
+        x,
+        y,
+        w: u32::from(w).min(c.width - x),
+        h: u32::from(h).min(c.height - y),
+    }
+}
+
+/// Per-connection keyboard state: whether the viewer holds Shift.
+#[derive(Default)]
+struct Keys {
+    shift: bool,
+}
+
+impl Keys {
+    /// Types `keysym`, pressing Shift around it when the character needs Shift and the
+    /// viewer did not hold it (clients such as vncdotool send 'A' without Shift).
+    fn event(&mut self, kb: &KeyboardInput, keysym: u32, down: bool) {
+        if SHIFT_KEYSYMS.contains(&keysym) {
+            self.shift = down;
+        }
+        let Some((key, needs_shift)) = keymap::key_for_keysym(keysym) else {
+            return;
+        };
+        if down && needs_shift == Some(true) && !self.shift {
+            kb.key(LEFT_SHIFT, true);
+            kb.key(key, true);
+            kb.key(LEFT_SHIFT, false);
+        } else {
+            kb.key(key, down);
+        }
+    }
+}
+
+/// Applies one message to the client's state.
+fn apply(
+    msg: ClientMessage,
+    client: &Client,
+    fb: &Framebuffer,
+    keyboard: Option<&KeyboardInput>,
+    keys: &mut Keys,
+) {
+    match msg {
+        ClientMessage::SetPixelFormat(f) => client.lock().format = f,
+        ClientMessage::SetEncodings(list) => {
+            let best = list
+                .iter()
+                .find(|e| PREFERENCE.contains(e))
+                .copied()
+                .unwrap_or(ENCODING_RAW);
+            client.lock().encoding = best;
+        }
+        ClientMessage::UpdateRequest {
+            incremental,
+            x,
+            y,
+            w,
+            h,
+        } => {
+            client.lock().request = Some(Request {
+                incremental,
+                rect: clip(fb, x, y, w, h),
+            });
+            client.changed.notify_all();
+        }
+        ClientMessage::Key { down, keysym } => {
+            if let Some(kb) = keyboard {
+                keys.event(kb, keysym, down);
+            }
+        }
+        ClientMessage::Pointer | ClientMessage::CutText => {}
+    }
+}
+
+/// Serves one TCP viewer until it leaves or misbehaves.
+pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream) {
+    let fb = &shared.fb;
+    let init = ServerInit {
+        width: fb.config().width as u16,
+        height: fb.config().height as u16,
+        name: &shared.config.name,
+    };
+    let password = shared.config.password.as_deref();
+    if proto::handshake(&mut &stream, &mut &stream, password, &init).is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(None);
+    let Ok(writer_stream) = stream.try_clone() else {
+        return;
+    };
+    let client = Arc::new(Client::new(fb.config().height, stream.try_clone().ok()));
+    shared
+        .clients
+        .lock()
+        .expect("clients lock poisoned")
+        .push(client.clone());
+
+    let (c, f) = (client.clone(), fb.clone());
+    let writer = std::thread::Builder::new()
+        .name("vnc-writer".into())
+        .spawn(move || write_loop(&c, &f, &mut &writer_stream));
+    if writer.is_ok() {
+        let mut keys = Keys::default();
+        let mut reader = io::BufReader::new(&stream);
+        while let Ok(msg) = proto::read_message(&mut reader) {
+            let incremental = matches!(
+                msg,
+                ClientMessage::UpdateRequest {
+                    incremental: true,
+                    ..
+                }
+            );
+            apply(msg, &client, fb, shared.keyboard.as_ref(), &mut keys);
+            if incremental {
+                // Under the clients lock, so the poller cannot miss the wake-up.
+                let _g = shared.clients.lock().expect("clients lock poisoned");
+                shared.poll_wake.notify_all();
+            }
+        }
+    }
+    client.close();
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
+    shared
+        .clients
+        .lock()
+        .expect("clients lock poisoned")
+        .retain(|c| !Arc::ptr_eq(c, &client));
+}
+
+fn write_loop(client: &Client, fb: &Framebuffer, out: &mut impl Write) {
+    let mut encoder = Encoder::default();
+    let mut conv = Converter::new(PixelFormat::XRGB8888);
+    let mut buf = Vec::new();
+    while let Some((rects, format, encoding)) = client.next_update() {
+        if conv.format() != format {
+            conv = Converter::new(format);
+        }
+        buf.clear();
+        let sent = encoder
+            .update(fb, &conv, encoding, &rects, &mut buf)
+            .and_then(|()| out.write_all(&buf))
+            .and_then(|()| out.flush());
+        if sent.is_err() {
+            client.close();
+            return;
+        }
+    }
+}
+
+/// Runs a whole session over `input` (the bytes a client would send) against a small
+/// framebuffer and keyboard, answering update requests as they come. For fuzzing and
+/// randomized tests: it must never panic, whatever the input.
+pub fn fuzz_session(input: &[u8], password: Option<&[u8]>) -> io::Result<()> {
+    use crate::devices::i8042::I8042;
+    use crate::framebuffer::FramebufferConfig;
+    use crate::vm::VmControl;
+
+    thread_local! {
+        static FB: Framebuffer = Framebuffer::new(FramebufferConfig { width: 64, height: 40 })
+            .expect("framebuffer");
+    }
+    let kb = KeyboardInput::new(Arc::new(Mutex::new(I8042::new(Arc::new(
+        VmControl::default(),
+    )))));
+    FB.with(|fb| {
+        let mut r = input;
+        let mut out = Vec::new();
+        let init = ServerInit {
+            width: 64,
+            height: 40,
+            name: "fuzz",
+        };
+        proto::handshake(&mut r, &mut out, password, &init)?;
+        let client = Client::new(fb.config().height, None);
+        let (mut keys, mut encoder) = (Keys::default(), Encoder::default());
+        loop {
+            let msg = proto::read_message(&mut r)?;
+            apply(msg, &client, fb, Some(&kb), &mut keys);
+            let update = {
+                let mut s = client.lock();
+                let ready = s.request.and_then(|req| take_rects(&mut s.dirty, req));
+                ready.map(|rects| {
+                    s.request = None;
+                    (rects, s.format, s.encoding)
+                })
+            };
+            if let Some((rects, format, encoding)) = update {
+                out.clear();
+                encoder.update(fb, &Converter::new(format), encoding, &rects, &mut out)?;
+            }
+        }
+    })
+}
