@@ -63,7 +63,8 @@ pub struct Framebuffer {
     ptr: NonNull<u8>,
     len: usize,
     config: FramebufferConfig,
-    kvm: Option<KvmLog>,
+    /// The VM it is mapped into; a VM rebuilt on reboot maps the same framebuffer again.
+    kvm: Mutex<Option<KvmLog>>,
     /// Pages written by the host (tests, the VMM), one bit per page as in KVM's log.
     host_dirty: Mutex<Vec<u64>>,
 }
@@ -107,16 +108,17 @@ impl Framebuffer {
             ptr: NonNull::new(p.cast()).expect("mmap returned NULL"),
             len,
             config,
-            kvm: None,
+            kvm: Mutex::new(None),
             host_dirty: Mutex::new(vec![0; pages.div_ceil(64)]),
         })
     }
 
-    /// Maps the framebuffer into `fd` at [`FRAMEBUFFER_BASE`] with dirty-page logging.
+    /// Maps the framebuffer into `fd` at [`FRAMEBUFFER_BASE`] with dirty-page logging; the
+    /// dirty log is read from that VM from now on.
     ///
     /// # Safety
     /// The VM must not run after this Framebuffer is dropped (KVM keeps the host address).
-    pub unsafe fn attach(&mut self, fd: Arc<VmFd>) -> Result<(), kvm_ioctls::Error> {
+    pub unsafe fn attach(&self, fd: Arc<VmFd>) -> Result<(), kvm_ioctls::Error> {
         let region = kvm_bindings::kvm_userspace_memory_region {
             slot: FRAMEBUFFER_SLOT,
             flags: kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES,
@@ -126,7 +128,7 @@ impl Framebuffer {
         };
         // SAFETY: the mapping lives as long as self; the caller keeps the VM from outliving it.
         unsafe { fd.set_user_memory_region(region) }?;
-        self.kvm = Some(KvmLog {
+        *self.kvm.lock().expect("kvm lock poisoned") = Some(KvmLog {
             fd,
             slot: FRAMEBUFFER_SLOT,
         });
@@ -191,7 +193,7 @@ impl Framebuffer {
             &mut *self.host_dirty.lock().expect("dirty lock poisoned"),
             vec![0; (self.len / PAGE).div_ceil(64)],
         );
-        if let Some(k) = &self.kvm {
+        if let Some(k) = &*self.kvm.lock().expect("kvm lock poisoned") {
             match k.fd.get_dirty_log(k.slot, self.len) {
                 Ok(log) => bits.iter_mut().zip(log).for_each(|(b, l)| *b |= l),
                 // Without a log nothing can be trusted to be clean.

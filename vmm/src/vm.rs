@@ -22,7 +22,7 @@ use crate::devices::cmos::{Cmos, CMOS_BASE};
 use crate::devices::i8042::{KeyboardInput, COMMAND_PORT, DATA_PORT, I8042, KEYBOARD_IRQ};
 use crate::devices::serial::{Serial, SerialInput, COM1_BASE, COM1_IRQ};
 use crate::devices::IrqLine;
-use crate::framebuffer::{Framebuffer, FramebufferConfig};
+use crate::framebuffer::Framebuffer;
 use crate::irq::KvmIrqRouter;
 use crate::pci::access::{PciConfigIo, PciConfigMmio, CONFIG_IO_BASE, CONFIG_IO_LEN};
 use crate::pci::{PciBus, SharedPciDevice};
@@ -266,7 +266,8 @@ impl Vm {
             I8042::new(control.clone()).with_irq(Box::new(IrqLine(kbd_irq))),
         ));
         pio.insert(DATA_PORT, 1, i8042.clone()).map_err(dev_err)?;
-        pio.insert(COMMAND_PORT, 1, i8042.clone()).map_err(dev_err)?;
+        pio.insert(COMMAND_PORT, 1, i8042.clone())
+            .map_err(dev_err)?;
         pio.insert(CMOS_BASE, 2, Arc::new(Mutex::new(Cmos::default())))
             .map_err(dev_err)?;
 
@@ -381,22 +382,19 @@ impl Vm {
         Ok(())
     }
 
-    /// Adds a linear framebuffer (at [`crate::framebuffer::FRAMEBUFFER_BASE`], a KVM slot
-    /// with dirty logging) that [`Vm::load_linux`] announces to the kernel as its boot
-    /// display. Call it before `load_linux`; one per VM.
-    pub fn add_framebuffer(
-        &mut self,
-        config: FramebufferConfig,
-    ) -> Result<Arc<Framebuffer>, VmError> {
+    /// Maps a linear framebuffer (at [`crate::framebuffer::FRAMEBUFFER_BASE`], a KVM slot
+    /// with dirty logging) and announces it to the kernel as its boot display in the zero
+    /// page, before or after [`Vm::load_linux`]. One per VM; the same framebuffer may be
+    /// given to the VM that replaces this one (a reboot), so viewers stay connected.
+    pub fn add_framebuffer(&mut self, fb: Arc<Framebuffer>) -> Result<(), VmError> {
         if self.framebuffer.is_some() {
             return Err(VmError::Device("the VM already has a framebuffer".into()));
         }
-        let mut fb = Framebuffer::new(config).map_err(|e| VmError::Device(e.to_string()))?;
         // SAFETY: the Vm keeps an Arc of the framebuffer until every vCPU has stopped.
         unsafe { fb.attach(self.fd.clone()) }.map_err(kvm_err("map framebuffer"))?;
-        let fb = Arc::new(fb);
-        self.framebuffer = Some(fb.clone());
-        Ok(fb)
+        boot::write_screen_info(&self.memory, &fb.linear())?;
+        self.framebuffer = Some(fb);
+        Ok(())
     }
 
     /// A handle that presses keys on the guest's PS/2 keyboard.

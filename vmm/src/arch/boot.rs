@@ -334,7 +334,8 @@ pub fn write_screen_info(mem: &GuestMemoryMmap, fb: &LinearFramebuffer) -> Resul
     (si.green_size, si.green_pos) = (8, 8);
     (si.blue_size, si.blue_pos) = (8, 0);
     (si.rsvd_size, si.rsvd_pos) = (8, 24);
-    mem.write_obj(params, at).map_err(|_| BootError::GuestMemory)
+    mem.write_obj(params, at)
+        .map_err(|_| BootError::GuestMemory)
 }
 
 fn fill_e820(params: &mut boot_params, map: &[E820Entry]) {

@@ -397,7 +397,10 @@ mod tests {
         let (mut d, _) = dev();
         cmd(&mut d, 0x20);
         let ctr = drain(&mut d);
-        assert_eq!(ctr, vec![CTR_KBD_INT | CTR_SYS | CTR_TRANSLATE | CTR_AUX_DISABLE]);
+        assert_eq!(
+            ctr,
+            vec![CTR_KBD_INT | CTR_SYS | CTR_TRANSLATE | CTR_AUX_DISABLE]
+        );
         cmd(&mut d, 0xaa);
         assert_eq!(drain(&mut d), vec![0x55]);
         cmd(&mut d, 0x60);

@@ -68,7 +68,10 @@ mod tests {
         let challenge: [u8; 16] = core::array::from_fn(|i| i as u8);
         let r = response(b"password", &challenge);
         assert!(verify(b"password", &challenge, &r));
-        assert!(verify(b"password-longer-than-8", &challenge, &r), "only 8 bytes count");
+        assert!(
+            verify(b"password-longer-than-8", &challenge, &r),
+            "only 8 bytes count"
+        );
         assert!(!verify(b"Password", &challenge, &r));
         assert!(!verify(b"password", &challenge, &r[..15]));
         assert_eq!(key(b"\x01\x80"), [0x80, 0x01, 0, 0, 0, 0, 0, 0]);

@@ -237,9 +237,11 @@ impl Encoder {
                 tile.clear();
                 for y in ty..ty + th {
                     self.read_row(fb, tx, y, tw);
-                    tile.extend(self.row.chunks_exact(4).map(|p| {
-                        conv.pixel(u32::from_le_bytes([p[0], p[1], p[2], p[3]]))
-                    }));
+                    tile.extend(
+                        self.row
+                            .chunks_exact(4)
+                            .map(|p| conv.pixel(u32::from_le_bytes([p[0], p[1], p[2], p[3]]))),
+                    );
                 }
                 if tile.iter().all(|&p| p == tile[0]) {
                     out.push(1); // solid

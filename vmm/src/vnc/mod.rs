@@ -63,7 +63,8 @@ impl VncConfig {
 /// State shared by the server's threads.
 struct Shared {
     fb: Arc<Framebuffer>,
-    keyboard: Option<KeyboardInput>,
+    /// Replaced when the VM is rebuilt (reboot).
+    keyboard: Mutex<Option<KeyboardInput>>,
     config: VncConfig,
     clients: Mutex<Vec<Arc<session::Client>>>,
     /// Wakes the dirty-log poller when a client starts waiting (paired with `clients`).
@@ -90,7 +91,7 @@ impl VncServer {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             fb,
-            keyboard,
+            keyboard: Mutex::new(keyboard),
             config,
             clients: Mutex::new(Vec::new()),
             poll_wake: Condvar::new(),
@@ -112,6 +113,11 @@ impl VncServer {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Sends key events to `keyboard` from now on (the VM was rebuilt).
+    pub fn set_keyboard(&self, keyboard: Option<KeyboardInput>) {
+        *self.shared.keyboard.lock().expect("keyboard lock poisoned") = keyboard;
     }
 
     /// Viewers connected right now (past the handshake or in it).

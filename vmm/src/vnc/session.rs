@@ -257,7 +257,12 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream) {
                     ..
                 }
             );
-            apply(msg, &client, fb, shared.keyboard.as_ref(), &mut keys);
+            let kb = shared
+                .keyboard
+                .lock()
+                .expect("keyboard lock poisoned")
+                .clone();
+            apply(msg, &client, fb, kb.as_ref(), &mut keys);
             if incremental {
                 // Under the clients lock, so the poller cannot miss the wake-up.
                 let _g = shared.clients.lock().expect("clients lock poisoned");
