@@ -73,6 +73,17 @@ pub enum Error {
         /// Why reading failed.
         source: io::Error,
     },
+    /// The kernel lacks nftables (or its NAT support): the node must load the modules.
+    #[error(
+        "{op}: {source}: the node's kernel has no nftables NAT; load nf_tables, nft_chain_nat \
+         and nft_nat on the node (modprobe), as most CNIs already do"
+    )]
+    NoNftables {
+        /// The operation that failed.
+        op: String,
+        /// The kernel's error.
+        source: io::Error,
+    },
     /// A netlink request failed for another reason.
     #[error("{op}: {source}: check the pod's network namespace for conflicting links or rules")]
     Netlink {
@@ -98,10 +109,15 @@ impl Error {
     /// Classifies an error returned by a netlink request: EPERM means the capability is missing.
     pub(crate) fn netlink(op: impl Into<String>, source: io::Error) -> Self {
         let op = op.into();
-        if source.raw_os_error() == Some(libc::EPERM) {
-            Error::NoNetAdmin { op }
-        } else {
-            Error::Netlink { op, source }
+        match source.raw_os_error() {
+            Some(libc::EPERM) => Error::NoNetAdmin { op },
+            // No nfnetlink family, or an unknown expression/chain type (module not loaded).
+            Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) | Some(libc::ENOENT)
+                if op.contains("nfnetlink") || op.contains("nftables") =>
+            {
+                Error::NoNftables { op, source }
+            }
+            _ => Error::Netlink { op, source },
         }
     }
 
