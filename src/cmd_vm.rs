@@ -8,20 +8,23 @@ use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
 use crate::exit::Failure;
 use crate::machine::{self, MachineSpec, NetSpec};
-use crate::{console, lifecycle};
+use crate::{console, imageboot, lifecycle};
 
 /// Arguments of `berth vm`.
 #[derive(clap::Args)]
 pub struct VmArgs {
-    /// Kernel image: a bzImage or an uncompressed ELF vmlinux.
+    /// Kernel image: a bzImage or an uncompressed ELF vmlinux. Without it, berth boots the
+    /// first disk's own kernel: it finds the kernel, initramfs and arguments in the image
+    /// (grub.cfg, boot loader entries, /vmlinuz; see docs/imageboot.md), and KERNEL, INITRD
+    /// (`none` for no initramfs) and KERNEL_CMDLINE, or --initrd and --cmdline, override them.
     #[arg(long)]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     /// Initial ramdisk (initramfs).
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
-    cmdline: String,
+    /// Kernel command line [default with --kernel: console=ttyS0 reboot=k panic=1].
+    #[arg(long)]
+    cmdline: Option<String>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u8,
@@ -91,7 +94,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
     }
     .map_err(Failure::Usage)?;
     let lc = lifecycle::Lifecycle::start(timeout);
-    for f in std::iter::once(&args.kernel).chain(args.initrd.as_ref()) {
+    for f in args.kernel.iter().chain(args.initrd.as_ref()) {
         std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
     }
     let disks = args
@@ -113,23 +116,22 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
             })
         }
     };
+    // Kept alive until the kernel is loaded: extracted files live in memory files.
+    let (boot, _from_disk) = boot_files(&args, &disks)?;
     let spec = MachineSpec {
         config: MachineConfig {
             vcpus: args.cpus,
             memory_mib: args.memory,
         },
-        boot: LinuxBoot {
-            kernel: args.kernel.clone(),
-            initrd: args.initrd.clone(),
-            cmdline: args.cmdline.clone(),
-        },
+        boot,
         disks,
         net,
     };
     let (vm, kernel) = machine::build(&spec)?;
+    drop(_from_disk);
     eprintln!(
         "berth: booting {} ({:?}) with {} vCPU(s), {} MiB, {} disk(s){}",
-        args.kernel.display(),
+        spec.boot.kernel.display(),
         kernel.format,
         args.cpus,
         args.memory,
@@ -145,6 +147,46 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         ),
         other => Ok(other),
     }
+}
+
+/// The kernel to boot: `--kernel`, or the first disk's own (see `imageboot`).
+fn boot_files(
+    args: &VmArgs,
+    disks: &[machine::DiskSpec],
+) -> Result<(LinuxBoot, Option<imageboot::BootFiles>), Failure> {
+    if let Some(k) = &args.kernel {
+        let cmdline = args.cmdline.clone();
+        return Ok((
+            LinuxBoot {
+                kernel: k.clone(),
+                initrd: args.initrd.clone(),
+                cmdline: cmdline.unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".into()),
+            },
+            None,
+        ));
+    }
+    let first = disks.first().ok_or_else(|| {
+        Failure::Usage("give --kernel, or a --disk whose image holds a kernel to boot".into())
+    })?;
+    let mut ov = imageboot::Overrides::from_env();
+    if let Some(i) = &args.initrd {
+        ov.initrd = Some(Some(i.clone()));
+    }
+    if let Some(c) = &args.cmdline {
+        ov.cmdline = Some(c.clone());
+    }
+    let files = imageboot::prepare(&first.path, first.format, &ov).map_err(|e| match e {
+        imageboot::ImageBootError::Disk(d) => Failure::Disk(d.to_string()),
+        e => Failure::Kernel(e.to_string()),
+    })?;
+    eprintln!("berth: boot from disk: {}", files.description);
+    eprintln!("berth: kernel command line: {}", files.cmdline);
+    let boot = LinuxBoot {
+        kernel: files.kernel.clone(),
+        initrd: files.initrd.clone(),
+        cmdline: files.cmdline.clone(),
+    };
+    Ok((boot, Some(files)))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod cmd_vm;
 mod console;
 mod exit;
 mod fetch;
+mod imageboot;
 mod lifecycle;
 mod machine;
 mod pod;
@@ -44,6 +45,9 @@ enum Command {
     /// Download the base image like the pod entrypoint does (for tests and debugging).
     #[command(hide = true)]
     Fetch(fetch::cmd::FetchArgs),
+    /// Show the kernel, initramfs and command line berth finds in a disk image.
+    #[command(hide = true)]
+    InspectImage(imageboot::cmd::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Seed(args) => return cmd_seed::run(args),
         Command::Overlay(args) => return cmd_overlay::run(args),
         Command::Fetch(args) => return fetch::cmd::run(args),
+        Command::InspectImage(args) => return imageboot::cmd::run(args),
     };
     match result {
         Ok(reason) => {

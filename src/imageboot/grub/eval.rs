@@ -1,0 +1,560 @@
+//! Runs a parsed grub.cfg to find the default entry and what it loads.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::parse::{parse, Seg, Stmt, Word};
+
+/// Commands run per configuration before giving up.
+const MAX_STEPS: u32 = 100_000;
+/// Longest variable value or expanded word.
+const MAX_VALUE: usize = 64 * 1024;
+/// Deepest nesting of function calls, `source` and `configfile`.
+const MAX_CALL_DEPTH: u32 = 16;
+
+/// What `search` looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SearchKind {
+    /// `--fs-uuid`.
+    FsUuid,
+    /// `--label`.
+    Label,
+    /// `--file` (the default).
+    File,
+}
+
+/// The image as GRUB sees it: devices named like `hd0,gpt1`.
+pub trait Host {
+    /// The device holding a file system with this UUID / label / file.
+    fn search(&self, kind: SearchKind, key: &str) -> Option<String>;
+    /// Reads a small file; `path` may start with `(device)`, else it is on device `root`.
+    fn read(&self, root: &str, path: &str) -> Option<Vec<u8>>;
+    /// `test -e/-f/-d/-s path`.
+    fn test(&self, root: &str, path: &str, op: &str) -> bool;
+}
+
+/// A file named by `linux` or `initrd`, with the `$root` device in effect at that moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// The value of `$root`.
+    pub root: String,
+    /// The path, possibly with a `(device)` prefix.
+    pub path: String,
+}
+
+/// The chosen menu entry.
+#[derive(Clone, Debug, Default)]
+pub struct Entry {
+    /// Its title.
+    pub title: String,
+    /// Why it was chosen (`default=0`, `default=gnulinux-simple-...`, `first entry with a
+    /// kernel`).
+    pub why: String,
+    /// The kernel (`linux` command).
+    pub linux: Option<Loaded>,
+    /// The kernel arguments.
+    pub args: Vec<String>,
+    /// The initramfs images, in order (`initrd` may name several).
+    pub initrds: Vec<Loaded>,
+}
+
+#[derive(Clone)]
+struct Item {
+    title: String,
+    id: Option<String>,
+    submenu: bool,
+    body: Rc<Vec<Stmt>>,
+}
+
+struct Interp<'h> {
+    host: &'h dyn Host,
+    vars: HashMap<String, String>,
+    funcs: HashMap<String, Rc<Vec<Stmt>>>,
+    menu: Vec<Item>,
+    steps: u32,
+    depth: u32,
+    capture: Option<Entry>,
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl<'h> Interp<'h> {
+    fn child(&self) -> Interp<'h> {
+        Interp {
+            host: self.host,
+            vars: self.vars.clone(),
+            funcs: self.funcs.clone(),
+            menu: Vec::new(),
+            steps: self.steps,
+            depth: self.depth,
+            capture: None,
+        }
+    }
+
+    fn var(&self, name: &str) -> &str {
+        self.vars.get(name).map_or("", String::as_str)
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if value.len() > MAX_VALUE {
+            return Err(format!("variable {name} grows beyond {MAX_VALUE} bytes"));
+        }
+        self.vars.insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    fn expand(&self, s: &str, out: &mut String) -> Result<(), String> {
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            let (name, after) = if let Some(r) = rest.strip_prefix('{') {
+                match r.find('}') {
+                    Some(j) => (&r[..j], &r[j + 1..]),
+                    None => (r, ""),
+                }
+            } else {
+                let n = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                match n {
+                    0 if rest.starts_with(['?', '#', '@', '*']) => rest.split_at(1),
+                    0 => {
+                        out.push('$');
+                        continue;
+                    }
+                    n => rest.split_at(n),
+                }
+            };
+            out.push_str(self.var(name));
+            rest = after;
+            if out.len() > MAX_VALUE {
+                return Err(format!("a word grows beyond {MAX_VALUE} bytes"));
+            }
+        }
+        out.push_str(rest);
+        Ok(())
+    }
+
+    /// Expands words: unquoted words split at white space and vanish when empty.
+    fn argv(&self, words: &[Word]) -> Result<Vec<String>, String> {
+        let mut argv = Vec::new();
+        for w in words {
+            let mut s = String::new();
+            let mut quoted = false;
+            for seg in w {
+                match seg {
+                    Seg::Plain(t) => self.expand(t, &mut s)?,
+                    Seg::Quoted(t) => {
+                        quoted = true;
+                        self.expand(t, &mut s)?
+                    }
+                    Seg::Literal(t) => {
+                        quoted = true;
+                        s.push_str(t)
+                    }
+                }
+            }
+            if quoted {
+                argv.push(s);
+            } else {
+                argv.extend(s.split_whitespace().map(str::to_owned));
+            }
+        }
+        Ok(argv)
+    }
+
+    fn run(&mut self, stmts: &[Stmt]) -> Result<bool, String> {
+        let mut status = true;
+        for s in stmts {
+            status = self.exec(s)?;
+        }
+        Ok(status)
+    }
+
+    fn exec(&mut self, stmt: &Stmt) -> Result<bool, String> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return Err(format!("runs more than {MAX_STEPS} commands"));
+        }
+        match stmt {
+            Stmt::Cmd(words) => {
+                let argv = self.argv(words)?;
+                if argv.is_empty() {
+                    return Ok(true);
+                }
+                self.command(&argv)
+            }
+            Stmt::If { arms, otherwise } => {
+                for (cond, body) in arms {
+                    if self.run(cond)? {
+                        return self.run(body);
+                    }
+                }
+                self.run(otherwise)
+            }
+            Stmt::Menu {
+                submenu,
+                args,
+                body,
+            } => {
+                let argv = self.argv(args)?;
+                let (title, id) = menu_title(&argv);
+                self.menu.push(Item {
+                    title,
+                    id,
+                    submenu: *submenu,
+                    body: body.clone(),
+                });
+                Ok(true)
+            }
+            Stmt::Func(name, body) => {
+                self.funcs.insert(name.clone(), body.clone());
+                Ok(true)
+            }
+            Stmt::Loop => Ok(true),
+        }
+    }
+
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, String>) -> Result<T, String> {
+        if self.depth >= MAX_CALL_DEPTH {
+            return Err(format!("calls nest deeper than {MAX_CALL_DEPTH} levels"));
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
+    }
+
+    fn command(&mut self, argv: &[String]) -> Result<bool, String> {
+        let args = &argv[1..];
+        let root = self.var("root").to_owned();
+        match argv[0].as_str() {
+            a if a.contains('=') && is_name(a.split('=').next().unwrap_or("")) => {
+                let (k, v) = a.split_once('=').unwrap_or((a, ""));
+                self.set(k, v)?;
+            }
+            "set" => {
+                for a in args {
+                    if let Some((k, v)) = a.split_once('=') {
+                        self.set(k, v)?;
+                    }
+                }
+            }
+            "unset" => {
+                for a in args {
+                    self.vars.remove(a);
+                }
+            }
+            "true" => {}
+            "false" | "keystatus" => return Ok(false),
+            "[" => {
+                let inner = args.strip_suffix(&["]".to_owned()]).unwrap_or(args);
+                return Ok(self.test(inner));
+            }
+            "test" => return Ok(self.test(args)),
+            "search" | "search.fs_uuid" | "search.fs_label" | "search.file" => {
+                return self.search(&argv[0], args)
+            }
+            "load_env" => self.load_env(args)?,
+            "source" | "." | "configfile" => {
+                let Some(path) = args.first() else {
+                    return Ok(false);
+                };
+                let Some(text) = self.host.read(&root, path) else {
+                    return Ok(false);
+                };
+                let stmts = parse(&String::from_utf8_lossy(&text))?;
+                if argv[0] == "configfile" {
+                    self.menu.clear();
+                }
+                return self.nested(|me| me.run(&stmts));
+            }
+            "linux" | "linux16" | "linuxefi" => {
+                if let (Some(c), Some(path)) = (self.capture.as_mut(), args.first()) {
+                    c.linux = Some(Loaded {
+                        root,
+                        path: path.clone(),
+                    });
+                    c.args = args[1..].to_vec();
+                }
+            }
+            "initrd" | "initrd16" | "initrdefi" => {
+                if let Some(c) = self.capture.as_mut() {
+                    c.initrds = args
+                        .iter()
+                        .map(|p| Loaded {
+                            root: root.clone(),
+                            path: p.clone(),
+                        })
+                        .collect();
+                }
+            }
+            name => {
+                if let Some(body) = self.funcs.get(name).cloned() {
+                    let saved: Vec<_> = (1..=9).map(|i| self.vars.remove(&i.to_string())).collect();
+                    for (i, a) in args.iter().take(9).enumerate() {
+                        self.set(&(i + 1).to_string(), a)?;
+                    }
+                    let r = self.nested(|me| me.run(&body));
+                    for (i, v) in saved.into_iter().enumerate() {
+                        match v {
+                            Some(v) => self.vars.insert((i + 1).to_string(), v),
+                            None => self.vars.remove(&(i + 1).to_string()),
+                        };
+                    }
+                    return r;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn test(&self, a: &[String]) -> bool {
+        if let Some(i) = a.iter().position(|x| x == "-o") {
+            return self.test(&a[..i]) || self.test(&a[i + 1..]);
+        }
+        if let Some(i) = a.iter().position(|x| x == "-a") {
+            return self.test(&a[..i]) && self.test(&a[i + 1..]);
+        }
+        let root = self.var("root");
+        match a {
+            [] => false,
+            [not, rest @ ..] if not == "!" => !self.test(rest),
+            [s] => !s.is_empty(),
+            [op, s] => match op.as_str() {
+                "-n" => !s.is_empty(),
+                "-z" => s.is_empty(),
+                "-e" | "-f" | "-d" | "-s" => self.host.test(root, s, op),
+                _ => false,
+            },
+            [x, op, y] => {
+                let num = |s: &str| s.parse::<i64>().unwrap_or(0);
+                match op.as_str() {
+                    "=" | "==" => x == y,
+                    "!=" => x != y,
+                    "<" => x < y,
+                    ">" => x > y,
+                    "-eq" => num(x) == num(y),
+                    "-ne" => num(x) != num(y),
+                    "-lt" => num(x) < num(y),
+                    "-le" => num(x) <= num(y),
+                    "-gt" => num(x) > num(y),
+                    "-ge" => num(x) >= num(y),
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    fn search(&mut self, cmd: &str, args: &[String]) -> Result<bool, String> {
+        let mut kind = match cmd {
+            "search.fs_uuid" => SearchKind::FsUuid,
+            "search.fs_label" => SearchKind::Label,
+            _ => SearchKind::File,
+        };
+        let mut var = "root".to_owned();
+        let mut positional = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--fs-uuid" | "-u" => kind = SearchKind::FsUuid,
+                "--label" | "-l" => kind = SearchKind::Label,
+                "--file" | "-f" => kind = SearchKind::File,
+                "--set" | "-s" => {}
+                "--hint" => {
+                    it.next();
+                }
+                s if s.starts_with("--set=") => var = s["--set=".len()..].to_owned(),
+                s if s.starts_with('-') => {}
+                s => positional.push(s),
+            }
+        }
+        let Some(key) = positional.first() else {
+            return Ok(false);
+        };
+        if cmd != "search" {
+            if let Some(v) = positional.get(1) {
+                var = (*v).to_owned();
+            }
+        }
+        match self.host.search(kind, key) {
+            Some(dev) => {
+                self.set(&var, &dev)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn load_env(&mut self, args: &[String]) -> Result<(), String> {
+        let mut file = format!("{}/grubenv", self.var("prefix"));
+        let mut only = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "-f" | "--file" => file = it.next().cloned().unwrap_or_default(),
+                s if s.starts_with('-') => {}
+                s => only.push(s.to_owned()),
+            }
+        }
+        let root = self.var("root").to_owned();
+        let Some(text) = self.host.read(&root, &file) else {
+            return Ok(());
+        };
+        for line in String::from_utf8_lossy(&text).lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                if is_name(k) && (only.is_empty() || only.iter().any(|o| o == k)) {
+                    self.set(k, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The title and `--id` of a menuentry from its expanded arguments.
+fn menu_title(argv: &[String]) -> (String, Option<String>) {
+    let mut title = None;
+    let mut id = None;
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--class" | "--users" | "--hotkey" | "--source" => {
+                it.next();
+            }
+            "--id" => id = it.next().cloned(),
+            s if s.starts_with("--id=") => id = Some(s[5..].to_owned()),
+            s if s.starts_with("--") => {}
+            s if title.is_none() => title = Some(s.to_owned()),
+            _ => {}
+        }
+    }
+    (title.unwrap_or_default(), id)
+}
+
+/// Finds an item by number, id or title.
+fn find(items: &[Item], key: &str) -> Option<usize> {
+    if let Ok(n) = key.trim().parse::<usize>() {
+        return (n < items.len()).then_some(n);
+    }
+    items
+        .iter()
+        .position(|i| i.id.as_deref() == Some(key))
+        .or_else(|| items.iter().position(|i| i.title == key))
+}
+
+impl Interp<'_> {
+    /// Runs a submenu's body to list its entries.
+    fn submenu_items(&mut self, item: &Item) -> Result<Vec<Item>, String> {
+        let mut sub = self.child();
+        sub.run(&item.body)?;
+        self.steps = sub.steps;
+        Ok(sub.menu)
+    }
+
+    /// Runs an entry's body and records its linux/initrd commands.
+    fn run_entry(&mut self, item: &Item, why: String) -> Result<Entry, String> {
+        let mut e = self.child();
+        e.set("chosen", &item.title)?;
+        e.capture = Some(Entry {
+            title: item.title.clone(),
+            why,
+            ..Entry::default()
+        });
+        e.run(&item.body)?;
+        self.steps = e.steps;
+        Ok(e.capture.unwrap_or_default())
+    }
+
+    /// The first entry (depth first) whose body loads a kernel.
+    fn first_with_kernel(&mut self, items: &[Item], depth: u32) -> Result<Option<Entry>, String> {
+        for item in items {
+            if item.submenu {
+                if depth < 4 {
+                    let sub = self.submenu_items(item)?;
+                    if let Some(e) = self.first_with_kernel(&sub, depth + 1)? {
+                        return Ok(Some(e));
+                    }
+                }
+                continue;
+            }
+            let e = self.run_entry(item, "the first entry that loads a kernel".into())?;
+            if e.linux.is_some() {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Runs `cfg` (found on device `root`, with `prefix` like `(hd0,gpt1)/boot/grub`) and returns
+/// the entry GRUB would boot, or the first one that loads a kernel when the default does not.
+pub fn default_entry(
+    cfg: &str,
+    root: &str,
+    prefix: &str,
+    host: &dyn Host,
+) -> Result<Option<Entry>, String> {
+    let stmts = parse(cfg)?;
+    let mut vars = HashMap::new();
+    for f in [
+        "menuentry_id",
+        "default_font_path",
+        "all_video_module",
+        "timeout_style",
+        "platform_search_hint",
+    ] {
+        vars.insert(format!("feature_{f}"), "y".to_owned());
+    }
+    vars.insert("grub_platform".into(), "pc".into());
+    vars.insert("grub_cpu".into(), "i386".into());
+    vars.insert("root".into(), root.to_owned());
+    vars.insert("prefix".into(), prefix.to_owned());
+    let mut it = Interp {
+        host,
+        vars,
+        funcs: HashMap::new(),
+        menu: Vec::new(),
+        steps: 0,
+        depth: 0,
+        capture: None,
+    };
+    it.run(&stmts)?;
+    let default = it.var("default").to_owned();
+    let mut items = it.menu.clone();
+    let mut chosen = None;
+    for (n, key) in default.split('>').enumerate() {
+        let Some(i) = find(&items, key).or((n == 0).then_some(0)) else {
+            break;
+        };
+        let Some(item) = items.get(i).cloned() else {
+            break;
+        };
+        if item.submenu {
+            items = it.submenu_items(&item)?;
+            chosen = items.first().cloned();
+        } else {
+            chosen = Some(item);
+            break;
+        }
+    }
+    if let Some(item) = chosen.filter(|i| !i.submenu) {
+        let why = if default.is_empty() {
+            "the first entry (no default set)".to_owned()
+        } else {
+            format!("default={default}")
+        };
+        let e = it.run_entry(&item, why)?;
+        if e.linux.is_some() {
+            return Ok(Some(e));
+        }
+    }
+    let top = it.menu.clone();
+    it.first_with_kernel(&top, 0)
+}
