@@ -20,7 +20,7 @@ need busybox cpio ldd sha256sum
 
 # Modules L1 loads (dependencies are added from modules.dep, loaded first).
 L1_MODULES=(irqbypass ccp kvm kvm-amd tun llc stp bridge veth vhost_iotlb vhost vhost_net
-            nfnetlink nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat)
+            crc32c_generic nfnetlink nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat)
 QEMU_BIN=${QEMU_BIN:-$(command -v qemu-system-x86_64 || true)}
 [ -n "$QEMU_BIN" ] || die "qemu-system-x86_64 not found; run scripts/setup"
 IPROUTE_BIN=$(readlink -f "$(command -v ip || echo /bin/ip)")

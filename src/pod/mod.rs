@@ -171,11 +171,10 @@ fn run_vm(
         lc.set_current(Some((vm.power_button(), vm.control())));
         let reason = vm.run()?;
         lc.set_current(None);
-        log(&reason);
         match reason {
             ExitReason::Reset(_) if !lc.terminating() => {
                 status.lock().expect("status lock poisoned").state = State::Rebooting;
-                log("restarting the VM on the same disks and network");
+                log(format!("{reason}: restarting the VM on the same disks and network"));
             }
             ExitReason::Failed(why) => return Err(Failure::GuestFailed(why)),
             ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {

@@ -74,7 +74,8 @@ done
 echo "BANNER $banner"
 
 # Pod deletion: SIGTERM presses the power button; the guest powers off; berth exits 0.
-kill -TERM "$BERTH_PID"
+# (busybox nsenter forks: signal berth itself, then wait for nsenter, which passes its status.)
+kill -TERM $(pidof berth)
 wait "$BERTH_PID"
 echo "BERTH-EXIT rc=$?"
 left=""
