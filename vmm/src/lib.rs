@@ -13,6 +13,8 @@ pub mod arch;
 pub mod block;
 pub mod bus;
 pub mod devices;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod framebuffer;
 pub mod irq;
 pub mod pci;

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::tap::{NetBackend, VNET_HDR_LEN};
@@ -43,7 +43,8 @@ pub fn transmit(
             used = true;
         }
         match queue.enable_notification(mem) {
-            Ok(true) => continue,
+            // Only with a sane ring: an avail index over a queue ahead pops nothing, forever.
+            Ok(true) if queue.iter(mem).is_ok() => continue,
             _ => break,
         }
     }
