@@ -1,9 +1,12 @@
 //! `berth vm`: boot a kernel with disks and a NIC, its serial console on this terminal.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use netplumb::tap::Tap as HostTap;
 use netplumb::MacAddr;
+use vmm::framebuffer::{Framebuffer, FramebufferConfig};
+use vmm::vnc::{VncConfig, VncServer};
 use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
 use crate::exit::Failure;
@@ -45,6 +48,36 @@ pub struct VmArgs {
     /// pressed) before the VM is stopped. Default: BERTH_SHUTDOWN_TIMEOUT, else 60.
     #[arg(long, value_name = "SECONDS")]
     shutdown_timeout: Option<u64>,
+    /// Serve the guest's screen (a 1024x768 framebuffer, its console with console=tty0) and
+    /// keyboard over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
+    #[arg(long, value_name = "ADDR:PORT")]
+    vnc: Option<std::net::SocketAddr>,
+    /// File whose first line is the VNC password (only 8 bytes count). Default: the
+    /// VNC_PASSWORD environment variable; without either, viewers need no password.
+    #[arg(long, value_name = "FILE", requires = "vnc")]
+    vnc_password_file: Option<PathBuf>,
+}
+
+/// The VNC password from `--vnc-password-file` or VNC_PASSWORD.
+fn vnc_password(file: Option<&Path>) -> Result<Option<Vec<u8>>, Failure> {
+    let pw = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| Failure::file(f, e))?;
+            text.lines().next().unwrap_or("").to_owned()
+        }
+        None => match std::env::var("VNC_PASSWORD") {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        },
+    };
+    if pw.is_empty() {
+        return Err(Failure::Usage(
+            "the VNC password is empty; put it on the first line of --vnc-password-file \
+             (or in VNC_PASSWORD), or give neither for no password"
+                .into(),
+        ));
+    }
+    Ok(Some(pw.into_bytes()))
 }
 
 /// A parsed `--net`.
@@ -78,7 +111,11 @@ pub fn parse_net(spec: &str) -> Result<NetArg, String> {
                     .filter(|m| (68..=65535).contains(m))
                     .ok_or_else(|| format!("--net {spec:?}: mtu must be 68 to 65535; {usage}"))?
             }
-            _ => return Err(format!("--net {spec:?}: unknown or bad option {opt:?}; {usage}")),
+            _ => {
+                return Err(format!(
+                    "--net {spec:?}: unknown or bad option {opt:?}; {usage}"
+                ))
+            }
         }
     }
     let tap = tap.ok_or_else(|| format!("--net {spec:?}: no tap name; {usage}"))?;
@@ -127,7 +164,23 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         disks,
         net,
     };
-    let (vm, kernel) = machine::build(&spec)?;
+    let (mut vm, kernel) = machine::build(&spec)?;
+    let _vnc = match args.vnc {
+        None => None,
+        Some(addr) => {
+            let fb = Arc::new(
+                Framebuffer::new(FramebufferConfig::default())
+                    .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
+            );
+            vm.add_framebuffer(fb.clone())?;
+            let mut config = VncConfig::new(addr);
+            config.password = vnc_password(args.vnc_password_file.as_deref())?;
+            let server = VncServer::start(config, fb, Some(vm.keyboard()))
+                .map_err(|e| Failure::Setup(format!("cannot serve VNC on {addr}: {e}")))?;
+            eprintln!("berth: VNC console on {}", server.local_addr());
+            Some(server)
+        }
+    };
     drop(_from_disk);
     eprintln!(
         "berth: booting {} ({:?}) with {} vCPU(s), {} MiB, {} disk(s){}",
@@ -142,9 +195,12 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
     let _terminal = console::attach_stdin(vm.serial_input(), vm.control());
     match vm.run()? {
         ExitReason::Failed(why) => Err(Failure::GuestFailed(why)),
-        ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => Err(
-            Failure::ShutdownTimeout(format!("{why} ({} s); disks were flushed", timeout.as_secs())),
-        ),
+        ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
+            Err(Failure::ShutdownTimeout(format!(
+                "{why} ({} s); disks were flushed",
+                timeout.as_secs()
+            )))
+        }
         other => Ok(other),
     }
 }
@@ -201,7 +257,14 @@ mod tests {
         let n = parse_net("tap=t1,mac=52:54:00:aa:bb:cc,mtu=1450").unwrap();
         assert_eq!(n.mac.0, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
         assert_eq!(n.mtu, 1450);
-        for bad in ["", "mac=52:54:00:aa:bb:cc", "tap=", "tap=t,mtu=10", "tap=t,mac=zz", "tap=t,x=1"] {
+        for bad in [
+            "",
+            "mac=52:54:00:aa:bb:cc",
+            "tap=",
+            "tap=t,mtu=10",
+            "tap=t,mac=zz",
+            "tap=t,x=1",
+        ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
     }

@@ -154,7 +154,7 @@ fn pixel_exact_updates_in_every_encoding_and_format() {
         c.set_pixel_format(rgb565be);
         check_full(&mut c, |p| {
             let (r, g, b) = (p >> 16 & 0xff, p >> 8 & 0xff, p & 0xff);
-            ((r * 31 + 127) / 255) << 11 | ((g * 63 + 127) / 255) << 5 | (b * 31 + 127) / 255
+            (((r * 31 + 127) / 255) << 11) | (((g * 63 + 127) / 255) << 5) | ((b * 31 + 127) / 255)
         });
         let bgr233 = PixelFormat {
             bpp: 8,
@@ -170,7 +170,7 @@ fn pixel_exact_updates_in_every_encoding_and_format() {
         c.set_pixel_format(bgr233);
         check_full(&mut c, |p| {
             let (r, g, b) = (p >> 16 & 0xff, p >> 8 & 0xff, p & 0xff);
-            (r * 7 + 127) / 255 | ((g * 7 + 127) / 255) << 3 | ((b * 3 + 127) / 255) << 6
+            ((r * 7 + 127) / 255) | (((g * 7 + 127) / 255) << 3) | (((b * 3 + 127) / 255) << 6)
         });
         let xbgr_be = PixelFormat {
             big_endian: true,
