@@ -220,7 +220,7 @@ fn read_gpt(disk: &Window, hdr: &[u8], my_lba: u64) -> Result<Vec<Partition>, St
     let table_lba = le64(hdr, 72);
     let count = le32(hdr, 80);
     let esize = le32(hdr, 84);
-    if count > MAX_GPT_ENTRIES || !(128..=4096).contains(&esize) || esize % 8 != 0 {
+    if count > MAX_GPT_ENTRIES || !(128..=4096).contains(&esize) || !esize.is_multiple_of(8) {
         return Err(format!("{count} entries of {esize} bytes"));
     }
     let table_len = u64::from(count) * u64::from(esize);

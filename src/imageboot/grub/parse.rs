@@ -249,7 +249,7 @@ impl Parser {
             let (body, end) = self.list(&[], true)?;
             self.expect_end(end, End::Close, "block")?;
             if kw("function") {
-                let name = args.first().map(|w| literal_text(w)).unwrap_or_default();
+                let name = args.first().map(literal_text).unwrap_or_default();
                 return Ok(Stmt::Func(name, Rc::new(body)));
             }
             return Ok(Stmt::Menu {

@@ -62,6 +62,13 @@ def execute(scenarios: list, mode=None, berth=None) -> int:
     if berth is None:
         berth, not_run = get_berth(scenarios)
     runnable = [s for s in scenarios if s.name not in not_run]
+    try:
+        disks = images.l1_disks(runnable)
+    except images.BuildError as e:
+        print(f"lab: ERROR: {e}", file=sys.stderr)
+        not_run.update({s.name: f"not run: {e}" for s in runnable if s.l1_disks})
+        runnable = [s for s in runnable if s.name not in not_run]
+        disks = images.l1_disks(runnable)
     l2 = images.l2_images()
     mode, reason = mode or modes.choose(berth, l2)
     say(f"mode {mode}: {reason}")
@@ -71,12 +78,12 @@ def execute(scenarios: list, mode=None, berth=None) -> int:
     overhead = None
     try:
         if runnable and mode == "direct":
-            runner.run_direct(runnable, berth, l2, console)
+            runner.run_direct(runnable, berth, l2, console, disks)
         elif runnable:
             plan = [(s.path, s.timeout, False) for s in runnable]
             with images.private_l1_path() as private:
                 imgs = images.l1_image(plan, berth, private)
-                rc, timed_out = runner.run_l1(runnable, imgs, console)
+                rc, timed_out = runner.run_l1(runnable, imgs, console, disks)
             if timed_out:
                 say(f"ERROR: outer QEMU hit its timeout ({runner.outer_timeout(runnable)}s) and was killed")
             for marker in ("L1-READY", "L1-DONE"):

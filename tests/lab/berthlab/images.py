@@ -63,6 +63,23 @@ def l2_images() -> dict:
     return run_script("l2-initramfs.sh")
 
 
+def l1_disks(scenarios: list) -> dict:
+    """Build or reuse the images scenarios attach with `# l1-disk: NAME`: {NAME: path}.
+
+    guest-images/NAME.sh prints a line `..._IMAGE=path`.
+    """
+    disks = {}
+    for sc in scenarios:
+        for name in getattr(sc, "l1_disks", []):
+            if name not in disks:
+                out = run_script(f"{name}.sh")
+                image = next((v for k, v in out.items() if k.endswith("IMAGE")), None)
+                if not image:
+                    raise BuildError(f"guest-images/{name}.sh printed no ..._IMAGE= line")
+                disks[name] = image
+    return disks
+
+
 def l1_image(plan: list, berth: Path | None, private: Path | None = None) -> dict:
     """Build the L1 image for `plan`, a list of (scenario_path, timeout, tty: bool).
 

@@ -23,14 +23,28 @@ def qemu_binary() -> str:
     return q
 
 
-def l1_command(images: dict, serial: list | None = None) -> list:
-    """The outer QEMU command line booting L1 with the given images."""
+def disk_env_name(name: str) -> str:
+    """LAB_DISK_<NAME>: the variable naming an l1-disk image in direct mode."""
+    return "LAB_DISK_" + name.upper().replace("-", "_")
+
+
+def l1_command(images: dict, serial: list | None = None, disks: dict | None = None) -> list:
+    """The outer QEMU command line booting L1 with the given images.
+
+    `disks` ({name: qcow2 path}) become virtio disks with serial=name; snapshot=on sends L1's
+    writes to a throwaway overlay, so the cached image is never changed.
+    """
+    drives = []
+    for n, (name, path) in enumerate((disks or {}).items()):
+        drives += ["-drive", f"file={path},if=none,id=labdisk{n},format=qcow2,snapshot=on",
+                   "-device", f"virtio-blk-pci,drive=labdisk{n},serial={name}"]
     return [
         qemu_binary(), "-accel", "tcg,thread=multi", "-cpu", os.environ.get("LAB_L1_CPU", "max"),
         "-smp", "2", "-m", os.environ.get("LAB_L1_MEM", "3G"), "-M", "q35",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         *(serial or ["-serial", "stdio"]),
         "-kernel", images["L1_KERNEL"], "-initrd", images["L1_INITRD"], "-append", L1_APPEND,
+        *drives,
     ]
 
 
@@ -48,17 +62,18 @@ class Result:
     log: Path | None = None
 
 
-def run_l1(scenarios: list, images: dict, console: Console) -> tuple:
+def run_l1(scenarios: list, images: dict, console: Console, disks: dict | None = None) -> tuple:
     """Boot L1 once and let its /init run the scenarios. Returns (qemu rc, timed_out)."""
-    cmd = l1_command(images)
+    cmd = l1_command(images, disks=disks)
     limit = outer_timeout(scenarios)
     console.feed(f"lab: outer QEMU (timeout {limit}s): {' '.join(cmd)}")
     return stream_process(cmd, console, limit)
 
 
-def scenario_env(berth: Path | None, l2: dict, scratch: Path) -> dict:
+def scenario_env(berth: Path | None, l2: dict, scratch: Path, disks: dict | None = None) -> dict:
     """The environment a scenario gets (the same names as inside L1)."""
     return {
+        **{disk_env_name(n): p for n, p in (disks or {}).items()},
         **os.environ,
         "BERTH": str(berth) if berth else "/nonexistent/berth",
         "QEMU": qemu_binary(),
@@ -69,14 +84,15 @@ def scenario_env(berth: Path | None, l2: dict, scratch: Path) -> dict:
     }
 
 
-def run_direct(scenarios: list, berth: Path | None, l2: dict, console: Console) -> None:
+def run_direct(scenarios: list, berth: Path | None, l2: dict, console: Console,
+               disks: dict | None = None) -> None:
     """Run the scenarios on the host, printing the same markers L1's /init prints."""
     for sc in scenarios:
         scratch = Path(tempfile.mkdtemp(prefix=f"lab-{sc.name}."))
         console.feed(f"=== SCENARIO {sc.name} BEGIN timeout={sc.timeout}")
         t0 = time.monotonic()
         rc, timed_out = stream_process(["sh", str(sc.path)], console, sc.timeout,
-                                       env=scenario_env(berth, l2, scratch), cwd=scratch)
+                                       env=scenario_env(berth, l2, scratch, disks), cwd=scratch)
         if timed_out:
             console.feed(f"=== SCENARIO {sc.name} TIMEOUT after {sc.timeout}s")
             rc = 137

@@ -8,6 +8,9 @@ headers:
     # needs: berth            the berth binary must be built (optional)
     # expect: REGEX           must match somewhere in the scenario's output (any number)
     # reject: REGEX           must not match anywhere (any number)
+    # l1-disk: NAME           guest-images/NAME.sh builds an image attached to L1 as a virtio
+                              disk with serial NAME (writes discarded); in direct mode its path
+                              is in $LAB_DISK_<NAME> (upper case, - as _)
 
 Regexes are Python `re` syntax, searched over the whole output with re.MULTILINE (so ^ and $
 match at line ends); `(?i)` makes one case-insensitive. A line starting with `SKIP:` marks the
@@ -21,7 +24,7 @@ from pathlib import Path
 from . import paths
 
 DEFAULT_TIMEOUT = 300
-_HEADER = re.compile(r"^#\s*([a-z-]+):\s?(.*)$")
+_HEADER = re.compile(r"^#\s*([a-z0-9-]+):\s?(.*)$")
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Scenario:
     needs: list = field(default_factory=list)
     expect: list = field(default_factory=list)
     reject: list = field(default_factory=list)
+    l1_disks: list = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> "Scenario":
@@ -59,6 +63,8 @@ class Scenario:
                 sc.expect.append(value)
             elif key == "reject":
                 sc.reject.append(value)
+            elif key == "l1-disk":
+                sc.l1_disks += value.split()
         for rx in sc.expect + sc.reject:
             re.compile(rx)  # a broken regex fails at load time, naming the file below
         return sc
