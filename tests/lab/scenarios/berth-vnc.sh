@@ -11,7 +11,8 @@ command -v nc >/dev/null || { echo "SKIP: no nc in this lab image"; exit 0; }
 set -u
 cd "$SCRATCH"
 
-# L2 writes a line to the framebuffer console and waits for a line typed on it.
+# L2 writes a line to the framebuffer console and waits for a line typed on it. ttyS0 comes
+# last on the command line so that /dev/console (the markers) stays on the serial port.
 mkdir -p s
 cat > s/scenario.sh <<'L2'
 echo "berth VNC console text line" > /dev/tty1
@@ -23,7 +24,7 @@ L2
 cat "$L2_INITRD" s.cpio > initrd
 
 "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --memory 256 --vnc 127.0.0.1:5900 \
-    --cmdline "console=ttyS0 console=tty0 quiet panic=-1 reboot=k l2.action=script l2.net=off" \
+    --cmdline "console=tty0 console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off" \
     </dev/null >berth.log 2>&1 &
 pid=$!
 i=0
