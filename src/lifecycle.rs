@@ -46,6 +46,32 @@ impl Lifecycle {
         *self.current.lock().expect("lifecycle lock poisoned") = vm;
     }
 
+    /// Presses the running VM's power button; false when no VM runs.
+    pub fn press_power_button(&self) -> bool {
+        let current = self
+            .current
+            .lock()
+            .expect("lifecycle lock poisoned")
+            .clone();
+        current.is_some_and(|(button, _)| button.press().is_ok())
+    }
+
+    /// Resets the running VM (berth builds it again); false when no VM runs.
+    pub fn reset_vm(&self) -> bool {
+        let current = self
+            .current
+            .lock()
+            .expect("lifecycle lock poisoned")
+            .clone();
+        match current {
+            Some((_, control)) => {
+                control.request_exit(ExitReason::Reset(vmm::ResetSource::Host));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether a signal asked berth to stop: no new VM should be started.
     pub fn terminating(&self) -> bool {
         self.terminating.load(Ordering::SeqCst)
@@ -54,9 +80,17 @@ impl Lifecycle {
     fn watch(self: Arc<Self>) {
         loop {
             let sig = wait_signal();
-            let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+            let name = if sig == libc::SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
             let first = !self.terminating.swap(true, Ordering::SeqCst);
-            let current = self.current.lock().expect("lifecycle lock poisoned").clone();
+            let current = self
+                .current
+                .lock()
+                .expect("lifecycle lock poisoned")
+                .clone();
             let Some((button, control)) = current else {
                 eprintln!("berth: {name}: no VM is running; stopping");
                 continue;

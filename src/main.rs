@@ -34,6 +34,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running entrypoint to shut the guest down (ACPI power button) or reset it.
+    Control {
+        /// What to do.
+        #[arg(value_parser = ["shutdown", "reset"])]
+        action: String,
+    },
     /// Boot a Linux kernel in a VM with its serial console on this terminal.
     ///
     /// Type Ctrl-A x to stop the VM from an interactive terminal.
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Pod) {
         Command::Pod => pod::run(),
         Command::Status { json } => return pod::status_command(json),
+        Command::Control { action } => return pod::control_command(&action),
         Command::Vm(args) => cmd_vm::run(args),
         Command::Seed(args) => return cmd_seed::run(args),
         Command::Overlay(args) => return cmd_overlay::run(args),

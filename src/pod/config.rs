@@ -176,7 +176,8 @@ impl PodConfig {
 fn valid_hostname(h: &str) -> bool {
     h.len() <= 253
         && !h.starts_with('.')
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]
@@ -184,7 +185,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -219,7 +223,14 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(errs.len(), 6, "{errs:#?}");
-        for (e, word) in errs.iter().zip(["HOSTNAME", "IMG_VCPU", "IMG_RAM_MB", "INITRD", "SEED_FORMAT", "BERTH_SHUTDOWN_TIMEOUT"]) {
+        for (e, word) in errs.iter().zip([
+            "HOSTNAME",
+            "IMG_VCPU",
+            "IMG_RAM_MB",
+            "INITRD",
+            "SEED_FORMAT",
+            "BERTH_SHUTDOWN_TIMEOUT",
+        ]) {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));
         }

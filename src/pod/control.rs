@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::lifecycle::Lifecycle;
+
 /// What the entrypoint is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -79,8 +81,9 @@ fn address(name: &str) -> std::io::Result<SocketAddr> {
     }
 }
 
-/// Serves status requests on `name` from a thread of its own.
-pub fn serve(name: &str, status: SharedStatus) -> std::io::Result<()> {
+/// Serves requests on `name` from a thread of its own: `status`, and with a lifecycle,
+/// `shutdown` (press the power button) and `reset`.
+pub fn serve(name: &str, status: SharedStatus, lc: Option<Arc<Lifecycle>>) -> std::io::Result<()> {
     if !name.starts_with('@') {
         // A stale socket file from an earlier run of the same pod would make bind fail.
         let _ = std::fs::remove_file(name);
@@ -91,20 +94,29 @@ pub fn serve(name: &str, status: SharedStatus) -> std::io::Result<()> {
         .spawn(move || {
             for conn in listener.incoming().flatten() {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = answer(conn, &status);
+                let _ = answer(conn, &status, lc.as_deref());
             }
         })?;
     Ok(())
 }
 
-fn answer(conn: UnixStream, status: &SharedStatus) -> std::io::Result<()> {
+fn answer(conn: UnixStream, status: &SharedStatus, lc: Option<&Lifecycle>) -> std::io::Result<()> {
     let mut line = String::new();
     // Bounded: a client cannot make the server buffer more than one short line.
     BufReader::new((&conn).take(4096)).read_line(&mut line)?;
     let req: Value = serde_json::from_str(line.trim()).unwrap_or(Value::Null);
-    let reply = match req.get("cmd").and_then(Value::as_str) {
-        Some("status") | None => status.lock().expect("status lock poisoned").to_json(),
-        Some(other) => json!({ "error": format!("unknown command {other:?}") }),
+    let done = |ok: bool| {
+        if ok {
+            json!({ "ok": true })
+        } else {
+            json!({ "error": "no VM is running" })
+        }
+    };
+    let reply = match (req.get("cmd").and_then(Value::as_str), lc) {
+        (Some("status") | None, _) => status.lock().expect("status lock poisoned").to_json(),
+        (Some("shutdown"), Some(lc)) => done(lc.press_power_button()),
+        (Some("reset"), Some(lc)) => done(lc.reset_vm()),
+        (Some(other), _) => json!({ "error": format!("unknown command {other:?}") }),
     };
     let mut w = &conn;
     writeln!(w, "{reply}")
@@ -114,10 +126,15 @@ use std::io::Read;
 
 /// `berth status`: asks the entrypoint; returns the reply.
 pub fn query(name: &str) -> std::io::Result<Value> {
+    request(name, "status")
+}
+
+/// Sends one command (`status`, `shutdown`, `reset`); returns the reply.
+pub fn request(name: &str, cmd: &str) -> std::io::Result<Value> {
     let conn = UnixStream::connect_addr(&address(name)?)?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut w = &conn;
-    writeln!(w, "{}", json!({"cmd": "status"}))?;
+    writeln!(w, "{}", json!({ "cmd": cmd }))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(std::io::Error::other)
@@ -140,7 +157,7 @@ mod tests {
             net: Some(json!({"vm_ip": "192.168.254.2"})),
             lease: Some(Box::new(|| true)),
         }));
-        serve(&name, status.clone()).unwrap();
+        serve(&name, status.clone(), None).unwrap();
         let v = query(&name).unwrap();
         assert_eq!(v["state"], "running");
         assert_eq!(v["vcpus"], 2);
@@ -152,5 +169,7 @@ mod tests {
         let mut c = UnixStream::connect_addr(&address(&name).unwrap()).unwrap();
         c.write_all(&[0xff; 10000]).unwrap();
         assert!(query("@berth-test-nobody-listens").is_err());
+        // Without a lifecycle (no VM), commands are refused, not crashed on.
+        assert!(request(&name, "reset").unwrap()["error"].is_string());
     }
 }

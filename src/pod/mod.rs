@@ -51,7 +51,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         net: None,
         lease: None,
     }));
-    control::serve(&cfg.control_socket, status.clone()).map_err(|e| {
+    control::serve(&cfg.control_socket, status.clone(), Some(lc.clone())).map_err(|e| {
         Failure::Setup(format!(
             "cannot listen on the control socket {}: {e}; set BERTH_CONTROL_SOCKET",
             cfg.control_socket
@@ -80,9 +80,13 @@ pub fn run() -> Result<ExitReason, Failure> {
                 .map_err(|e| Failure::Network(e.to_string()))?,
         ))
     };
-    let tap = pod_net.tap_fd().map_err(|e| Failure::Network(e.to_string()))?;
+    let tap = pod_net
+        .tap_fd()
+        .map_err(|e| Failure::Network(e.to_string()))?;
 
-    let seed_out = cfg.path("/image").join(format!("{}-seed.iso", cfg.hostname));
+    let seed_out = cfg
+        .path("/image")
+        .join(format!("{}-seed.iso", cfg.hostname));
     let sources = seed::Sources {
         userdata: cfg.path("/userdata"),
         metadata: cfg.path("/metadata"),
@@ -174,7 +178,9 @@ fn run_vm(
         match reason {
             ExitReason::Reset(_) if !lc.terminating() => {
                 status.lock().expect("status lock poisoned").state = State::Rebooting;
-                log(format!("{reason}: restarting the VM on the same disks and network"));
+                log(format!(
+                    "{reason}: restarting the VM on the same disks and network"
+                ));
             }
             ExitReason::Failed(why) => return Err(Failure::GuestFailed(why)),
             ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
@@ -200,7 +206,10 @@ fn raw_disk(path: PathBuf, read_only: bool) -> DiskSpec {
 /// (fetched first if needed), else none (only with KERNEL).
 fn root_disks(cfg: &PodConfig) -> Result<Vec<DiskSpec>, Failure> {
     if let Some(dev) = root_device(&cfg.root) {
-        log(format!("root disk {} (raw, from /dev/vm/root)", dev.display()));
+        log(format!(
+            "root disk {} (raw, from /dev/vm/root)",
+            dev.display()
+        ));
         return Ok(vec![raw_disk(dev, false)]);
     }
     let mut req = FetchRequest::from_env().map_err(|e| Failure::Fetch(e.to_string()))?;
@@ -217,8 +226,9 @@ fn root_disks(cfg: &PodConfig) -> Result<Vec<DiskSpec>, Failure> {
         ));
     }
     let base = ensure_image(&req).map_err(|e| Failure::Fetch(e.to_string()))?;
-    let overlay = pet_overlay_path(&cfg.root, &cfg.hostname)
-        .ok_or_else(|| Failure::Config(format!("HOSTNAME={:?} cannot name a disk", cfg.hostname)))?;
+    let overlay = pet_overlay_path(&cfg.root, &cfg.hostname).ok_or_else(|| {
+        Failure::Config(format!("HOSTNAME={:?} cannot name a disk", cfg.hostname))
+    })?;
     let state = ensure_overlay(&base, &overlay, None).map_err(|e| Failure::Disk(e.to_string()))?;
     log(format!(
         "root disk {} ({state:?} on base {})",
@@ -243,7 +253,10 @@ fn kernel(cfg: &PodConfig) -> Result<LinuxBoot, Failure> {
             Ok(LinuxBoot {
                 kernel: k.clone(),
                 initrd: cfg.initrd.clone(),
-                cmdline: cfg.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+                cmdline: cfg
+                    .cmdline
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CMDLINE.into()),
             })
         }
         None => Err(Failure::Kernel(
@@ -254,12 +267,38 @@ fn kernel(cfg: &PodConfig) -> Result<LinuxBoot, Failure> {
     }
 }
 
-/// `berth status`: prints the entrypoint's state; exit 0 while the VM runs.
-pub fn status_command(json_out: bool) -> std::process::ExitCode {
-    let name = std::env::var("BERTH_CONTROL_SOCKET")
+fn socket_name() -> String {
+    std::env::var("BERTH_CONTROL_SOCKET")
         .ok()
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| config::DEFAULT_CONTROL_SOCKET.into());
+        .unwrap_or_else(|| config::DEFAULT_CONTROL_SOCKET.into())
+}
+
+/// `berth control shutdown|reset`: asks the entrypoint to press the guest's power button or
+/// to reset the VM.
+pub fn control_command(action: &str) -> std::process::ExitCode {
+    let name = socket_name();
+    match control::request(&name, action) {
+        Ok(v) if v["ok"] == true => std::process::ExitCode::SUCCESS,
+        Ok(v) => {
+            eprintln!(
+                "berth: {action}: {}",
+                v["error"].as_str().unwrap_or("refused")
+            );
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!(
+                "berth: no berth entrypoint answers on {name}: {e}; is the VM running in this pod?"
+            );
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// `berth status`: prints the entrypoint's state; exit 0 while the VM runs.
+pub fn status_command(json_out: bool) -> std::process::ExitCode {
+    let name = socket_name();
     match control::query(&name) {
         Ok(v) => {
             if json_out {
@@ -280,7 +319,9 @@ pub fn status_command(json_out: bool) -> std::process::ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("berth: no berth entrypoint answers on {name}: {e}; is the VM running in this pod?");
+            eprintln!(
+                "berth: no berth entrypoint answers on {name}: {e}; is the VM running in this pod?"
+            );
             std::process::ExitCode::from(2)
         }
     }

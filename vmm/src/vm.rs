@@ -53,6 +53,8 @@ pub enum ResetSource {
     Kvm,
     /// The guest wrote the ACPI reset register (Linux's default reboot method).
     Acpi,
+    /// The host asked for a reset (berth's control socket).
+    Host,
 }
 
 impl std::fmt::Display for ResetSource {
@@ -62,6 +64,7 @@ impl std::fmt::Display for ResetSource {
             ResetSource::TripleFault => "triple fault",
             ResetSource::Kvm => "KVM system event",
             ResetSource::Acpi => "ACPI reset register",
+            ResetSource::Host => "requested by the host",
         })
     }
 }

@@ -1,12 +1,17 @@
-# description: the pod entrypoint in a "pod" network namespace: the guest's DHCP lease over virtio-net (3 DNS servers, search list, MTU, hostname), the SSH banner at the pod IP from a client namespace, `berth status`, SIGTERM -> ACPI power button -> clean exit, nothing left behind
+# description: the pod entrypoint in a "pod" network namespace: an extra disk from /volumes, a guest reboot rebuilds the VM in the same process, the guest's DHCP lease over virtio-net (3 DNS servers, search list, MTU, hostname), the SSH banner at the pod IP from a client namespace, `berth status`, `berth control reset`, SIGTERM -> ACPI power button -> clean exit, nothing left behind
 # timeout: 300
 # needs: berth
+# expect: L2-FIRST-BOOT-REBOOTING
+# expect: guest requested reset .*restarting the VM on the same disks and network
+# expect: L2-SECOND-BOOT
 # expect: L2-NET eth0 192\.168\.254\.2/30
 # expect: L2-MTU 1450
 # expect: L2-DNS nameserver 10\.77\.0\.53 nameserver 10\.77\.0\.54 nameserver 10\.77\.0\.55 search pod\.test svc\.test cluster\.test
 # expect: L2-HOSTNAME vm-0
 # expect: STATUS state=running .*lease_given=true
 # expect: BANNER SSH-2\.0-dropbear
+# expect: STATUS-AFTER-RESET state=running .*boots=3
+# expect: BANNER-AFTER-RESET SSH-2\.0-dropbear
 # expect: L2-POWER-BUTTON
 # expect: berth: guest powered off
 # expect: BERTH-EXIT rc=0
@@ -36,12 +41,20 @@ incl $IP link set lo up
 incl $IP link set veth-cl mtu 1450 up
 incl $IP addr add 10.77.0.1/24 dev veth-cl
 
-mkdir -p root/image
+mkdir -p root/image root/volumes
+dd if=/dev/zero of=root/volumes/data.img bs=1M count=8 2>/dev/null
 printf 'nameserver 10.77.0.53\nnameserver 10.77.0.54\nnameserver 10.77.0.55\nsearch pod.test svc.test cluster.test\noptions ndots:5\n' > resolv.conf
 
-# The guest prints what DHCP gave it and waits for its power button.
+# First boot: the guest marks its extra disk (/volumes/data.img = vda) and reboots. Later boots
+# print what DHCP gave them and wait for the power button.
 mkdir -p l2s
 cat > l2s/scenario.sh <<'EOS'
+if [ "$(head -c 16 /dev/vda)" != "berth-boot-one!!" ]; then
+    printf 'berth-boot-one!!' | dd of=/dev/vda conv=fsync 2>/dev/null
+    echo L2-FIRST-BOOT-REBOOTING
+    reboot -f
+fi
+echo L2-SECOND-BOOT
 echo "L2-MTU $(cat /sys/class/net/eth0/mtu)"
 echo "L2-DNS $(tr '\n' ' ' < /etc/resolv.conf | sed 's/ *$//')"
 echo "L2-HOSTNAME $(hostname)"
@@ -61,17 +74,31 @@ BERTH_PID=$!
 st=""
 for i in $(seq 1 200); do
     st=$(inpod "$BERTH" status 2>/dev/null)
-    case "$st" in *lease_given=true*) break ;; esac
+    case "$st" in *boots=2*lease_given=true*) break ;; esac
     kill -0 "$BERTH_PID" 2>/dev/null || break
     sleep 1
 done
 echo "STATUS $st"
-for i in $(seq 1 30); do
-    banner=$(incl sh -c 'echo | nc -w 3 10.77.0.2 22' 2>/dev/null | head -n1 | tr -d '\r')
-    [ -n "$banner" ] && break
+ssh_banner() {
+    for i in $(seq 1 60); do
+        banner=$(incl sh -c 'echo | nc -w 3 10.77.0.2 22' 2>/dev/null | head -n1 | tr -d '\r')
+        [ -n "$banner" ] && break
+        sleep 1
+    done
+    echo "$banner"
+}
+echo "BANNER $(ssh_banner)"
+
+# A reset through the control socket builds a third VM.
+inpod "$BERTH" control reset && echo "CONTROL-RESET ok"
+st=""
+for i in $(seq 1 200); do
+    st=$(inpod "$BERTH" status 2>/dev/null)
+    case "$st" in *boots=3*lease_given=true*) break ;; esac
     sleep 1
 done
-echo "BANNER $banner"
+echo "STATUS-AFTER-RESET $st"
+echo "BANNER-AFTER-RESET $(ssh_banner)"
 
 # Pod deletion: SIGTERM presses the power button; the guest powers off; berth exits 0.
 # (busybox nsenter forks: signal berth itself, then wait for nsenter, which passes its status.)
