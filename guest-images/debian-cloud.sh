@@ -62,7 +62,8 @@ if fresh "$out" "$stamp" && [ -f "$out.info" ]; then
 fi
 
 tmp=$(mktemp -d "$out_dir/.tmp.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+# --one-file-system: never descend into a /proc, /sys or /dev a failed mmdebstrap left mounted.
+trap 'rm -rf --one-file-system "$tmp"' EXIT
 r=$tmp/rootfs
 ROOT_UUID=$(cat /proc/sys/kernel/random/uuid)
 ROOT_PARTUUID=$(cat /proc/sys/kernel/random/uuid)
