@@ -20,8 +20,8 @@ $IP tuntap add dev bt0 mode tap || echo "BENCH-FAIL cannot create tap bt0"
 $IP addr add 10.0.9.1/24 dev bt0
 $IP link set bt0 up
 # The sink: one connection at a time, everything to /dev/null.
-( while :; do nc -l -p 5001 > /dev/null 2>&1; done ) &
-SINK=$!
+rm -f sink.stop
+( while [ ! -e sink.stop ]; do nc -l -p 5001 > /dev/null 2>&1; done ) &
 
 mkdir -p s
 cat > s/scenario.sh <<EOS
@@ -57,6 +57,6 @@ report berth
     -netdev tap,id=n0,ifname=bt0,script=no,downscript=no,vhost=off \
     -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 </dev/null > out-qemu.log 2>&1
 report qemu
-kill "$SINK" 2>/dev/null
+touch sink.stop; nc 10.0.9.1 5001 </dev/null >/dev/null 2>&1  # ends the sink's last nc
 $IP link del bt0
 echo "BENCH-DONE net"
