@@ -110,6 +110,17 @@ for line in "${plan_in[@]}"; do
     read -r path _ <<< "$line"
     pstamp_args+=("$line" "$path")
 done
+# Scenarios that declare `# needs: vmlinux` get the L2 kernel as an uncompressed ELF too (62 MiB,
+# so only then).
+L2_VMLINUX=
+for line in "${plan_in[@]}"; do
+    read -r path _ <<< "$line"
+    if grep -qE '^# needs:.*\bvmlinux\b' "$path"; then
+        eval "$("$GI_DIR/vmlinux.sh" "$L2_KERNEL")"
+        L2_VMLINUX=$VMLINUX
+    fi
+done
+pstamp_args+=("vmlinux:$L2_VMLINUX")
 pstamp=$(stamp_of "${pstamp_args[@]}")
 emit() {
     printf 'L1_KERNEL=%q\nL1_INITRD=%q\nL2_KERNEL=%q\nL2_INITRD=%q\n' \
@@ -143,6 +154,7 @@ else
 fi
 cp "$L2_KERNEL" "$r/lab/l2/vmlinuz"
 cp "$L2_INITRD" "$r/lab/l2/initrd.cpio.gz"
+[ -z "$L2_VMLINUX" ] || cp "$L2_VMLINUX" "$r/lab/l2/vmlinux"
 : > "$r/lab/plan"
 for line in "${plan_in[@]}"; do
     read -r path timeout tty <<< "$line"
