@@ -276,8 +276,14 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 }
 
 /// Whether the device's writes cannot change what it reads: the writable buffers of all
-/// chains are disjoint from each other and from `fixed`. Only then are exact checks sound.
+/// chains are disjoint from each other and from `fixed` (the [`metadata`]), and the used ring
+/// (`fixed[2]`) is disjoint from the rest of it. Only then are exact checks sound.
 fn writes_are_isolated(chains: &[ChainInfo], fixed: &[(u64, u64)]) -> bool {
+    let used_ring = fixed[2];
+    let others = fixed.iter().enumerate().filter(|&(i, _)| i != 2);
+    if others.map(|(_, &f)| f).any(|f| overlaps(f, used_ring)) {
+        return false;
+    }
     let mut w: Vec<(u64, u64)> = chains
         .iter()
         .flat_map(|c| c.writable.iter().copied())
