@@ -18,6 +18,8 @@ use netplumb::{DhcpServer, NetConfig, PodNetwork};
 use serde_json::json;
 use vmm::block::overlay::{ensure_overlay, extra_disks, pet_overlay_path, root_device};
 use vmm::block::DiskFormat;
+use vmm::framebuffer::{Framebuffer, FramebufferConfig};
+use vmm::vnc::{VncConfig, VncServer};
 use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
 use crate::exit::Failure;
@@ -28,7 +30,7 @@ use config::PodConfig;
 use control::{State, Status};
 
 /// Kernel command line when KERNEL is given without KERNEL_CMDLINE.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=1";
+pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0 panic=1";
 
 fn log(msg: impl std::fmt::Display) {
     eprintln!("berth: {msg}");
@@ -136,7 +138,22 @@ pub fn run() -> Result<ExitReason, Failure> {
             mtu: u16::try_from(info.mtu).unwrap_or(1500),
         }),
     };
-    let result = run_vm(&spec, &lc, &status, cfg.shutdown_timeout.as_secs());
+    let vnc = if cfg.no_vnc {
+        log("NO_VNC is set: no VNC console; tcp/5900 goes to the VM like every other port");
+        None
+    } else {
+        Some(start_vnc(
+            std::net::SocketAddr::new(info.ip.into(), VNC_PORT),
+            &env,
+        )?)
+    };
+    let result = run_vm(
+        &spec,
+        &lc,
+        &status,
+        vnc.as_ref(),
+        cfg.shutdown_timeout.as_secs(),
+    );
     status.lock().expect("status lock poisoned").state = State::Stopping;
     drop(dhcp);
     if let Err(e) = pod_net.teardown() {
@@ -145,18 +162,63 @@ pub fn run() -> Result<ExitReason, Failure> {
     result
 }
 
+/// The VNC console's port on the pod IP.
+pub const VNC_PORT: u16 = 5900;
+
+/// The framebuffer every boot draws into, and the VNC server that shows it (it outlives
+/// reboots: viewers stay connected while the VM is rebuilt).
+pub struct Console {
+    fb: Arc<Framebuffer>,
+    server: VncServer,
+}
+
+fn start_vnc(
+    addr: std::net::SocketAddr,
+    env: &HashMap<String, String>,
+) -> Result<Console, Failure> {
+    let fb = Arc::new(
+        Framebuffer::new(FramebufferConfig::default())
+            .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
+    );
+    let mut config = VncConfig::new(addr);
+    config.password = env
+        .get("VNC_PASSWORD")
+        .filter(|p| !p.is_empty())
+        .map(|p| p.as_bytes().to_vec());
+    let server = VncServer::start(config, fb.clone(), None).map_err(|e| {
+        Failure::Setup(format!(
+            "cannot serve VNC on {addr}: {e}; free the port or set NO_VNC"
+        ))
+    })?;
+    log(format!(
+        "VNC console on {} ({})",
+        server.local_addr(),
+        if env.get("VNC_PASSWORD").is_some_and(|p| !p.is_empty()) {
+            "password"
+        } else {
+            "no password"
+        }
+    ));
+    Ok(Console { fb, server })
+}
+
 /// Boots the VM, again after every guest reset, until it powers off or is stopped.
 fn run_vm(
     spec: &MachineSpec,
     lc: &Lifecycle,
     status: &control::SharedStatus,
+    console: Option<&Console>,
     timeout: u64,
 ) -> Result<ExitReason, Failure> {
     loop {
         if lc.terminating() {
             return Ok(ExitReason::Stopped("signal before the VM started".into()));
         }
-        let (vm, kernel) = machine::build(spec)?;
+        let (mut vm, kernel) = machine::build(spec)?;
+        if let Some(c) = console {
+            vm.add_framebuffer(c.fb.clone())?;
+            c.server.set_keyboard(Some(vm.keyboard()));
+        }
         {
             let mut s = status.lock().expect("status lock poisoned");
             s.boots += 1;
@@ -175,6 +237,9 @@ fn run_vm(
         lc.set_current(Some((vm.power_button(), vm.control())));
         let reason = vm.run()?;
         lc.set_current(None);
+        if let Some(c) = console {
+            c.server.set_keyboard(None);
+        }
         match reason {
             ExitReason::Reset(_) if !lc.terminating() => {
                 status.lock().expect("status lock poisoned").state = State::Rebooting;

@@ -10,6 +10,7 @@
 # expect: L2-HOSTNAME vm-0
 # expect: STATUS state=running .*lease_given=true
 # expect: BANNER SSH-2\.0-dropbear
+# expect: VNC-BANNER RFB 003\.008
 # expect: STATUS-AFTER-RESET state=running .*boots=3
 # expect: BANNER-AFTER-RESET SSH-2\.0-dropbear
 # expect: L2-POWER-BUTTON
@@ -88,6 +89,8 @@ ssh_banner() {
     echo "$banner"
 }
 echo "BANNER $(ssh_banner)"
+# tcp/5900 stays in the pod: berth's VNC console answers there, not the guest.
+echo "VNC-BANNER $(incl sh -c 'nc -w 3 10.77.0.2 5900 </dev/null' 2>/dev/null | head -c 12)"
 
 # A reset through the control socket builds a third VM.
 inpod "$BERTH" control reset && echo "CONTROL-RESET ok"
