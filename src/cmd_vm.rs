@@ -231,10 +231,7 @@ fn boot_files(
     if let Some(c) = &args.cmdline {
         ov.cmdline = Some(c.clone());
     }
-    let files = imageboot::prepare(&first.path, first.format, &ov).map_err(|e| match e {
-        imageboot::ImageBootError::Disk(d) => Failure::Disk(d.to_string()),
-        e => Failure::Kernel(e.to_string()),
-    })?;
+    let files = imageboot::prepare(&first.path, first.format, &ov)?;
     eprintln!("berth: boot from disk: {}", files.description);
     eprintln!("berth: kernel command line: {}", files.cmdline);
     let boot = LinuxBoot {

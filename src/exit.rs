@@ -95,3 +95,12 @@ impl From<VmError> for Failure {
         }
     }
 }
+
+impl From<crate::imageboot::ImageBootError> for Failure {
+    fn from(e: crate::imageboot::ImageBootError) -> Self {
+        match e {
+            crate::imageboot::ImageBootError::Disk(d) => Failure::Disk(d.to_string()),
+            e => Failure::Kernel(e.to_string()),
+        }
+    }
+}

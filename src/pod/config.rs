@@ -27,7 +27,7 @@ pub struct PodConfig {
     pub ram_mb: u64,
     /// KERNEL: a kernel to boot instead of the image's own.
     pub kernel: Option<PathBuf>,
-    /// INITRD: with KERNEL.
+    /// INITRD: an initramfs (with KERNEL, or instead of the image's own).
     pub initrd: Option<PathBuf>,
     /// KERNEL_CMDLINE: with KERNEL (or to replace the image's command line).
     pub cmdline: Option<String>,
@@ -97,9 +97,6 @@ impl PodConfig {
         };
         let kernel = var(env, "KERNEL").map(PathBuf::from);
         let initrd = var(env, "INITRD").map(PathBuf::from);
-        if initrd.is_some() && kernel.is_none() {
-            errs.push("INITRD is set without KERNEL: set KERNEL too, or unset INITRD".into());
-        }
         let cmdline = env.get("KERNEL_CMDLINE").cloned().filter(|c| !c.is_empty());
         let seed_format = match var(env, "SEED_FORMAT").map(str::parse::<seed::Format>) {
             None => seed::Format::default(),
@@ -217,17 +214,15 @@ mod tests {
         let errs = PodConfig::from_env(&env(&[
             ("IMG_VCPU", "0"),
             ("IMG_RAM_MB", "lots"),
-            ("INITRD", "/i"),
             ("SEED_FORMAT", "iso"),
             ("BERTH_SHUTDOWN_TIMEOUT", "0"),
         ]))
         .unwrap_err();
-        assert_eq!(errs.len(), 6, "{errs:#?}");
+        assert_eq!(errs.len(), 5, "{errs:#?}");
         for (e, word) in errs.iter().zip([
             "HOSTNAME",
             "IMG_VCPU",
             "IMG_RAM_MB",
-            "INITRD",
             "SEED_FORMAT",
             "BERTH_SHUTDOWN_TIMEOUT",
         ]) {

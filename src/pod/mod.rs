@@ -24,6 +24,7 @@ use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
 use crate::exit::Failure;
 use crate::fetch::{ensure_image, FetchRequest};
+use crate::imageboot;
 use crate::lifecycle::{self, Lifecycle};
 use crate::machine::{self, DiskSpec, MachineSpec, NetSpec};
 use config::PodConfig;
@@ -60,7 +61,8 @@ pub fn run() -> Result<ExitReason, Failure> {
         ))
     })?;
 
-    let mut disks = root_disks(&cfg)?;
+    let root = root_disk(&cfg)?;
+    let mut disks: Vec<DiskSpec> = root.iter().cloned().collect();
     for extra in extra_disks(&cfg.root).map_err(|e| Failure::Disk(e.to_string()))? {
         log(format!("extra disk {}", extra.display()));
         disks.push(raw_disk(extra, false));
@@ -110,7 +112,8 @@ pub fn run() -> Result<ExitReason, Failure> {
         });
     }
 
-    let boot = kernel(&cfg)?;
+    // Kept alive as long as VMs are built: the image's kernel lives in memory files.
+    let (boot, _image_files) = kernel(&cfg, root.as_ref())?;
     {
         let mut s = status.lock().expect("status lock poisoned");
         s.disks = disks.iter().map(|d| d.path.display().to_string()).collect();
@@ -269,20 +272,20 @@ fn raw_disk(path: PathBuf, read_only: bool) -> DiskSpec {
 
 /// The root disk: /dev/vm/root (raw) if present, else the pet overlay on the base image
 /// (fetched first if needed), else none (only with KERNEL).
-fn root_disks(cfg: &PodConfig) -> Result<Vec<DiskSpec>, Failure> {
+fn root_disk(cfg: &PodConfig) -> Result<Option<DiskSpec>, Failure> {
     if let Some(dev) = root_device(&cfg.root) {
         log(format!(
             "root disk {} (raw, from /dev/vm/root)",
             dev.display()
         ));
-        return Ok(vec![raw_disk(dev, false)]);
+        return Ok(Some(raw_disk(dev, false)));
     }
     let mut req = FetchRequest::from_env().map_err(|e| Failure::Fetch(e.to_string()))?;
     req.image_dir = cfg.path("/image");
     if req.target.is_none() {
         if cfg.kernel.is_some() {
             log("no IMG_TARGET and no /dev/vm/root: booting KERNEL without a root disk");
-            return Ok(Vec::new());
+            return Ok(None);
         }
         return Err(Failure::Config(
             "nothing to boot: set IMG_SOURCE and IMG_TARGET (a cloud image), provide \
@@ -300,36 +303,44 @@ fn root_disks(cfg: &PodConfig) -> Result<Vec<DiskSpec>, Failure> {
         overlay.display(),
         base.display()
     ));
-    Ok(vec![DiskSpec {
+    Ok(Some(DiskSpec {
         path: overlay,
         read_only: false,
         format: Some(DiskFormat::Qcow2),
         serial: Some("berth-root".into()),
-    }])
+    }))
 }
 
-/// KERNEL/INITRD/KERNEL_CMDLINE, or the image's own kernel.
-fn kernel(cfg: &PodConfig) -> Result<LinuxBoot, Failure> {
-    match &cfg.kernel {
-        Some(k) => {
-            for f in std::iter::once(k).chain(cfg.initrd.as_ref()) {
-                std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
-            }
-            Ok(LinuxBoot {
-                kernel: k.clone(),
-                initrd: cfg.initrd.clone(),
-                cmdline: cfg
-                    .cmdline
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_CMDLINE.into()),
-            })
+/// The image's own kernel, initramfs and command line (read through the root disk), with
+/// KERNEL/INITRD/KERNEL_CMDLINE overriding each part; without a root disk, KERNEL as given.
+fn kernel(
+    cfg: &PodConfig,
+    root: Option<&DiskSpec>,
+) -> Result<(LinuxBoot, Option<imageboot::BootFiles>), Failure> {
+    let Some(root) = root else {
+        let k = cfg
+            .kernel
+            .as_ref()
+            .ok_or_else(|| Failure::Config("no root disk and no KERNEL: nothing to boot".into()))?;
+        for f in std::iter::once(k).chain(cfg.initrd.as_ref()) {
+            std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
         }
-        None => Err(Failure::Kernel(
-            "booting the image's own kernel is not available in this build: set KERNEL \
-             (and INITRD, KERNEL_CMDLINE) to a kernel for the image"
-                .into(),
-        )),
-    }
+        let boot = LinuxBoot {
+            kernel: k.clone(),
+            initrd: cfg.initrd.clone(),
+            cmdline: cfg.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+        };
+        return Ok((boot, None));
+    };
+    let files = imageboot::prepare(&root.path, root.format, &imageboot::Overrides::from_env())?;
+    log(format!("boot: {}", files.description));
+    log(format!("kernel command line: {}", files.cmdline));
+    let boot = LinuxBoot {
+        kernel: files.kernel.clone(),
+        initrd: files.initrd.clone(),
+        cmdline: files.cmdline.clone(),
+    };
+    Ok((boot, Some(files)))
 }
 
 fn socket_name() -> String {
