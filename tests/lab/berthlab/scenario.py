@@ -75,11 +75,17 @@ def discover(directory: Path = paths.SCENARIO_DIR) -> dict:
     return {p.stem: Scenario.load(p) for p in sorted(directory.glob("*.sh"))}
 
 
+# Scenarios whose name starts with one of these run only when named: benchmarks (run by
+# tests/bench/run) are measurements, not tests, and would cost CI minutes for nothing.
+ON_REQUEST_PREFIXES = ("bench-",)
+
+
 def select(names, directory: Path = paths.SCENARIO_DIR) -> list:
-    """The scenarios named (all if none), in the order given; unknown names raise KeyError."""
+    """The scenarios named (all but the on-request ones if none), in the order given; unknown
+    names raise KeyError."""
     found = discover(directory)
     if not names:
-        return list(found.values())
+        return [s for n, s in found.items() if not n.startswith(ON_REQUEST_PREFIXES)]
     missing = [n for n in names if n.removesuffix(".sh") not in found]
     if missing:
         raise KeyError(f"unknown scenario(s): {', '.join(missing)}; known: {', '.join(found)}")
