@@ -52,7 +52,7 @@ trap 'rm -rf "$tmp"' EXIT
 # --- qemu.cpio (cached) ----------------------------------------------------------------------
 qstamp=$(stamp_of "$0" "$GI_DIR/lib.sh" "$QEMU_BIN" \
     "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)" "${FIRMWARE[*]}" \
-    "$IPROUTE_BIN")
+    "$IPROUTE_BIN" "$(command -v dbclient)")
 if fresh "$d/qemu.cpio" "$qstamp"; then
     log "reusing qemu.cpio"
 else
@@ -63,6 +63,12 @@ else
     # between namespaces); installed as ip2 so busybox's ip applet does not shadow it.
     copy_with_libs "$r" "$IPROUTE_BIN"
     install -D -m 755 "$r$IPROUTE_BIN" "$r/usr/local/bin/ip2" && rm -f "$r$IPROUTE_BIN"
+    # dropbear's SSH client and key tool, for scenarios that log in to a guest with a key.
+    for t in dbclient dropbearkey; do
+        tb=$(command -v "$t") || die "$t not found; run scripts/setup (dropbear-bin)"
+        copy_with_libs "$r" "$tb"
+        [ "$tb" = "/usr/local/bin/$t" ] || { install -D -m 755 "$r$tb" "$r/usr/local/bin/$t"; rm -f "$r$tb"; }
+    done
     [ "$QEMU_BIN" = /usr/bin/qemu-system-x86_64 ] || install -D -m 755 "$QEMU_BIN" "$r/usr/bin/qemu-system-x86_64"
     mkdir -p "$r/usr/share/qemu"
     for fw in "${FIRMWARE[@]}"; do

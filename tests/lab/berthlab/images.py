@@ -66,13 +66,14 @@ def l2_images() -> dict:
 def l1_disks(scenarios: list) -> dict:
     """Build or reuse the images scenarios attach with `# l1-disk: NAME`: {NAME: path}.
 
-    guest-images/NAME.sh prints a line `..._IMAGE=path`.
+    guest-images/NAME.sh prints a line `..._IMAGE=path`. `NAME:file` attaches the image file's
+    bytes instead of the disk it describes (for scenarios that serve the file itself).
     """
     disks = {}
     for sc in scenarios:
         for name in getattr(sc, "l1_disks", []):
             if name not in disks:
-                out = run_script(f"{name}.sh")
+                out = run_script(f"{name.split(':')[0]}.sh")
                 image = next((v for k, v in out.items() if k.endswith("IMAGE")), None)
                 if not image:
                     raise BuildError(f"guest-images/{name}.sh printed no ..._IMAGE= line")

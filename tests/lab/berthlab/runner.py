@@ -25,7 +25,7 @@ def qemu_binary() -> str:
 
 def disk_env_name(name: str) -> str:
     """LAB_DISK_<NAME>: the variable naming an l1-disk image in direct mode."""
-    return "LAB_DISK_" + name.upper().replace("-", "_")
+    return "LAB_DISK_" + name.upper().replace("-", "_").replace(":", "_")
 
 
 def l1_command(images: dict, serial: list | None = None, disks: dict | None = None) -> list:
@@ -36,8 +36,10 @@ def l1_command(images: dict, serial: list | None = None, disks: dict | None = No
     """
     drives = []
     for n, (name, path) in enumerate((disks or {}).items()):
-        drives += ["-drive", f"file={path},if=none,id=labdisk{n},format=qcow2,snapshot=on",
-                   "-device", f"virtio-blk-pci,drive=labdisk{n},serial={name}"]
+        fmt = "raw" if name.endswith(":file") else "qcow2"
+        serial = name.replace(":", "-")
+        drives += ["-drive", f"file={path},if=none,id=labdisk{n},format={fmt},snapshot=on",
+                   "-device", f"virtio-blk-pci,drive=labdisk{n},serial={serial}"]
     return [
         qemu_binary(), "-accel", "tcg,thread=multi", "-cpu", os.environ.get("LAB_L1_CPU", "max"),
         "-smp", "2", "-m", os.environ.get("LAB_L1_MEM", "3G"), "-M", "q35",
