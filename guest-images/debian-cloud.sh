@@ -44,7 +44,7 @@ mirror_of() {  # the first URIs: of the stanza serving suite $1 in debian.source
     }' /etc/apt/sources.list.d/debian.sources 2>/dev/null
 }
 MIRROR=${DEBIAN_MIRROR:-$(mirror_of "$SUITE")}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+[ -n "$MIRROR" ] || die "no Debian mirror for $SUITE in /etc/apt/sources.list.d/debian.sources; set DEBIAN_MIRROR"
 SECURITY=$(mirror_of "$SUITE-security")
 SOURCES=("deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main")
 [ -z "$SECURITY" ] || SOURCES+=("deb $SECURITY $SUITE-security main")
