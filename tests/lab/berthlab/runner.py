@@ -37,9 +37,9 @@ def l1_command(images: dict, serial: list | None = None, disks: dict | None = No
     drives = []
     for n, (name, path) in enumerate((disks or {}).items()):
         fmt = "raw" if name.endswith(":file") else "qcow2"
-        serial = name.replace(":", "-")
+        disk_serial = name.replace(":", "-")
         drives += ["-drive", f"file={path},if=none,id=labdisk{n},format={fmt},snapshot=on",
-                   "-device", f"virtio-blk-pci,drive=labdisk{n},serial={serial}"]
+                   "-device", f"virtio-blk-pci,drive=labdisk{n},serial={disk_serial}"]
     return [
         qemu_binary(), "-accel", "tcg,thread=multi", "-cpu", os.environ.get("LAB_L1_CPU", "max"),
         "-smp", "2", "-m", os.environ.get("LAB_L1_MEM", "3G"), "-M", "q35",
