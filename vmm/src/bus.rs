@@ -74,6 +74,19 @@ impl Bus {
         Ok(())
     }
 
+    /// Unmaps the range starting at `base` only if `device` is what is mapped there (so a stale
+    /// request cannot unmap another device); returns whether it did.
+    pub fn remove_device(&self, base: u64, device: &SharedDevice) -> bool {
+        let mut ranges = self.ranges.write().expect("bus lock poisoned");
+        let same = ranges
+            .get(&base)
+            .is_some_and(|r| std::ptr::addr_eq(Arc::as_ptr(&r.device), Arc::as_ptr(device)));
+        if same {
+            ranges.remove(&base);
+        }
+        same
+    }
+
     /// Unmaps the range starting at `base`; returns whether there was one.
     pub fn remove(&self, base: u64) -> bool {
         self.ranges

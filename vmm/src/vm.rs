@@ -278,13 +278,13 @@ impl Vm {
         pio.insert(
             CONFIG_IO_BASE,
             CONFIG_IO_LEN,
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            Arc::new(Mutex::new(PciConfigIo::new(Arc::downgrade(&pci)))),
         )
         .map_err(dev_err)?;
         mmio.insert(
             layout::ECAM_BASE,
             layout::ECAM_SIZE,
-            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+            Arc::new(Mutex::new(PciConfigMmio::new(Arc::downgrade(&pci)))),
         )
         .map_err(dev_err)?;
         let router = Arc::new(KvmIrqRouter::new(fd.clone()));

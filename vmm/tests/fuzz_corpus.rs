@@ -300,22 +300,22 @@ fn known_pci_findings_pass_default_checks() {
 
 /// Finding: `PciBus::move_bar` removes whatever is mapped at the BAR's old address, here ECAM.
 #[test]
-#[ignore = "known bug: see docs/fuzzing.md, findings"]
-fn known_bug_bar_move_unmaps_ecam() {
+
+fn regression_bar_move_unmaps_ecam() {
     fuzzing::pci_config_checked(&bar_via_ecam_address(), strict(true, false, false));
 }
 
 /// Finding: after sizing, the BAR's "old" address is the sizing pattern, so moving it leaves
 /// the device mapped where it was too.
 #[test]
-#[ignore = "known bug: see docs/fuzzing.md, findings"]
-fn known_bug_sizing_then_move_leaves_stale_mapping() {
+
+fn regression_sizing_then_move_leaves_stale_mapping() {
     fuzzing::pci_config_checked(&sizing_then_new_address(), strict(false, true, false));
 }
 
 /// Finding: a BAR moved out of the window keeps its queue-notify ioeventfds registered.
 #[test]
-#[ignore = "known bug: see docs/fuzzing.md, findings"]
-fn known_bug_ioeventfds_stay_when_bar_leaves_window() {
+
+fn regression_ioeventfds_stay_when_bar_leaves_window() {
     fuzzing::pci_config_checked(&bar_leaves_window(), strict(false, false, true));
 }

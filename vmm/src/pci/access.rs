@@ -1,7 +1,7 @@
 //! The two ways a guest reaches PCI configuration space: mechanism #1 through ports
 //! 0xCF8 (address) and 0xCFC-0xCFF (data), and ECAM, a memory window with 4 KiB per function.
 
-use std::sync::Arc;
+use std::sync::Weak;
 
 use super::PciBus;
 use crate::bus::BusDevice;
@@ -13,15 +13,16 @@ pub const CONFIG_IO_LEN: u64 = 8;
 
 const ENABLE: u32 = 1 << 31;
 
-/// Configuration mechanism #1.
+/// Configuration mechanism #1. It holds the bus weakly: the bus owns the MMIO bus that owns
+/// these devices, and a strong reference would keep every device of a stopped VM alive.
 pub struct PciConfigIo {
-    bus: Arc<PciBus>,
+    bus: Weak<PciBus>,
     address: u32,
 }
 
 impl PciConfigIo {
     /// Configuration ports for `bus`.
-    pub fn new(bus: Arc<PciBus>) -> Self {
+    pub fn new(bus: Weak<PciBus>) -> Self {
         PciConfigIo { bus, address: 0 }
     }
 
@@ -51,12 +52,12 @@ impl BusDevice for PciConfigIo {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
-            4..=7 => match self.target() {
-                Some((b, s, f, reg)) => {
-                    let v = self.bus.config_read(b, s, f, reg);
+            4..=7 => match (self.target(), self.bus.upgrade()) {
+                (Some((b, s, f, reg)), Some(bus)) => {
+                    let v = bus.config_read(b, s, f, reg);
                     extract(v, (offset - 4) as usize, data);
                 }
-                None => data.fill(0xff),
+                _ => data.fill(0xff),
             },
             _ => data.fill(0xff),
         }
@@ -68,10 +69,10 @@ impl BusDevice for PciConfigIo {
                 self.address = u32::from_le_bytes(data.try_into().unwrap());
             }
             4..=7 => {
-                if let Some((b, s, f, reg)) = self.target() {
+                if let (Some((b, s, f, reg)), Some(bus)) = (self.target(), self.bus.upgrade()) {
                     let off = reg + (offset - 4) as usize;
                     if (offset - 4) as usize + data.len() <= 4 {
-                        self.bus.config_write(b, s, f, off, data);
+                        bus.config_write(b, s, f, off, data);
                     }
                 }
             }
@@ -80,14 +81,15 @@ impl BusDevice for PciConfigIo {
     }
 }
 
-/// ECAM: bus 0 only, 4 KiB per function (of which the first 256 bytes are modelled).
+/// ECAM: bus 0 only, 4 KiB per function (of which the first 256 bytes are modelled). Holds
+/// the bus weakly, like [`PciConfigIo`].
 pub struct PciConfigMmio {
-    bus: Arc<PciBus>,
+    bus: Weak<PciBus>,
 }
 
 impl PciConfigMmio {
     /// ECAM window for `bus`.
-    pub fn new(bus: Arc<PciBus>) -> Self {
+    pub fn new(bus: Weak<PciBus>) -> Self {
         PciConfigMmio { bus }
     }
 }
@@ -105,13 +107,13 @@ impl BusDevice for PciConfigMmio {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         let (b, s, f, reg) = ecam_target(offset);
         let shift = reg & 3;
-        if shift + data.len() > 4 {
+        let Some(bus) = self.bus.upgrade().filter(|_| shift + data.len() <= 4) else {
             data.fill(0xff);
             return;
-        }
+        };
         let v = if reg < super::config::CONFIG_SIZE {
-            self.bus.config_read(b, s, f, reg & !3)
-        } else if self.bus.config_read(b, s, f, 0) == 0xffff_ffff {
+            bus.config_read(b, s, f, reg & !3)
+        } else if bus.config_read(b, s, f, 0) == 0xffff_ffff {
             0xffff_ffff
         } else {
             // Extended configuration space exists but holds nothing.
@@ -122,8 +124,10 @@ impl BusDevice for PciConfigMmio {
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         let (b, s, f, reg) = ecam_target(offset);
-        if (reg & 3) + data.len() <= 4 && reg < super::config::CONFIG_SIZE {
-            self.bus.config_write(b, s, f, reg, data);
+        if let Some(bus) = self.bus.upgrade() {
+            if (reg & 3) + data.len() <= 4 && reg < super::config::CONFIG_SIZE {
+                bus.config_write(b, s, f, reg, data);
+            }
         }
     }
 }
@@ -133,13 +137,14 @@ mod tests {
     use super::*;
     use crate::bus::Bus;
 
-    fn bus() -> Arc<PciBus> {
-        Arc::new(PciBus::new(Arc::new(Bus::new())))
+    fn bus() -> std::sync::Arc<PciBus> {
+        std::sync::Arc::new(PciBus::new(std::sync::Arc::new(Bus::new())))
     }
 
     #[test]
     fn mechanism_one() {
-        let mut io = PciConfigIo::new(bus());
+        let bus = bus();
+        let mut io = PciConfigIo::new(std::sync::Arc::downgrade(&bus));
         let mut d = [0u8; 4];
         // Disabled: all ones.
         io.write(CONFIG_IO_BASE, 0, &0u32.to_le_bytes());
@@ -172,7 +177,8 @@ mod tests {
 
     #[test]
     fn ecam() {
-        let mut m = PciConfigMmio::new(bus());
+        let bus = bus();
+        let mut m = PciConfigMmio::new(std::sync::Arc::downgrade(&bus));
         let mut d = [0u8; 4];
         m.read(0, 0, &mut d);
         assert_eq!(u32::from_le_bytes(d), 0x0008_1b36);

@@ -203,10 +203,13 @@ impl ConfigSpace {
             let off = BAR0 + i * 4;
             let v = u32::from_le_bytes(self.bytes[off..off + 4].try_into().unwrap());
             let addr = u64::from(v & !0xf);
+            // A BAR being sized reads back as all ones over its size: not an address. The
+            // mapping stays where it was until a real address is written.
+            if addr == u64::from(!(bar.size as u32 - 1) & !0xf) {
+                continue;
+            }
             bar.addr = addr;
-            // A BAR being sized reads back as all ones over its size: not a real move.
-            let sizing = addr == u64::from(!(bar.size as u32 - 1) & !0xf);
-            if addr != old && !sizing {
+            if addr != old {
                 moves.push(BarMove {
                     index: i,
                     from: old,
@@ -255,12 +258,13 @@ mod tests {
         // Sizing: write all ones, read back the size mask; not a move.
         assert!(c.write(BAR0, &[0xff; 4]).is_empty());
         assert_eq!(c.read_dword(BAR0), 0xffff_8000);
+        assert_eq!(c.bar(0).addr, 0xc000_0000, "sizing does not move the BAR");
         let m = c.write(BAR0, &0xd000_0000u32.to_le_bytes());
         assert_eq!(
             m,
             vec![BarMove {
                 index: 0,
-                from: 0xffff_8000,
+                from: 0xc000_0000,
                 to: 0xd000_0000
             }]
         );

@@ -8,10 +8,11 @@ pub mod access;
 pub mod config;
 pub mod msix;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::arch::layout;
-use crate::bus::{Bus, BusDevice};
+use crate::bus::{Bus, BusDevice, SharedDevice};
 use config::{Bar, BarMove, ConfigSpace, PciIds};
 
 /// Slots on bus 0.
@@ -29,9 +30,12 @@ pub trait PciDevice: Send {
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     /// Guest write inside BAR `bar`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
-    /// Called after a BAR moved, so the device can move what it registered elsewhere
-    /// (ioeventfds).
+    /// Called after a BAR moved to a new mapped address, so the device can move what it
+    /// registered elsewhere (ioeventfds).
     fn bar_moved(&mut self, _mv: BarMove) {}
+    /// Called when a BAR that was mapped at `from` no longer is (moved out of the window or
+    /// onto something else): the device drops what it registered there.
+    fn bar_unmapped(&mut self, _index: usize, _from: u64) {}
     /// The VM is stopping: stop background work and make written data durable.
     fn shutdown(&mut self) {}
 }
@@ -83,6 +87,8 @@ impl BusDevice for BarRegion {
 struct Slots {
     devices: Vec<Option<SharedPciDevice>>,
     next_bar: u64,
+    /// Where each (slot, BAR) is mapped, and the region object mapped there.
+    mapped: HashMap<(usize, usize), (u64, SharedDevice)>,
 }
 
 /// Bus 0: the host bridge in slot 0 and the devices added after it.
@@ -98,6 +104,7 @@ impl PciBus {
             slots: Mutex::new(Slots {
                 devices: vec![None; NUM_SLOTS],
                 next_bar: layout::PCI_MMIO_START,
+                mapped: HashMap::new(),
             }),
             mmio,
         };
@@ -126,12 +133,12 @@ impl PciBus {
             .ok_or(PciError::NoSlot)?;
         let bars = device.lock().expect("PCI device lock poisoned").bars();
         for (index, bar) in bars {
-            let region = BarRegion {
+            let region: SharedDevice = Arc::new(Mutex::new(BarRegion {
                 device: device.clone(),
                 index,
-            };
-            self.mmio
-                .insert(bar.addr, bar.size, Arc::new(Mutex::new(region)))?;
+            }));
+            self.mmio.insert(bar.addr, bar.size, region.clone())?;
+            s.mapped.insert((slot, index), (bar.addr, region));
         }
         s.devices[slot] = Some(device);
         Ok(slot)
@@ -172,11 +179,11 @@ impl PciBus {
             .expect("PCI device lock poisoned")
             .write_config(offset, data);
         for mv in moves {
-            self.move_bar(&dev, mv);
+            self.move_bar(usize::from(slot), &dev, mv);
         }
     }
 
-    fn move_bar(&self, dev: &SharedPciDevice, mv: BarMove) {
+    fn move_bar(&self, slot: usize, dev: &SharedPciDevice, mv: BarMove) {
         let size = {
             let d = dev.lock().expect("PCI device lock poisoned");
             d.bars()
@@ -185,22 +192,34 @@ impl PciBus {
                 .map(|(_, b)| b.size)
         };
         let Some(size) = size else { return };
-        self.mmio.remove(mv.from);
+        let mut s = self.slots.lock().expect("PCI lock poisoned");
+        // Unmap only this BAR's own mapping: whatever else sits at the old address stays.
+        let old = s.mapped.remove(&(slot, mv.index));
+        if let Some((base, region)) = &old {
+            self.mmio.remove_device(*base, region);
+        }
         // A BAR moved onto RAM, another device or outside the hole stays unmapped: the guest
         // sees all ones there, as on hardware with a conflicting assignment.
-        let in_window = mv.to >= layout::PCI_MMIO_START && mv.to + size <= layout::PCI_MMIO_END;
-        if in_window {
-            let region = BarRegion {
-                device: dev.clone(),
-                index: mv.index,
-            };
-            if self
-                .mmio
-                .insert(mv.to, size, Arc::new(Mutex::new(region)))
-                .is_ok()
-            {
-                dev.lock().expect("PCI device lock poisoned").bar_moved(mv);
-            }
+        let in_window = mv.to >= layout::PCI_MMIO_START
+            && mv
+                .to
+                .checked_add(size)
+                .is_some_and(|end| end <= layout::PCI_MMIO_END);
+        let region: SharedDevice = Arc::new(Mutex::new(BarRegion {
+            device: dev.clone(),
+            index: mv.index,
+        }));
+        let mapped = in_window && self.mmio.insert(mv.to, size, region.clone()).is_ok();
+        if mapped {
+            s.mapped.insert((slot, mv.index), (mv.to, region));
+        }
+        drop(s);
+        let mut d = dev.lock().expect("PCI device lock poisoned");
+        match (old, mapped) {
+            (Some((from, _)), true) => d.bar_moved(BarMove { from, ..mv }),
+            (None, true) => d.bar_moved(mv),
+            (Some((from, _)), false) => d.bar_unmapped(mv.index, from),
+            (None, false) => {}
         }
     }
 }

@@ -540,6 +540,10 @@ impl PciDevice for VirtioPci {
         let _ = self.register_notifications(mv.to);
     }
 
+    fn bar_unmapped(&mut self, _index: usize, from: u64) {
+        self.unregister_notifications(from);
+    }
+
     fn shutdown(&mut self) {
         self.device.shutdown();
         self.active = false;
