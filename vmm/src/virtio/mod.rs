@@ -11,7 +11,7 @@ pub mod pci;
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -110,4 +110,36 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
             .copied()
             .unwrap_or(0);
     }
+}
+
+/// Serves every chain the driver made available: `serve` handles one chain and returns the
+/// bytes it wrote into it (the used length). Returns whether the driver must be interrupted.
+///
+/// With EVENT_IDX, notifications stay off while draining and are re-armed after; a chain that
+/// raced in while re-arming is picked up by another pass, but only while the ring is sane: an
+/// avail index more than a queue ahead pops nothing and would loop forever.
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> bool {
+    let mut used = false;
+    loop {
+        if queue.disable_notification(mem).is_err() {
+            return used;
+        }
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = serve(chain);
+            if queue.add_used(mem, head, len).is_err() {
+                return used;
+            }
+            used = true;
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) if queue.iter(mem).is_ok() => continue,
+            _ => break,
+        }
+    }
+    used && queue.needs_notification(mem).unwrap_or(true)
 }

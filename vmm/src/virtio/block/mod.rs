@@ -8,7 +8,7 @@ mod tests;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -160,28 +160,7 @@ impl VirtioDevice for Block {
 
 /// Processes every available request; returns whether the driver must be interrupted.
 pub fn process_queue(queue: &mut Queue, mem: &GuestMemoryMmap, disk: &mut Disk) -> bool {
-    let mut used = false;
-    loop {
-        // With EVENT_IDX, notifications stay off while draining, then are re-armed; a request
-        // that raced in while re-arming is picked up by the next pass.
-        if queue.disable_notification(mem).is_err() {
-            return used;
-        }
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let len = request::execute(mem, chain, disk);
-            if queue.add_used(mem, head, len).is_err() {
-                return used;
-            }
-            used = true;
-        }
-        match queue.enable_notification(mem) {
-            // Only with a sane ring: an avail index over a queue ahead pops nothing, forever.
-            Ok(true) if queue.iter(mem).is_ok() => continue,
-            _ => break,
-        }
-    }
-    used && queue.needs_notification(mem).unwrap_or(true)
+    super::drain_queue(queue, mem, |chain| request::execute(mem, chain, disk))
 }
 
 fn serve(

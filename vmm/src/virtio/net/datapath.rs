@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::tap::{NetBackend, VNET_HDR_LEN};
@@ -19,36 +19,20 @@ pub fn transmit(
     backend: &mut dyn NetBackend,
     buf: &mut Vec<u8>,
 ) -> bool {
-    let mut used = false;
-    loop {
-        if queue.disable_notification(mem).is_err() {
-            return used;
-        }
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            if let Ok(mut r) = Reader::new(mem, chain) {
-                let len = r.available_bytes();
-                // Shorter than a header or longer than any frame: dropped, not sent.
-                if (VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                    buf.resize(len, 0);
-                    if r.read_exact(buf).is_ok() {
-                        // A full or failing tap drops the frame, as a NIC would.
-                        let _ = backend.write_frame(buf);
-                    }
+    super::super::drain_queue(queue, mem, |chain| {
+        if let Ok(mut r) = Reader::new(mem, chain) {
+            let len = r.available_bytes();
+            // Shorter than a header or longer than any frame: dropped, not sent.
+            if (VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
+                buf.resize(len, 0);
+                if r.read_exact(buf).is_ok() {
+                    // A full or failing tap drops the frame, as a NIC would.
+                    let _ = backend.write_frame(buf);
                 }
             }
-            if queue.add_used(mem, head, 0).is_err() {
-                return used;
-            }
-            used = true;
         }
-        match queue.enable_notification(mem) {
-            // Only with a sane ring: an avail index over a queue ahead pops nothing, forever.
-            Ok(true) if queue.iter(mem).is_ok() => continue,
-            _ => break,
-        }
-    }
-    used && queue.needs_notification(mem).unwrap_or(true)
+        0
+    })
 }
 
 /// Result of one delivery attempt.
