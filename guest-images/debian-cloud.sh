@@ -31,7 +31,9 @@ SIZE_MB=${DEBIAN_CLOUD_SIZE_MB:-2048}
 HELPERS=$GI_DIR/debian-cloud
 PACKAGES=systemd-sysv,udev,cloud-init,openssh-server,linux-image-cloud-amd64,initramfs-tools
 PACKAGES+=,ifupdown,isc-dhcp-client,netbase,iproute2,e2fsprogs,kmod,grub-pc-bin,grub2-common
-PACKAGES+=,qemu-guest-agent,ca-certificates,sudo,less
+# dbus: systemd-logind needs it, and logind is what turns the ACPI power button (berth on
+# SIGTERM) into a clean shutdown, as in the distribution's own cloud images.
+PACKAGES+=,qemu-guest-agent,ca-certificates,sudo,less,dbus
 
 mirror_of() {  # the first URIs: of the stanza serving suite $1 in debian.sources
     awk -v suite="$1" 'BEGIN { RS=""; FS="\n" } {
