@@ -328,7 +328,10 @@ fn kernel(
         let boot = LinuxBoot {
             kernel: k.clone(),
             initrd: cfg.initrd.clone(),
-            cmdline: cfg.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+            cmdline: cfg
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.into()),
         };
         return Ok((boot, None));
     };

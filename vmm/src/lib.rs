@@ -13,9 +13,9 @@ pub mod arch;
 pub mod block;
 pub mod bus;
 pub mod devices;
+pub mod framebuffer;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod framebuffer;
 pub mod irq;
 pub mod pci;
 mod vcpu;
