@@ -82,6 +82,9 @@ mmdebstrap --mode=root --variant=minbase --include="$PACKAGES" \
     "$SUITE" "$r" "${SOURCES[@]}" >"$tmp/mmdebstrap.log" 2>&1 \
     || { tail -n 40 "$tmp/mmdebstrap.log" >&2; die "mmdebstrap failed (log above)"; }
 log "root tree ready after $((SECONDS - t0)) s ($(du -sm "$r" | cut -f1) MiB)"
+# mmdebstrap in root mode leaves this machine's own /var/lib/apt/lists empty (measured): other
+# scripts (guest-images/kernel.sh) need them, so fetch them again.
+apt-get update -q >/dev/null 2>&1 || log "note: apt-get update failed; later apt-cache look-ups may fail"
 
 # grub.cfg by Debian's update-grub (grub-mkconfig and /etc/grub.d, as on an installed system).
 # grub-probe and grub-mkrelpath ask the kernel about the block device under /, which does not

@@ -42,6 +42,9 @@ if [ -n "${KERNEL_PKG:-}" ] && [ -n "${KERNEL_VERSION:-}" ]; then
     pkg=$KERNEL_PKG ver=$KERNEL_VERSION
 elif read -r pkg ver < <(resolve); then
     :
+elif [ "$(id -u)" = 0 ] && apt-get update -q >/dev/null 2>&1 && read -r pkg ver < <(resolve); then
+    # The package lists were gone (mmdebstrap in root mode empties the host's): fetched again.
+    log "apt-cache had no package lists; ran apt-get update"
 else
     newest=$(ls -1dt "$KDIR"/linux-image-*/ 2>/dev/null | head -n1 || true)
     if [ -n "$newest" ] && [ -f "$newest/kver" ]; then
