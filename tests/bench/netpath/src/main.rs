@@ -98,9 +98,7 @@ fn main() -> ExitCode {
     let usage = "usage: netpath tx|rx FRAME_BYTES FRAMES";
     let (dir, frame, frames) = match args.as_slice() {
         [d, f, n] if (d == "tx" || d == "rx") => match (f.parse::<usize>(), n.parse::<u64>()) {
-            (Ok(f), Ok(n)) if (12..=datapath::MAX_FRAME).contains(&f) && n > 0 => {
-                (d.clone(), f, n)
-            }
+            (Ok(f), Ok(n)) if (12..=datapath::MAX_FRAME).contains(&f) && n > 0 => (d.clone(), f, n),
             _ => {
                 eprintln!("netpath: {usage}");
                 return ExitCode::from(2);
@@ -126,13 +124,21 @@ fn main() -> ExitCode {
             put_desc(&mem, i, RX_BUF, F_WRITE);
         }
     }
-    let per_frame = if tx { 1 } else { frame.div_ceil(RX_BUF as usize) as u64 };
+    let per_frame = if tx {
+        1
+    } else {
+        frame.div_ceil(RX_BUF as usize) as u64
+    };
     let batch_frames = u64::from(BATCH) / per_frame;
-    assert!(batch_frames > 0, "frame too large for a batch of RX buffers");
+    assert!(
+        batch_frames > 0,
+        "frame too large for a batch of RX buffers"
+    );
     let mut avail_idx = 0u16;
     let mut buf = Vec::new();
     let mut pending = None;
     let mut done = 0u64;
+    let mut rx_buf = vec![0u8; datapath::MAX_FRAME];
     let t0 = Instant::now();
     while done < frames {
         let n = batch_frames.min(frames - done);
@@ -141,7 +147,8 @@ fn main() -> ExitCode {
             datapath::transmit(&mut q, &mem, &mut tap, &mut buf);
         } else {
             tap.to_receive = n;
-            datapath::receive(&mut q, &mem, &mut tap, true, &mut pending);
+            // As the worker does: one frame buffer for the whole run.
+            datapath::receive_with(&mut q, &mem, &mut tap, true, &mut pending, &mut rx_buf);
             assert!(pending.is_none(), "receive left a frame pending");
         }
         done += n;
@@ -150,7 +157,10 @@ fn main() -> ExitCode {
     let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
     let expect_used = (frames * per_frame) as u16; // mod 2^16, like the ring index
     if used != expect_used || (tx && tap.sent_bytes != frames * frame as u64) {
-        eprintln!("netpath: the device used {used} buffers (expected {expect_used}) and sent {} bytes", tap.sent_bytes);
+        eprintln!(
+            "netpath: the device used {used} buffers (expected {expect_used}) and sent {} bytes",
+            tap.sent_bytes
+        );
         return ExitCode::FAILURE;
     }
     println!(

@@ -109,7 +109,7 @@ pub fn deliver(
 
 /// Reads frames from the backend into the RX queue until the backend is empty or the guest has
 /// no buffers. `pending` holds a frame that did not fit last time. Returns (interrupt needed,
-/// backend drained).
+/// backend drained). Allocates a frame buffer per call: the worker uses [`receive_with`].
 pub fn receive(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -117,29 +117,46 @@ pub fn receive(
     mergeable: bool,
     pending: &mut Option<Vec<u8>>,
 ) -> (bool, bool) {
-    let mut delivered = false;
     let mut buf = vec![0u8; MAX_FRAME];
-    loop {
-        let frame = match pending.take() {
-            Some(f) => f,
-            None => match backend.read_frame(&mut buf) {
-                Ok(n) if n >= VNET_HDR_LEN => buf[..n].to_vec(),
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let irq = delivered && queue.needs_notification(mem).unwrap_or(true);
-                    return (irq, true);
-                }
-                Err(_) => return (delivered, true),
-            },
-        };
-        match deliver(queue, mem, &frame, mergeable) {
-            Delivery::Delivered => delivered = true,
-            Delivery::Dropped => delivered = true,
-            Delivery::NoBuffers => {
-                *pending = Some(frame);
-                let irq = delivered && queue.needs_notification(mem).unwrap_or(true);
-                return (irq, false);
-            }
+    receive_with(queue, mem, backend, mergeable, pending, &mut buf)
+}
+
+/// [`receive`] with a caller-kept buffer of at least [`MAX_FRAME`] bytes: frames are read into
+/// it and copied to guest memory from there, so the common path allocates nothing; only a
+/// frame that must wait for guest buffers is copied out into `pending`.
+pub fn receive_with(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    backend: &mut dyn NetBackend,
+    mergeable: bool,
+    pending: &mut Option<Vec<u8>>,
+    buf: &mut [u8],
+) -> (bool, bool) {
+    let mut delivered = false;
+    let irq = |queue: &mut Queue, delivered: bool| {
+        delivered && queue.needs_notification(mem).unwrap_or(true)
+    };
+    // A frame that did not fit last time goes first.
+    if let Some(frame) = pending.take() {
+        if deliver(queue, mem, &frame, mergeable) == Delivery::NoBuffers {
+            *pending = Some(frame);
+            return (false, false);
         }
+        delivered = true;
+    }
+    loop {
+        let n = match backend.read_frame(buf) {
+            Ok(n) if n >= VNET_HDR_LEN => n,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return (irq(queue, delivered), true)
+            }
+            Err(_) => return (delivered, true),
+        };
+        if deliver(queue, mem, &buf[..n], mergeable) == Delivery::NoBuffers {
+            *pending = Some(buf[..n].to_vec());
+            return (irq(queue, delivered), false);
+        }
+        delivered = true;
     }
 }

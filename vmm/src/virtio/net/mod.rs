@@ -229,6 +229,7 @@ impl Worker {
         // not wake the worker for every frame the host sends.
         let mut tap_watched = true;
         let mut tx_buf = Vec::new();
+        let mut rx_buf = vec![0u8; datapath::MAX_FRAME];
         let mut events = vec![EpollEvent::default(); 4];
         // Work queued before activation is picked up at once.
         let mut work = [true, true, true];
@@ -241,12 +242,13 @@ impl Worker {
             }
             if work[TOKEN_TAP as usize] || work[TOKEN_RX as usize] {
                 let _ = self.rx_evt.read();
-                let (irq, drained) = datapath::receive(
+                let (irq, drained) = datapath::receive_with(
                     &mut self.rx,
                     &self.mem,
                     self.backend.as_mut(),
                     self.mergeable,
                     &mut pending,
+                    &mut rx_buf,
                 );
                 if irq {
                     self.irq.notify_queue(0);
