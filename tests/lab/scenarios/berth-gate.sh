@@ -83,10 +83,12 @@ EOU
 printf '{ "uuid": "093772fe-d6a3-4eea-84bc-5966661a0c3e" }\n' > root/metadata
 
 start_berth() {  # n: the chart's environment
+    # The log exists before tail starts: the background job's redirection may run later.
+    : > "berth$1.log"
     inpod env HOSTNAME=gate-0 IMG_SOURCE=http://10.78.0.1:8080/debian-12-cloud.qcow2 \
         IMG_TARGET=debian-12-cloud.qcow2 IMG_VCPU=2 IMG_RAM_MB=1024 \
         BERTH_SHUTDOWN_TIMEOUT=180 BERTH_ROOT="$SCRATCH/root" RESOLV_CONF="$SCRATCH/resolv.conf" \
-        BERTH_CONTROL_SOCKET=@berth-gate "$BERTH" pod > "berth$1.log" 2>&1 </dev/null &
+        BERTH_CONTROL_SOCKET=@berth-gate "$BERTH" pod >> "berth$1.log" 2>&1 </dev/null &
     BERTH_PID=$!
     tail -f "berth$1.log" & TAIL=$!
 }
@@ -106,7 +108,7 @@ banner() {
 stop_berth() {  # n
     kill -TERM $(pidof berth)
     wait "$BERTH_PID"; echo "GATE-EXIT$1 rc=$?"
-    sleep 1; kill "$TAIL" 2>/dev/null
+    sleep 2; kill "$TAIL" 2>/dev/null  # tail polls once a second: let it print the last lines
 }
 
 # Boot 1: download, overlay, cloud-init, SSH with the user-data key, write a file.
