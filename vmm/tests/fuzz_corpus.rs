@@ -5,11 +5,14 @@
 //! `BERTH_WRITE_SEEDS=1 cargo test -p vmm --test fuzz_corpus seed_corpus` rewrites the seed
 //! files from `vmm::fuzzing::seeds`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use common::Rng;
 use vmm::fuzzing::{self, seeds, StrictChecks};
 
 /// Random inputs per target.
@@ -71,28 +74,14 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// xorshift64*: deterministic, no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// Small values and boundaries more often than uniform bytes.
-    fn byte(&mut self) -> u8 {
-        match self.below(8) {
-            0 => 0,
-            1 => 0xff,
-            2 => self.below(4) as u8,
-            3 => 1 << self.below(8),
-            _ => self.next() as u8,
-        }
+/// A random byte: small values and boundaries more often than uniform bytes.
+fn byte(rng: &mut Rng) -> u8 {
+    match rng.below(8) {
+        0 => 0,
+        1 => 0xff,
+        2 => rng.below(4) as u8,
+        3 => 1 << rng.below(8),
+        _ => rng.next() as u8,
     }
 }
 
@@ -100,23 +89,23 @@ impl Rng {
 fn random_input(rng: &mut Rng, corpus: &[(PathBuf, Vec<u8>)]) -> Vec<u8> {
     if corpus.is_empty() || rng.below(2) == 0 {
         let max = if rng.below(4) == 0 { 4096 } else { 160 };
-        let len = rng.below(max);
-        return (0..len).map(|_| rng.byte()).collect();
+        let len = rng.below_usize(max);
+        return (0..len).map(|_| byte(rng)).collect();
     }
-    let mut d = corpus[rng.below(corpus.len())].1.clone();
+    let mut d = corpus[rng.below_usize(corpus.len())].1.clone();
     for _ in 0..1 + rng.below(8) {
         match rng.below(4) {
             0 if !d.is_empty() => {
                 let n = d.len();
-                d.truncate(rng.below(n));
+                d.truncate(rng.below_usize(n));
             }
             1 => {
-                let b = rng.byte();
+                let b = byte(rng);
                 d.push(b);
             }
             _ if !d.is_empty() => {
-                let i = rng.below(d.len().min(512));
-                d[i] = rng.byte();
+                let i = rng.below_usize(d.len().min(512));
+                d[i] = byte(rng);
             }
             _ => {}
         }

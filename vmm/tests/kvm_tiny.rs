@@ -2,34 +2,17 @@
 //! software nested hypervisors (kvm_pvm) that cannot boot Linux: the guests exercise berth's
 //! KVM plumbing, port and MMIO dispatch, the serial console, reset paths and SMP start-up.
 
-use std::io::Write;
+mod common;
+
 use std::sync::{Arc, Mutex};
 
+use common::Sink;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::bus::BusDevice;
 use vmm::{ExitReason, MachineConfig, ResetSource, Vm};
 
 /// Where the 64-bit test code is placed and entered.
 const CODE: u64 = 0x10_0000;
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Sink {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// A tiny x86 assembler for the few instructions these guests use.
 #[derive(Default)]
@@ -218,7 +201,7 @@ fn unclaimed_ports_read_as_all_ones() {
         .reset()
         .spin();
     boot(vm, &code.0);
-    assert_eq!(*sink.0.lock().unwrap(), vec![0xff]);
+    assert_eq!(sink.bytes(), [0xff]);
 }
 
 #[test]
@@ -281,26 +264,17 @@ fn serial_input_reaches_the_guest() {
 
 #[test]
 fn bad_configs_are_refused() {
-    let e = Vm::new(
-        MachineConfig {
-            vcpus: 0,
-            memory_mib: 64,
-        },
-        Box::new(Sink::default()),
-    )
-    .err()
-    .unwrap();
-    assert!(e.to_string().contains("vCPUs"), "{e}");
-    let e = Vm::new(
-        MachineConfig {
-            vcpus: 1,
-            memory_mib: 8,
-        },
-        Box::new(Sink::default()),
-    )
-    .err()
-    .unwrap();
-    assert!(e.to_string().contains("too small"), "{e}");
+    let refusal = |vcpus, memory_mib| {
+        let config = MachineConfig { vcpus, memory_mib };
+        let Err(e) = Vm::new(config, Box::new(Sink::default())) else {
+            panic!("{vcpus} vCPUs and {memory_mib} MiB accepted");
+        };
+        e.to_string()
+    };
+    let e = refusal(0, 64);
+    assert!(e.contains("vCPUs"), "{e}");
+    let e = refusal(1, 8);
+    assert!(e.contains("too small"), "{e}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! target): thousands of garbage and mutated sessions must end in an error or EOF, never a
 //! panic, and a real server must keep serving a well-behaved viewer meanwhile.
 
+mod common;
 #[path = "vnc_client.rs"]
 mod vnc_client;
 
@@ -9,27 +10,14 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 
+use common::Rng;
 use vmm::framebuffer::{Framebuffer, FramebufferConfig};
 use vmm::vnc::{fuzz_session, VncConfig, VncServer};
 use vnc_client::Rfb;
 
-/// xorshift64*: deterministic, so a failure reproduces from the printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// A plausible session: a valid handshake and a few well-formed messages, in a random order.
 fn valid_session(rng: &mut Rng) -> Vec<u8> {
-    let version: &[u8] = [b"RFB 003.003\n", b"RFB 003.007\n", b"RFB 003.008\n"][rng.below(3)];
+    let version: &[u8] = [b"RFB 003.003\n", b"RFB 003.007\n", b"RFB 003.008\n"][rng.below_usize(3)];
     let mut s = version.to_vec();
     if version != b"RFB 003.003\n" {
         s.push(1);
@@ -52,17 +40,17 @@ fn mutate(rng: &mut Rng, mut s: Vec<u8>) -> Vec<u8> {
     for _ in 0..=rng.below(4) {
         match rng.below(4) {
             0 if !s.is_empty() => {
-                let i = rng.below(s.len());
+                let i = rng.below_usize(s.len());
                 s[i] = rng.next() as u8;
             }
-            1 if !s.is_empty() => s.truncate(rng.below(s.len())),
+            1 if !s.is_empty() => s.truncate(rng.below_usize(s.len())),
             2 => {
-                let i = rng.below(s.len() + 1);
+                let i = rng.below_usize(s.len() + 1);
                 s.insert(i, rng.next() as u8);
             }
             _ => {
                 // Interesting values at a random place: huge lengths and counts.
-                let i = rng.below(s.len() + 1);
+                let i = rng.below_usize(s.len() + 1);
                 let v = [0xffu8, 0xff, 0xff, 0xff];
                 s.splice(i..i, v);
             }

@@ -4,15 +4,16 @@
 //! (echoed to the serial port), and the guest's later writes show up through KVM's dirty log
 //! as small incremental updates.
 
+mod common;
 #[path = "vnc_client.rs"]
 mod vnc_client;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Sink;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::framebuffer::{Framebuffer, FramebufferConfig, FRAMEBUFFER_BASE};
 use vmm::vnc::{VncConfig, VncServer};
@@ -27,18 +28,6 @@ const STEP: u32 = 0x0001_0305;
 
 fn pattern(i: u32) -> u32 {
     i.wrapping_mul(STEP)
-}
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The guest: fill the framebuffer, print 'P', then echo every byte read from port 0x60 to
@@ -145,7 +134,7 @@ fn tiny_guest_screen_and_keyboard_over_vnc() {
     let control = vm.control();
     let run = std::thread::spawn(move || vm.run().unwrap());
     let deadline = Instant::now() + Duration::from_secs(120);
-    let serial = || sink.0.lock().unwrap().clone();
+    let serial = || sink.bytes();
     wait_for("the guest's pattern", deadline, || {
         serial().starts_with(b"P")
     });
