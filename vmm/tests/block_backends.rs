@@ -2,27 +2,21 @@
 //! discard/write-zeroes, read-only refusals, the read-only backing chain and open errors.
 
 mod block_util;
+mod common;
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use block_util::{make_qcow2_base, pattern, qemu_img, s, Rng};
+use block_util::{
+    base_and_overlay, open, pattern, qcow2_base_data, qemu_img_create, qemu_img_overlay, read_all,
+    s,
+};
+use common::Rng;
 use vmm::block::overlay::ensure_overlay;
 use vmm::block::{open_disk, BlockBackend, DiskError, DiskFormat, DiskOptions};
 
 const SIZE: u64 = 4 << 20;
 const CLUSTER: u64 = 65536;
-
-fn open(path: &Path, format: DiskFormat, read_only: bool) -> Box<dyn BlockBackend> {
-    open_disk(
-        path,
-        DiskOptions {
-            read_only,
-            format: Some(format),
-        },
-    )
-    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-}
 
 /// The images every generic test runs on, each with the content it starts with.
 fn images(dir: &Path) -> Vec<(&'static str, PathBuf, DiskFormat, Vec<u8>)> {
@@ -31,15 +25,9 @@ fn images(dir: &Path) -> Vec<(&'static str, PathBuf, DiskFormat, Vec<u8>)> {
     std::fs::write(&raw, &init).unwrap();
 
     let plain = dir.join("plain.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", s(&plain), &SIZE.to_string()]);
+    qemu_img_create(&plain, &SIZE.to_string());
 
-    let base = dir.join("base.qcow2");
-    make_qcow2_base(&base, SIZE);
-    let mut base_data = vec![0x5au8; (SIZE / 2) as usize];
-    base_data.resize(SIZE as usize, 0);
-    base_data[4096..104096].fill(0x11);
-    let over = dir.join("over.qcow2");
-    ensure_overlay(&base, &over, None).unwrap();
+    let (_, over) = base_and_overlay(dir, SIZE);
 
     let raw_base = dir.join("base.raw");
     let raw_base_data = pattern(2, SIZE as usize);
@@ -50,7 +38,12 @@ fn images(dir: &Path) -> Vec<(&'static str, PathBuf, DiskFormat, Vec<u8>)> {
     vec![
         ("raw", raw, DiskFormat::Raw, init),
         ("qcow2", plain, DiskFormat::Qcow2, vec![0; SIZE as usize]),
-        ("overlay on qcow2", over, DiskFormat::Qcow2, base_data),
+        (
+            "overlay on qcow2",
+            over,
+            DiskFormat::Qcow2,
+            qcow2_base_data(SIZE),
+        ),
         ("overlay on raw", over_raw, DiskFormat::Qcow2, raw_base_data),
     ]
 }
@@ -103,10 +96,10 @@ fn random_io_matches_model() {
     for (name, path, fmt, init) in images(dir.path()) {
         let base_before = (name == "overlay on raw").then(|| std::fs::read(&raw_base).unwrap());
         let model = exercise(name, open(&path, fmt, false).as_mut(), init);
-        let mut disk = open(&path, fmt, true);
-        let mut all = vec![0u8; SIZE as usize];
-        disk.read_at(&mut all, 0).unwrap();
-        assert!(all == model, "{name}: content after reopen differs");
+        assert!(
+            read_all(&path, fmt) == model,
+            "{name}: content after reopen differs"
+        );
         if let Some(before) = base_before {
             assert!(
                 std::fs::read(&raw_base).unwrap() == before,
@@ -148,10 +141,10 @@ fn raw_block_device() {
     let mut disk = open_disk(Path::new(&dev.0), DiskOptions::default()).unwrap();
     let model = exercise("block device", disk.as_mut(), init);
     drop(disk);
-    let mut disk = open(Path::new(&dev.0), DiskFormat::Raw, true);
-    let mut all = vec![0u8; SIZE as usize];
-    disk.read_at(&mut all, 0).unwrap();
-    assert!(all == model, "block device content after reopen differs");
+    assert!(
+        read_all(Path::new(&dev.0), DiskFormat::Raw) == model,
+        "block device content after reopen differs"
+    );
 }
 
 #[test]
@@ -228,17 +221,7 @@ fn backing_chain_is_opened_read_only() {
     let raw = d.join("bottom.raw");
     std::fs::write(&raw, pattern(3, SIZE as usize)).unwrap();
     let mid = d.join("mid.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        s(&raw),
-        "-F",
-        "raw",
-        s(&mid),
-    ]);
+    qemu_img_overlay(&raw, "raw", &mid);
     let top = d.join("top.qcow2");
     ensure_overlay(&mid, &top, None).unwrap();
 
@@ -279,24 +262,14 @@ fn open_errors_name_the_problem() {
     let base = d.join("base.raw");
     std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
     let over = d.join("over.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        s(&base),
-        "-F",
-        "raw",
-        s(&over),
-    ]);
+    qemu_img_overlay(&base, "raw", &over);
     std::fs::remove_file(&base).unwrap();
     let (e, m) = msg(&over, None);
     assert!(matches!(e, DiskError::BackingMissing { .. }), "{m}");
     assert!(m.contains("base.raw") && m.contains("restore"), "{m}");
 
     let img = d.join("v.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", s(&img), "1M"]);
+    qemu_img_create(&img, "1M");
     let pristine = std::fs::read(&img).unwrap();
     let patch = |at: usize, bytes: &[u8]| {
         let mut b = pristine.clone();
@@ -335,17 +308,7 @@ fn declared_raw_is_never_probed() {
     let secret = d.join("secret");
     std::fs::write(&secret, vec![0x42u8; 1 << 20]).unwrap();
     let evil = d.join("guest.img");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        s(&secret),
-        "-F",
-        "raw",
-        s(&evil),
-    ]);
+    qemu_img_overlay(&secret, "raw", &evil);
     let mut bytes = std::fs::read(&evil).unwrap();
     bytes.resize(1 << 20, 0);
     std::fs::write(&evil, &bytes).unwrap();

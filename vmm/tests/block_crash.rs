@@ -8,15 +8,17 @@
 //! named in `BERTH_CRASH_IMAGE`; without that variable `crash_child` does nothing.
 
 mod block_util;
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use block_util::{make_qcow2_base, qemu_img_check, to_raw, Rng};
+use block_util::{open, qcow2_base, qemu_img_check, to_raw};
+use common::Rng;
 use vmm::block::overlay::ensure_overlay;
-use vmm::block::{open_disk, DiskFormat, DiskOptions};
+use vmm::block::DiskFormat;
 
 const SIZE: u64 = 32 << 20;
 const SECTOR: usize = 512;
@@ -64,11 +66,7 @@ fn crash_child() {
         return;
     };
     let seed: u64 = std::env::var("BERTH_CRASH_SEED").unwrap().parse().unwrap();
-    let opts = DiskOptions {
-        read_only: false,
-        format: Some(DiskFormat::Qcow2),
-    };
-    let mut disk = open_disk(Path::new(&image), opts).unwrap();
+    let mut disk = open(Path::new(&image), DiskFormat::Qcow2, false);
     let mut out = std::io::stdout().lock();
     for op in ops(seed).take(1_000_000) {
         let (off, len) = (op.sector * SECTOR as u64, op.count * SECTOR as u64);
@@ -102,8 +100,7 @@ enum Content {
 fn sigkill_mid_storm_loses_no_flushed_write() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let base = d.join("base.qcow2");
-    make_qcow2_base(&base, SIZE);
+    let base = qcow2_base(d, SIZE);
     let base_data = to_raw(&base, "qcow2", d);
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();

@@ -3,36 +3,26 @@
 //! never written, and the overlay reuse rules and disk order hold.
 
 mod block_util;
+mod common;
 
 use std::path::Path;
 
 use block_util::{
-    info_field, make_qcow2_base, pattern, qemu_img, qemu_img_check, qemu_io, s, to_raw, Rng,
+    assert_check_clean, assert_same_content, base_and_overlay, info_field, make_qcow2_base, open,
+    pattern, qcow2_base, qemu_img, qemu_img_create, qemu_img_overlay, qemu_io, read_all, s, to_raw,
+    write_flushed,
 };
+use common::Rng;
 use vmm::block::overlay::{
     ensure_overlay, extra_disks, pet_overlay_path, root_device, OverlayState,
 };
-use vmm::block::{open_disk, BlockBackend, DiskError, DiskFormat, DiskOptions};
+use vmm::block::{BlockBackend, DiskError, DiskFormat};
 
 const SIZE: u64 = 8 << 20;
 
+/// Opens the qcow2 image `path` writable through berth.
 fn open_rw(path: &Path) -> Box<dyn BlockBackend> {
-    let opts = DiskOptions {
-        read_only: false,
-        format: Some(DiskFormat::Qcow2),
-    };
-    open_disk(path, opts).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn read_all(path: &Path, fmt: DiskFormat) -> Vec<u8> {
-    let opts = DiskOptions {
-        read_only: true,
-        format: Some(fmt),
-    };
-    let mut d = open_disk(path, opts).unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = vec![0u8; d.size() as usize];
-    d.read_at(&mut buf, 0).unwrap();
-    buf
+    open(path, DiskFormat::Qcow2, false)
 }
 
 #[test]
@@ -51,19 +41,8 @@ fn overlay_matches_qemu_img_create() {
             ensure_overlay(&base, &ours, None).unwrap(),
             OverlayState::Created
         );
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&base),
-            "-F",
-            fmt,
-            s(&theirs),
-        ]);
-        let (code, out) = qemu_img_check(&ours);
-        assert_eq!(code, 0, "{out}");
+        qemu_img_overlay(&base, fmt, &theirs);
+        assert_check_clean(&ours);
         let a = qemu_img(&["info", "--output=json", s(&ours)]);
         let b = qemu_img(&["info", "--output=json", s(&theirs)]);
         for key in [
@@ -89,7 +68,7 @@ fn overlay_matches_qemu_img_create() {
         assert_eq!(info_field(&a, "backing-filename-format").unwrap(), fmt);
         assert_eq!(info_field(&a, "cluster-size").unwrap(), "65536");
         // Same guest-visible content as the base.
-        qemu_img(&["compare", "-f", "qcow2", "-F", fmt, s(&ours), s(&base)]);
+        assert_same_content(&ours, &base, fmt);
     }
     // Nothing but the images is left in the directory (no temp files).
     let mut names: Vec<_> = std::fs::read_dir(d)
@@ -115,10 +94,7 @@ fn overlay_matches_qemu_img_create() {
 fn berth_writes_qemu_reads() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let base = d.join("base.qcow2");
-    make_qcow2_base(&base, SIZE);
-    let over = d.join("over.qcow2");
-    ensure_overlay(&base, &over, None).unwrap();
+    let (base, over) = base_and_overlay(d, SIZE);
     let mut reference = to_raw(&base, "qcow2", d);
 
     let mut disk = open_rw(&over);
@@ -144,9 +120,8 @@ fn berth_writes_qemu_reads() {
 
     let refpath = d.join("reference.raw");
     std::fs::write(&refpath, &reference).unwrap();
-    let (code, out) = qemu_img_check(&over);
-    assert_eq!(code, 0, "{out}");
-    qemu_img(&["compare", "-f", "qcow2", "-F", "raw", s(&over), s(&refpath)]);
+    assert_check_clean(&over);
+    assert_same_content(&over, &refpath, "raw");
 }
 
 /// qemu-io writes data, zero clusters and discards; qemu-img convert -c makes compressed
@@ -155,20 +130,9 @@ fn berth_writes_qemu_reads() {
 fn qemu_writes_berth_reads() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let base = d.join("base.qcow2");
-    make_qcow2_base(&base, SIZE);
+    let base = qcow2_base(d, SIZE);
     let over = d.join("over.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        s(&base),
-        "-F",
-        "qcow2",
-        s(&over),
-    ]);
+    qemu_img_overlay(&base, "qcow2", &over);
     qemu_io(
         "qcow2",
         &over,
@@ -190,8 +154,7 @@ fn qemu_writes_berth_reads() {
     // Compressed: every cluster of the flattened image goes through deflate.
     let comp = d.join("compressed.qcow2");
     qemu_img(&["convert", "-c", "-O", "qcow2", s(&over), s(&comp)]);
-    let (code, out) = qemu_img_check(&comp);
-    assert_eq!(code, 0, "{out}");
+    assert_check_clean(&comp);
     let info = qemu_img(&["check", "--output=json", s(&comp)]);
     let compressed: u64 = info_field(&info, "compressed-clusters")
         .unwrap()
@@ -203,11 +166,8 @@ fn qemu_writes_berth_reads() {
     // A compressed base under a berth overlay, with writes partly over compressed clusters.
     let top = d.join("top.qcow2");
     ensure_overlay(&comp, &top, None).unwrap();
-    let mut disk = open_rw(&top);
     let data = pattern(9, 100_000);
-    disk.write_at(&data, 30_000).unwrap();
-    disk.flush().unwrap();
-    drop(disk);
+    write_flushed(&top, 30_000, &data);
     let mut want = expect;
     want[30_000..130_000].copy_from_slice(&data);
     assert!(
@@ -224,8 +184,8 @@ fn qemu_writes_berth_reads() {
 fn base_is_never_written() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let base = d.join("base.qcow2");
-    make_qcow2_base(&base, SIZE);
+    let base = qcow2_base(d, SIZE);
+    // Taken before the overlay is made: making it must not touch the base either.
     let before = std::fs::read(&base).unwrap();
     let mtime = std::fs::metadata(&base).unwrap().modified().unwrap();
     let over = d.join("over.qcow2");
@@ -251,24 +211,15 @@ fn base_is_never_written() {
         "base content changed"
     );
     assert_eq!(std::fs::metadata(&base).unwrap().modified().unwrap(), mtime);
-    assert_eq!(qemu_img_check(&over).0, 0);
+    assert_check_clean(&over);
 }
 
 #[test]
 fn overlay_reuse_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let base = d.join("base.qcow2");
-    make_qcow2_base(&base, SIZE);
-    let over = d.join("pet.qcow2");
-    assert_eq!(
-        ensure_overlay(&base, &over, None).unwrap(),
-        OverlayState::Created
-    );
-    let mut disk = open_rw(&over);
-    disk.write_at(b"pet data", 12345).unwrap();
-    disk.flush().unwrap();
-    drop(disk);
+    let (base, over) = base_and_overlay(d, SIZE);
+    write_flushed(&over, 12345, b"pet data");
     // Reused, data kept, also when named through another path to the same base.
     let alias = d.join("alias.qcow2");
     std::os::unix::fs::symlink(&base, &alias).unwrap();
@@ -281,17 +232,7 @@ fn overlay_reuse_and_refusals() {
     assert_eq!(&buf, b"pet data");
     // An overlay made by qemu-img with a relative backing name is recognised too.
     let rel = d.join("rel.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        s(&rel),
-    ]);
+    qemu_img_overlay(Path::new("base.qcow2"), "qcow2", &rel);
     assert_eq!(
         ensure_overlay(&base, &rel, None).unwrap(),
         OverlayState::Reused
@@ -304,22 +245,12 @@ fn overlay_reuse_and_refusals() {
     assert!(e.to_string().contains("base.qcow2") && e.to_string().contains("other.qcow2"));
     // Recorded as raw but the base is qcow2: also a mismatch.
     let asraw = d.join("asraw.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        s(&base),
-        "-F",
-        "raw",
-        s(&asraw),
-    ]);
+    qemu_img_overlay(&base, "raw", &asraw);
     let e = ensure_overlay(&base, &asraw, None).unwrap_err();
     assert!(matches!(e, DiskError::BackingMismatch { .. }), "{e}");
 
     let flat = d.join("flat.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", s(&flat), "1M"]);
+    qemu_img_create(&flat, "1M");
     let e = ensure_overlay(&base, &flat, None).unwrap_err();
     assert!(e.to_string().contains("no backing file"), "{e}");
 

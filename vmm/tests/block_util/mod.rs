@@ -1,24 +1,13 @@
-//! Helpers shared by the block tests: temp dirs, qemu-img/qemu-io as the oracle, patterns.
+//! Helpers shared by the block tests: qemu-img/qemu-io as the oracle, test images, berth's
+//! backends opened for a test, patterns. A test using them also declares `mod common;`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A small deterministic PRNG (xorshift64*), so tests and child processes agree on data.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::common::Rng;
+use vmm::block::overlay::{ensure_overlay, OverlayState};
+use vmm::block::{open_disk, BlockBackend, DiskFormat, DiskOptions};
 
 /// `len` bytes of a pattern that differs per `seed` and per byte position.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -107,11 +96,43 @@ pub fn to_raw(img: &Path, fmt: &str, dir: &Path) -> Vec<u8> {
     data
 }
 
+/// Creates an empty qcow2 image of `size` (bytes, or with a suffix: `1M`) with qemu-img.
+pub fn qemu_img_create(path: &Path, size: &str) {
+    qemu_img(&["create", "-q", "-f", "qcow2", s(path), size]);
+}
+
+/// Creates with qemu-img a qcow2 overlay `over` on `backing` of format `backing_fmt`;
+/// `backing` is recorded as given (a relative one stays relative).
+pub fn qemu_img_overlay(backing: &Path, backing_fmt: &str, over: &Path) {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(backing),
+        "-F",
+        backing_fmt,
+        s(over),
+    ]);
+}
+
+/// Asserts that `qemu-img check` finds the qcow2 image clean: no corruption, no leaks.
+pub fn assert_check_clean(img: &Path) {
+    let (code, out) = qemu_img_check(img);
+    assert_eq!(code, 0, "qemu-img check {}: {out}", img.display());
+}
+
+/// Asserts with `qemu-img compare` that the qcow2 image `img` has the guest-visible content
+/// of `other`, an image of format `other_fmt`.
+pub fn assert_same_content(img: &Path, other: &Path, other_fmt: &str) {
+    qemu_img(&["compare", "-f", "qcow2", "-F", other_fmt, s(img), s(other)]);
+}
+
 /// Creates a qcow2 base of `size` bytes with qemu-img, with pattern data written by qemu-io
-/// in its first half (the second half stays unallocated).
+/// in its first half (the second half stays unallocated); its content is `qcow2_base_data`.
 pub fn make_qcow2_base(path: &Path, size: u64) {
-    let p = path.to_str().unwrap();
-    qemu_img(&["create", "-q", "-f", "qcow2", p, &size.to_string()]);
+    qemu_img_create(path, &size.to_string());
     qemu_io(
         "qcow2",
         path,
@@ -122,6 +143,58 @@ pub fn make_qcow2_base(path: &Path, size: u64) {
     );
 }
 
+/// The guest-visible content of a base made by `make_qcow2_base(_, size)`.
+pub fn qcow2_base_data(size: u64) -> Vec<u8> {
+    let mut data = vec![0x5au8; (size / 2) as usize];
+    data.resize(size as usize, 0);
+    data[4096..104_096].fill(0x11);
+    data
+}
+
+/// Makes `base.qcow2` in `dir` with `make_qcow2_base(_, size)` and returns its path.
+pub fn qcow2_base(dir: &Path, size: u64) -> PathBuf {
+    let base = dir.join("base.qcow2");
+    make_qcow2_base(&base, size);
+    base
+}
+
+/// In `dir`: `base.qcow2` made by `qcow2_base(_, size)` and berth's new overlay `over.qcow2`
+/// on it. Returns (base, overlay).
+pub fn base_and_overlay(dir: &Path, size: u64) -> (PathBuf, PathBuf) {
+    let base = qcow2_base(dir, size);
+    let over = dir.join("over.qcow2");
+    assert_eq!(
+        ensure_overlay(&base, &over, None).unwrap(),
+        OverlayState::Created
+    );
+    (base, over)
+}
+
+/// Opens `path` with berth's backend as `format`, panicking with the path on failure.
+pub fn open(path: &Path, format: DiskFormat, read_only: bool) -> Box<dyn BlockBackend> {
+    let opts = DiskOptions {
+        read_only,
+        format: Some(format),
+    };
+    open_disk(path, opts).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// The whole guest-visible content of `path`, read through berth's backend (opened read-only).
+pub fn read_all(path: &Path, format: DiskFormat) -> Vec<u8> {
+    let mut disk = open(path, format, true);
+    let mut buf = vec![0u8; disk.size() as usize];
+    disk.read_at(&mut buf, 0).unwrap();
+    buf
+}
+
+/// Writes `data` at `off` into the qcow2 image `path` through berth, flushes and closes it.
+pub fn write_flushed(path: &Path, off: u64, data: &[u8]) {
+    let mut disk = open(path, DiskFormat::Qcow2, false);
+    disk.write_at(data, off).unwrap();
+    disk.flush().unwrap();
+}
+
+/// The path as UTF-8, for command lines.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
