@@ -110,8 +110,10 @@ fi
 
 # --- payload.cpio + l1.cpio (berth and scenarios change often: checked on every call) ---------
 BUSYBOX=$(command -v busybox)
+# The scenarios' shell helpers (tests/lab/lib), installed as /lab/lib.
+LAB_LIB_DIR=$(cd "$GI_DIR/../tests/lab/lib" && pwd) || die "tests/lab/lib not found"
 pstamp_args=("$0" "$GI_DIR/lib.sh" "$GI_DIR/l1/init" "$BUSYBOX" "$L2_KERNEL" "$L2_INITRD"
-             "$qstamp" "$mstamp" "${BERTH_BIN:-no-berth}")
+             "$qstamp" "$mstamp" "${BERTH_BIN:-no-berth}" "$LAB_LIB_DIR"/*.sh)
 for line in "${plan_in[@]}"; do
     read -r path _ <<< "$line"
     pstamp_args+=("$line" "$path")
@@ -141,7 +143,8 @@ if fresh "$d/l1.cpio" "$pstamp" && { [ -z "${L1_OUTPUT:-}" ] || ln -f "$d/l1.cpi
 fi
 r=$tmp/payload
 mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,root,scratch,etc}
-mkdir -p "$r"/lab/{bin,l2,scenarios}
+mkdir -p "$r"/lab/{bin,l2,scenarios,lib}
+install -m 644 "$LAB_LIB_DIR"/*.sh "$r/lab/lib/"
 install -m 755 "$BUSYBOX" "$r/bin/busybox"
 "$BUSYBOX" --list-full | while read -r applet; do
     [ -e "$r/$applet" ] || ln -s /bin/busybox "$r/$applet"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import scenario as sc_mod
 from .console import Console, stream_process
+from .paths import LIB_DIR
 
 # Outer QEMU: TCG with an emulated SVM CPU, so L1's kvm_amd gives a real /dev/kvm.
 L1_APPEND = "console=ttyS0 panic=-1 quiet"
@@ -83,6 +84,7 @@ def scenario_env(berth: Path | None, l2: dict, scratch: Path, disks: dict | None
         "L2_INITRD": l2["L2_INITRD"],
         "SCRATCH": str(scratch),
         "LAB_MODE": "direct",
+        "LAB_LIB": str(LIB_DIR),
     }
 
 

@@ -10,6 +10,7 @@
 [ -n "${BENCH_REPEATS:-}" ] || { echo "SKIP: benchmark; run it with tests/bench/run"; exit 0; }
 [ -x "$BERTH" ] || { echo "BENCH-FAIL no berth binary in this lab image"; exit 1; }
 cd "$SCRATCH"
+. "$LAB_LIB/bench.sh"
 now_ms() { read -r up _ < /proc/uptime; echo $(( ${up%.*} * 1000 + 1${up#*.} * 10 - 1000 )); }
 
 timed() {  # vmm marker command... : prints BENCH lines for one run
@@ -31,8 +32,5 @@ while [ "$i" -lt "$BENCH_REPEATS" ]; do
         -no-user-config -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" \
         -initrd "$L2_INITRD" -append "$CMD reboot=t"
 done
-for v in berth qemu; do
-    n=$(grep -c L2-UP "out-$v.log")
-    [ "$n" = "$BENCH_REPEATS" ] || { echo "BENCH-FAIL $v reached L2-UP $n of $BENCH_REPEATS times"; tail -n 20 "out-$v.log"; }
-done
+for v in berth qemu; do bench_rounds "$v" L2-UP "" "reached L2-UP"; done
 echo "BENCH-DONE boot"

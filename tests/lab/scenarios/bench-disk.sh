@@ -12,6 +12,8 @@
 [ -x "$BERTH" ] || { echo "BENCH-FAIL no berth binary in this lab image"; exit 1; }
 MIB=${BENCH_MIB:-64}
 cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
+. "$LAB_LIB/bench.sh"
 echo "BENCH disk_mib - $MIB"
 
 mkdir -p s
@@ -30,8 +32,7 @@ while [ \$i -lt $BENCH_REPEATS ]; do
     i=\$((i + 1))
 done
 EOS
-(cd s && echo scenario.sh | cpio -o -H newc 2>/dev/null | gzip) > s.cpio
-cat "$L2_INITRD" s.cpio > initrd
+l2_initrd s initrd
 CMD="console=ttyS0 quiet panic=-1 l2.action=script l2.net=off"
 SIZE=$((MIB * BENCH_REPEATS + 16))
 
@@ -44,9 +45,7 @@ fresh() {  # a sparse raw base and a fresh qcow2 overlay on it (qemu-img compati
 report() {  # vmm
     sed -n 's/.*GUEST-DISK write_ms=\([0-9]*\) read_ms=\([0-9]*\).*/\1 \2/p' "out-$1.log" |
     while read -r w r; do echo "BENCH disk_write_ms $1 $w"; echo "BENCH disk_read_ms $1 $r"; done
-    n=$(grep -c GUEST-DISK "out-$1.log")
-    [ "$n" = "$BENCH_REPEATS" ] && ! grep -q GUEST-DD-FAIL "out-$1.log" ||
-        { echo "BENCH-FAIL $1: $n of $BENCH_REPEATS rounds"; tail -n 20 "out-$1.log"; }
+    bench_rounds "$1" GUEST-DISK GUEST-DD-FAIL "completed the disk round"
 }
 fresh
 "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 \

@@ -13,14 +13,14 @@
 [ -n "${BENCH_REPEATS:-}" ] || { echo "SKIP: benchmark; run it with tests/bench/run"; exit 0; }
 [ -x "$BERTH" ] || { echo "BENCH-FAIL no berth binary in this lab image"; exit 1; }
 cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
 
 mkdir -p s
 cat > s/scenario.sh <<'EOS'
 echo "GUEST-IDLE used_kb=$(awk '/^MemTotal:/ {t=$2} /^MemFree:/ {f=$2} END {print t-f}' /proc/meminfo)"
 sleep 600
 EOS
-(cd s && echo scenario.sh | cpio -o -H newc 2>/dev/null | gzip) > s.cpio
-cat "$L2_INITRD" s.cpio > initrd
+l2_initrd s initrd
 CMD="console=ttyS0 quiet panic=-1 l2.action=script l2.net=off"
 
 field() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$2/status"; }

@@ -14,6 +14,8 @@ IP=/usr/local/bin/ip2
 [ -x "$IP" ] || { echo "BENCH-FAIL no iproute2 ip in this lab image"; exit 1; }
 MIB=${BENCH_MIB:-64}
 cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
+. "$LAB_LIB/bench.sh"
 echo "BENCH net_mib - $MIB"
 
 $IP tuntap add dev bt0 mode tap || echo "BENCH-FAIL cannot create tap bt0"
@@ -38,16 +40,13 @@ while [ \$i -lt $BENCH_REPEATS ]; do
     i=\$((i + 1))
 done
 EOS
-(cd s && echo scenario.sh | cpio -o -H newc 2>/dev/null | gzip) > s.cpio
-cat "$L2_INITRD" s.cpio > initrd
+l2_initrd s initrd
 CMD="console=ttyS0 quiet panic=-1 l2.action=script l2.net=off"
 
 report() {  # vmm
     sed -n 's/.*GUEST-NET tx_ms=\([0-9]*\).*/\1/p' "out-$1.log" |
     while read -r t; do echo "BENCH net_tx_ms $1 $t"; done
-    n=$(grep -c GUEST-NET "out-$1.log")
-    [ "$n" = "$BENCH_REPEATS" ] && ! grep -q GUEST-NC-FAIL "out-$1.log" ||
-        { echo "BENCH-FAIL $1: $n of $BENCH_REPEATS transfers"; tail -n 20 "out-$1.log"; }
+    bench_rounds "$1" GUEST-NET GUEST-NC-FAIL "completed the transfer"
 }
 "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 --net tap=bt0 \
     --cmdline "$CMD reboot=k" </dev/null > out-berth.log 2>&1

@@ -15,6 +15,7 @@
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
 set -u
 cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
 
 # The base: 64 MiB whose first bytes say "base-image". The pet overlay sits on it.
 dd if=/dev/zero of=base.raw bs=1M count=64 2>/dev/null
@@ -23,14 +24,11 @@ before=$(md5sum base.raw | cut -d' ' -f1)
 "$BERTH" overlay create --backing "$SCRATCH/base.raw" pet.qcow2 || echo "OVERLAY-CREATE failed rc=$?"
 dd if=/dev/zero of=extra.img bs=1M count=8 2>/dev/null
 
-# The guest's part of each boot travels as /scenario.sh in a second initramfs appended to the
-# first (the kernel unpacks concatenated archives in order; compressed, so that the second one
-# need not start on the 4-byte boundary an uncompressed cpio needs).
+# The guest's part of each boot travels as /scenario.sh in a second initramfs (l2_initrd).
 with_script() {  # name, script text
     mkdir -p "s$1"
     printf '%s\n' "$2" > "s$1/scenario.sh"
-    (cd "s$1" && echo scenario.sh | cpio -o -H newc 2>/dev/null | gzip) > "s$1.cpio"
-    cat "$L2_INITRD" "s$1.cpio" > "initrd-$1"
+    l2_initrd "s$1" "initrd-$1"
 }
 with_script 1 '
 echo "DISK-SIZE vda=$(cat /sys/block/vda/size) vdb=$(cat /sys/block/vdb/size)"

@@ -18,8 +18,11 @@
 # reject: KVM internal error
 # reject: (?i)emergency mode
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
-IP=/usr/local/bin/ip2
-[ -x "$IP" ] && [ -x /usr/local/bin/dbclient ] || { [ "$LAB_MODE" = l1 ] && { echo "SKIP: no ip2/dbclient in this lab image"; exit 0; }; IP=ip; }
+. "$LAB_LIB/podnet.sh"
+if [ "$LAB_MODE" = l1 ]; then
+    [ -x /usr/local/bin/ip2 ] && [ -x /usr/local/bin/dbclient ] ||
+        { echo "SKIP: no ip2/dbclient in this lab image"; exit 0; }
+fi
 DBCLIENT=$(command -v /usr/local/bin/dbclient dbclient | head -n1)
 DROPBEARKEY=$(command -v /usr/local/bin/dropbearkey dropbearkey | head -n1)
 cd "$SCRATCH"
@@ -47,23 +50,8 @@ else
     size=$(stat -c %s "$img")
 fi
 
-# The pod and a client on its network, as in pod-network.sh.
-unshare -n sleep 100000 & POD=$!
-unshare -n sleep 100000 & CLIENT=$!
-sleep 0.5
-inpod() { nsenter -t "$POD" -n "$@"; }
-incl() { nsenter -t "$CLIENT" -n "$@"; }
-$IP link add veth-pod type veth peer name veth-cl
-$IP link set veth-pod netns "$POD"
-$IP link set veth-cl netns "$CLIENT"
-inpod $IP link set veth-pod name eth0
-inpod $IP link set lo up
-inpod $IP link set eth0 up
-inpod $IP addr add 10.78.0.2/24 dev eth0
-inpod $IP route add default via 10.78.0.1
-incl $IP link set lo up
-incl $IP link set veth-cl up
-incl $IP addr add 10.78.0.1/24 dev veth-cl
+# The pod's network namespace and a client on its network.
+pod_network 10.78.0
 
 # An HTTP server on the client side that serves the image once.
 incl sh -c "{ printf 'HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: $size\r\n\r\n'; cat '$img'; } | nc -l -p 8080 >/dev/null" &

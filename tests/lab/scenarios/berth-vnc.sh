@@ -10,6 +10,7 @@
 command -v nc >/dev/null || { echo "SKIP: no nc in this lab image"; exit 0; }
 set -u
 cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
 
 # L2 writes a line to the framebuffer console and waits for a line typed on it. ttyS0 comes
 # last on the command line so that /dev/console (the markers) stays on the serial port.
@@ -20,8 +21,7 @@ echo L2-VNC-READY
 read -r line < /dev/tty1
 echo "L2-VNC-KEYS $line"
 L2
-(cd s && echo scenario.sh | cpio -o -H newc 2>/dev/null | gzip) > s.cpio
-cat "$L2_INITRD" s.cpio > initrd
+l2_initrd s initrd
 
 "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --memory 256 --vnc 127.0.0.1:5900 \
     --cmdline "console=tty0 console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off" \

@@ -20,27 +20,13 @@
 # reject: Kernel panic
 # reject: KVM internal error
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
-IP=/usr/local/bin/ip2
-[ -x "$IP" ] || { echo "SKIP: no iproute2 ip in this lab image"; exit 0; }
+. "$LAB_LIB/podnet.sh"
+command -v "$IP" >/dev/null || { echo "SKIP: no iproute2 ip in this lab image"; exit 0; }
 cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
 
-# Two network namespaces held open by sleepers: the pod and a client on its network.
-unshare -n sleep 100000 & POD=$!
-unshare -n sleep 100000 & CLIENT=$!
-sleep 0.5
-inpod() { nsenter -t "$POD" -n "$@"; }
-incl() { nsenter -t "$CLIENT" -n "$@"; }
-$IP link add veth-pod type veth peer name veth-cl
-$IP link set veth-pod netns "$POD"
-$IP link set veth-cl netns "$CLIENT"
-inpod $IP link set veth-pod name eth0
-inpod $IP link set lo up
-inpod $IP link set eth0 mtu 1450 up
-inpod $IP addr add 10.77.0.2/24 dev eth0
-inpod $IP route add default via 10.77.0.1
-incl $IP link set lo up
-incl $IP link set veth-cl mtu 1450 up
-incl $IP addr add 10.77.0.1/24 dev veth-cl
+# The pod's network namespace and a client on its network (MTU 1450 like an overlay network).
+pod_network 10.77.0 1450
 
 mkdir -p root/image root/volumes
 dd if=/dev/zero of=root/volumes/data.img bs=1M count=8 2>/dev/null
@@ -61,8 +47,7 @@ echo "L2-DNS $(tr '\n' ' ' < /etc/resolv.conf | sed 's/ *$//')"
 echo "L2-HOSTNAME $(hostname)"
 sleep 600
 EOS
-(cd l2s && echo scenario.sh | cpio -o -H newc 2>/dev/null | gzip) > l2s.cpio
-cat "$L2_INITRD" l2s.cpio > initrd
+l2_initrd l2s initrd
 
 export BERTH_CONTROL_SOCKET=@berth-lab
 inpod env HOSTNAME=vm-0 BERTH_ROOT="$SCRATCH/root" RESOLV_CONF="$SCRATCH/resolv.conf" \
