@@ -23,4 +23,4 @@ pub use dhcp::{DhcpConfig, DhcpServer, Responder};
 pub use error::{Error, Result};
 pub use mac::MacAddr;
 pub use pod::{PodInfo, PodNetwork};
-pub use resolv::DnsConfig;
+pub use resolv::{DnsConfig, ResolvConf};

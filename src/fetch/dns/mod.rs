@@ -5,7 +5,7 @@
 //! Why not getaddrinfo: the pod image is FROM scratch and berth is linked statically, so glibc's
 //! NSS modules are not there to load; this resolver reads the same files itself.
 
-pub mod conf;
+pub mod hosts;
 pub mod wire;
 
 use std::hash::{BuildHasher, Hasher};
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use ureq::unversioned::resolver::ResolvedSocketAddrs;
 use ureq::unversioned::transport::NextTimeout;
 
-use conf::{hosts_lookup, ResolvConf};
+use hosts::hosts_lookup;
+use netplumb::ResolvConf;
 use wire::{encode_query, parse_answer, Answer, RCODE_NXDOMAIN, TYPE_A, TYPE_AAAA};
 
 /// Where the resolver reads its configuration, and the server port (53 except in tests).
@@ -104,14 +105,13 @@ impl Resolver {
         if !found.is_empty() {
             return Ok(found);
         }
-        let conf = match std::fs::read_to_string(&self.config.resolv_conf) {
-            Ok(text) => ResolvConf::parse(&text),
-            Err(_) => ResolvConf::default(),
-        };
+        // A missing or unreadable file means glibc's defaults.
+        let conf = ResolvConf::read(&self.config.resolv_conf).unwrap_or_default();
+        let servers = conf.resolver_nameservers();
         let tried = conf.candidates(host);
         let mut failure = None;
         for name in &tried {
-            match self.query_servers(&conf, name)? {
+            match self.query_servers(&conf, &servers, name)? {
                 Ok(Verdict::Addrs(addrs)) => return Ok(addrs),
                 Ok(Verdict::NoSuchName) => {}
                 Err(reason) => failure = Some(reason),
@@ -120,8 +120,7 @@ impl Resolver {
         match failure {
             Some(reason) => Err(DnsError::NoAnswer {
                 host: host.to_string(),
-                servers: conf
-                    .nameservers
+                servers: servers
                     .iter()
                     .map(|s| s.to_string())
                     .collect::<Vec<_>>()
@@ -135,15 +134,16 @@ impl Resolver {
         }
     }
 
-    /// Asks the servers in turn, `attempts` rounds, until one gives a verdict on `name`.
+    /// Asks `servers` in turn, `attempts` rounds, until one gives a verdict on `name`.
     fn query_servers(
         &self,
         conf: &ResolvConf,
+        servers: &[IpAddr],
         name: &str,
     ) -> Result<Result<Verdict, String>, DnsError> {
         let mut last = String::from("no nameserver");
         for _ in 0..conf.attempts {
-            for &ns in &conf.nameservers {
+            for &ns in servers {
                 let server = SocketAddr::new(ns, self.config.port);
                 match ask(server, name, conf.timeout) {
                     Ok(verdict) => return Ok(Ok(verdict)),
