@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use seed::{Format, Mac, Options, SeedError, Sources};
+use seed::{Format, MacAddr, MacParseError, Options, SeedError, Sources};
 
 use crate::exit::Failure;
 
@@ -61,7 +61,7 @@ fn build(args: SeedArgs) -> Result<String, Failure> {
         None => Format::default(),
     };
     let mac = match args.mac {
-        Some(m) => Some(m.parse::<Mac>().map_err(failure)?),
+        Some(m) => Some(m.parse::<MacAddr>().map_err(|e| bad_mac(&m, e))?),
         None => None,
     };
     let options = Options {
@@ -91,6 +91,15 @@ fn default_hostname() -> String {
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+
+/// A `--mac` that cannot be a NIC's MAC: bad input (exit code 8).
+fn bad_mac(value: &str, e: MacParseError) -> Failure {
+    let fix = match e {
+        MacParseError::Syntax => "give six hex pairs such as 52:54:00:12:34:56".to_string(),
+        other => other.to_string(),
+    };
+    Failure::Input(format!("invalid MAC address {value:?}; {fix}"))
 }
 
 fn failure(e: SeedError) -> Failure {

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::mac::MacAddr;
+use crate::{MacAddr, MacParseError};
 
 /// Default address the VM gets by DHCP.
 pub const DEFAULT_VM_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 2);
@@ -88,23 +88,15 @@ impl NetConfig {
             .filter(|v| !v.is_empty())
         {
             None => MacAddr::from_hostname(&hostname),
-            Some(v) => v
-                .parse()
-                .map_err(|e: crate::mac::MacParseError| Error::BadValue {
-                    var: "VM_MAC",
-                    value: v.into(),
-                    why: match e {
-                        crate::mac::MacParseError::Syntax => {
-                            "expected six hex bytes like 02:00:00:12:34:56"
-                        }
-                        crate::mac::MacParseError::Multicast => {
-                            "a multicast MAC cannot be a NIC's address"
-                        }
-                        crate::mac::MacParseError::Zero => {
-                            "the all-zero MAC cannot be a NIC's address"
-                        }
-                    },
-                })?,
+            Some(v) => v.parse().map_err(|e: MacParseError| Error::BadValue {
+                var: "VM_MAC",
+                value: v.into(),
+                why: match e {
+                    MacParseError::Syntax => "expected six hex bytes like 02:00:00:12:34:56",
+                    MacParseError::Multicast => "a multicast MAC cannot be a NIC's address",
+                    MacParseError::Zero => "the all-zero MAC cannot be a NIC's address",
+                },
+            })?,
         };
         let mut cfg = NetConfig {
             vm_ip: ip(env, "VM_IP", DEFAULT_VM_IP)?,

@@ -10,7 +10,6 @@
 pub mod config;
 pub mod dhcp;
 pub mod error;
-pub mod mac;
 pub mod nft;
 mod nlattr;
 pub mod pod;
@@ -21,6 +20,6 @@ pub mod tap;
 pub use config::NetConfig;
 pub use dhcp::{DhcpConfig, DhcpServer, Responder};
 pub use error::{Error, Result};
-pub use mac::MacAddr;
+pub use ethmac::{MacAddr, MacParseError};
 pub use pod::{PodInfo, PodNetwork};
 pub use resolv::{DnsConfig, ResolvConf};

@@ -15,8 +15,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
-use crate::mac::MacAddr;
 use crate::nlattr::NlBuf;
+use crate::MacAddr;
 
 /// What berth needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]

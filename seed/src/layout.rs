@@ -1,60 +1,20 @@
 //! The files of each drive format: paths, metadata documents and the network description.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
-
 use serde_json::json;
+use std::collections::BTreeMap;
 
 use crate::metadata::Metadata;
-use crate::{Format, SeedError};
+use crate::{Format, MacAddr};
 
 /// The config-drive versions written; cloud-init reads `latest` first.
 const CONFIG_DRIVE_VERSIONS: [&str; 2] = ["2012-08-10", "latest"];
-
-/// An Ethernet MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mac(pub [u8; 6]);
-
-impl FromStr for Mac {
-    type Err = SeedError;
-
-    /// Parses `52:54:00:12:34:56` (or with `-` separators), any case.
-    fn from_str(s: &str) -> Result<Self, SeedError> {
-        let bad = || SeedError::BadMac(s.to_string());
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut mac = [0u8; 6];
-        for (byte, part) in mac.iter_mut().zip(parts) {
-            if part.len() != 2 {
-                return Err(bad());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        Ok(Mac(mac))
-    }
-}
-
-impl fmt::Display for Mac {
-    /// Lowercase and colon-separated, the form cloud-init compares with.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
 
 /// The image's files (path -> contents) and its volume label.
 pub(crate) fn files(
     format: Format,
     metadata: &Metadata,
     userdata: Option<&[u8]>,
-    mac: Option<Mac>,
+    mac: Option<MacAddr>,
 ) -> (&'static str, BTreeMap<String, Vec<u8>>) {
     let mut files = BTreeMap::new();
     // Serialising a map of JSON values cannot fail.
@@ -88,7 +48,7 @@ pub(crate) fn files(
 }
 
 /// OpenStack `network_data.json`: one physical link, matched by MAC, configured by DHCP.
-fn network_data(mac: Mac) -> Vec<u8> {
+fn network_data(mac: MacAddr) -> Vec<u8> {
     let doc = json!({
         "links": [{
             "id": "eth0",
@@ -109,7 +69,7 @@ fn network_data(mac: Mac) -> Vec<u8> {
 }
 
 /// NoCloud network config version 2: DHCP on the NIC with `mac`.
-fn network_config(mac: Mac) -> String {
+fn network_config(mac: MacAddr) -> String {
     format!(
         "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{mac}\"\n    dhcp4: true\n"
     )
@@ -118,22 +78,6 @@ fn network_config(mac: Mac) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mac_parses_and_prints_lowercase() {
-        let mac: Mac = "52:54:00:AB:cd:0F".parse().unwrap();
-        assert_eq!(mac.to_string(), "52:54:00:ab:cd:0f");
-        assert_eq!("52-54-00-ab-cd-0f".parse::<Mac>().unwrap(), mac);
-        for bad in [
-            "",
-            "52:54:00:ab:cd",
-            "52:54:00:ab:cd:0f:11",
-            "5:54:00:ab:cd:0f",
-            "zz:54:00:ab:cd:0f",
-        ] {
-            assert!(bad.parse::<Mac>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn config_drive_layout() {

@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use layout::Mac;
+pub use ethmac::{MacAddr, MacParseError};
 pub use metadata::Metadata;
 
 /// Largest user data or metadata file accepted: 1 MiB, Kubernetes' own limit for a ConfigMap.
@@ -94,9 +94,6 @@ pub enum SeedError {
         /// What it is instead.
         found: &'static str,
     },
-    /// A MAC address that cannot be parsed.
-    #[error("invalid MAC address {0:?}; give six hex pairs such as 52:54:00:12:34:56")]
-    BadMac(String),
     /// A host name cloud-init cannot use.
     #[error("invalid host name {0:?}; use letters, digits, '-' and '.', at most 253 characters")]
     BadHostname(String),
@@ -162,7 +159,7 @@ pub struct Options {
     /// instance UUID.
     pub hostname: String,
     /// The VM NIC's MAC: when set, the drive describes DHCP on that NIC.
-    pub mac: Option<Mac>,
+    pub mac: Option<MacAddr>,
 }
 
 /// The seed files' contents, as read.

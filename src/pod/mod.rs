@@ -98,7 +98,7 @@ pub fn run() -> Result<ExitReason, Failure> {
     let options = seed::Options {
         format: cfg.seed_format,
         hostname: cfg.hostname.clone(),
-        mac: Some(seed::Mac(netcfg.vm_mac.0)),
+        mac: Some(netcfg.vm_mac),
     };
     if let Some(iso) = seed::build_drive(&sources, &options, &seed_out)
         .map_err(|e| Failure::Input(e.to_string()))?

@@ -12,8 +12,8 @@ use std::net::Ipv4Addr;
 pub use server::DhcpServer;
 
 use crate::config::NetConfig;
-use crate::mac::MacAddr;
 use crate::pod::PodInfo;
+use crate::MacAddr;
 use options::code;
 use wire::{build_frame, parse_frame, DhcpMessage};
 

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use super::{DhcpConfig, LeaseState, Responder};
 use crate::error::{Error, Result};
-use crate::mac::MacAddr;
+use crate::MacAddr;
 
 const ETH_P_IP: u16 = 0x0800;
 

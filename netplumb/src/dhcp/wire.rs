@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::options;
-use crate::mac::MacAddr;
+use crate::MacAddr;
 
 /// UDP port of the DHCP server.
 pub const SERVER_PORT: u16 = 67;

@@ -1,4 +1,11 @@
-//! Ethernet MAC addresses: parsing, printing, and a stable address derived from the hostname.
+//! Ethernet MAC addresses for berth: parsing, printing, and a stable address derived from the
+//! hostname.
+//!
+//! One type for every MAC berth handles: the pod network's (`netplumb`, `VM_MAC`, DHCP,
+//! bridge), the seed drive's network description (`seed`) and `berth vm --net`. It is a crate
+//! of its own so that `seed` can use it without netplumb's netlink dependencies.
+
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::str::FromStr;
@@ -68,7 +75,8 @@ pub enum MacParseError {
 impl FromStr for MacAddr {
     type Err = MacParseError;
 
-    /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`), accepting only unicast, non-zero addresses.
+    /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`; one or two hex digits a byte, any case, as
+    /// QEMU's `mac=` did for the original Berth), accepting only unicast, non-zero addresses.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let sep = if s.contains('-') { '-' } else { ':' };
@@ -96,6 +104,7 @@ impl FromStr for MacAddr {
 }
 
 impl fmt::Display for MacAddr {
+    /// Lowercase and colon-separated, the form cloud-init compares with.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         write!(
@@ -122,6 +131,24 @@ mod tests {
         assert_eq!(m.0, [0x02, 0xab, 0xcd, 0x0e, 0xf0, 0x01]);
         assert_eq!(m.to_string(), "02:ab:cd:0e:f0:01");
         assert_eq!("52-54-00-12-34-56".parse::<MacAddr>().unwrap().0[5], 0x56);
+        // The cases of seed's former `Mac`.
+        let mac: MacAddr = "52:54:00:AB:cd:0F".parse().unwrap();
+        assert_eq!(mac.to_string(), "52:54:00:ab:cd:0f");
+        assert_eq!("52-54-00-ab-cd-0f".parse::<MacAddr>().unwrap(), mac);
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:11",
+            "5:54:00:ab:cd:0f", // 05 is a multicast byte
+            "zz:54:00:ab:cd:0f",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        // seed's `Mac` wanted two digits a byte; `VM_MAC` (like QEMU's `mac=`) takes one.
+        assert_eq!(
+            "6:54:0:ab:cd:f".parse::<MacAddr>().unwrap().0,
+            [0x06, 0x54, 0, 0xab, 0xcd, 0x0f]
+        );
     }
 
     #[test]
