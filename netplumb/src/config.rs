@@ -59,14 +59,52 @@ impl Default for NetConfig {
     }
 }
 
-/// True when a flag variable such as `NO_VNC` is set. The original tested `[ -n "$NO_VNC" ]`,
-/// so any non-empty value (even "0") turns it on.
-fn flag(env: &HashMap<String, String>, var: &str) -> bool {
-    env.get(var).is_some_and(|v| !v.is_empty())
+/// The environment berth's entrypoint reads, with the contract's rules for a variable: one
+/// snapshot serves [`NetConfig::from_env_map`] and the `berth` binary's pod configuration.
+///
+/// Built from `std::env::vars().collect()`, or in tests from an array of pairs
+/// (`Env::from([("HOSTNAME", "vm-0")])`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    /// The value of `name` exactly as set; `None` when unset or empty.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The value of `name` without surrounding white space; `None` when unset or blank.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    /// True when a flag variable such as `NO_VNC` is set. The original tested
+    /// `[ -n "$NO_VNC" ]`, so any non-empty value (even "0") turns it on.
+    pub fn flag(&self, name: &str) -> bool {
+        self.raw(name).is_some()
+    }
 }
 
-fn ip(env: &HashMap<String, String>, var: &'static str, default: Ipv4Addr) -> Result<Ipv4Addr> {
-    match env.get(var).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Env {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(vars: I) -> Env {
+        Env(vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect())
+    }
+}
+
+impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Env {
+    fn from(vars: [(K, V); N]) -> Env {
+        vars.into_iter().collect()
+    }
+}
+
+fn ip(env: &Env, var: &'static str, default: Ipv4Addr) -> Result<Ipv4Addr> {
+    match env.value(var) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| Error::BadValue {
             var,
@@ -80,13 +118,9 @@ impl NetConfig {
     /// Builds a validated config from environment variables: `VM_IP`, `VM_GW`, `NO_VNC`,
     /// `NO_DHCP`, `VM_MAC`, `HOSTNAME`, and berth's own `POD_IFACE` (default eth0) and
     /// `RESOLV_CONF` (default /etc/resolv.conf).
-    pub fn from_env_map(env: &HashMap<String, String>) -> Result<NetConfig> {
-        let hostname = env.get("HOSTNAME").cloned().unwrap_or_default();
-        let vm_mac = match env
-            .get("VM_MAC")
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-        {
+    pub fn from_env_map(env: &Env) -> Result<NetConfig> {
+        let hostname = env.raw("HOSTNAME").unwrap_or_default().to_owned();
+        let vm_mac = match env.value("VM_MAC") {
             None => MacAddr::from_hostname(&hostname),
             Some(v) => v.parse().map_err(|e: MacParseError| Error::BadValue {
                 var: "VM_MAC",
@@ -101,16 +135,16 @@ impl NetConfig {
         let mut cfg = NetConfig {
             vm_ip: ip(env, "VM_IP", DEFAULT_VM_IP)?,
             vm_gw: ip(env, "VM_GW", DEFAULT_VM_GW)?,
-            no_vnc: flag(env, "NO_VNC"),
-            no_dhcp: flag(env, "NO_DHCP"),
+            no_vnc: env.flag("NO_VNC"),
+            no_dhcp: env.flag("NO_DHCP"),
             vm_mac,
             hostname,
             ..NetConfig::default()
         };
-        if let Some(v) = env.get("POD_IFACE").filter(|v| !v.is_empty()) {
-            cfg.pod_iface = v.clone();
+        if let Some(v) = env.raw("POD_IFACE") {
+            cfg.pod_iface = v.to_owned();
         }
-        if let Some(v) = env.get("RESOLV_CONF").filter(|v| !v.is_empty()) {
+        if let Some(v) = env.raw("RESOLV_CONF") {
             cfg.resolv_conf = v.into();
         }
         cfg.validate()?;
@@ -166,16 +200,22 @@ impl NetConfig {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    #[test]
+    fn env_values_flags_and_raw_values() {
+        let e = Env::from([("A", " x "), ("B", "  "), ("C", ""), ("D", "0")]);
+        assert_eq!((e.value("A"), e.raw("A")), (Some("x"), Some(" x ")));
+        assert_eq!((e.value("B"), e.raw("B")), (None, Some("  ")));
+        assert_eq!((e.value("C"), e.raw("C")), (None, None));
+        let flags = ["A", "B", "C", "D", "E"].map(|k| e.flag(k));
+        assert_eq!(flags, [true, true, false, true, false]);
+        let vars = [("A", " x "), ("B", "  "), ("C", ""), ("D", "0")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(vars.into_iter().collect::<Env>(), e);
     }
 
     #[test]
     fn defaults() {
-        let c = NetConfig::from_env_map(&env(&[("HOSTNAME", "vm-0")])).unwrap();
+        let c = NetConfig::from_env_map(&Env::from([("HOSTNAME", "vm-0")])).unwrap();
         assert_eq!(c.vm_ip, DEFAULT_VM_IP);
         assert_eq!(c.vm_gw, DEFAULT_VM_GW);
         assert!(!c.no_vnc && !c.no_dhcp);
@@ -186,7 +226,7 @@ mod tests {
 
     #[test]
     fn overrides() {
-        let c = NetConfig::from_env_map(&env(&[
+        let c = NetConfig::from_env_map(&Env::from([
             ("VM_IP", "10.1.1.5"),
             ("VM_GW", "10.1.1.6"),
             ("NO_VNC", "1"),
@@ -205,7 +245,7 @@ mod tests {
         assert_eq!(c.pod_iface, "net1");
         assert_eq!(c.resolv_conf, PathBuf::from("/tmp/r"));
         // Empty flags are unset, as in the original's `[ -n "$NO_VNC" ]`.
-        let c = NetConfig::from_env_map(&env(&[("NO_VNC", ""), ("NO_DHCP", "")])).unwrap();
+        let c = NetConfig::from_env_map(&Env::from([("NO_VNC", ""), ("NO_DHCP", "")])).unwrap();
         assert!(!c.no_vnc && !c.no_dhcp);
     }
 
@@ -218,11 +258,12 @@ mod tests {
             ("192.168.254.3", "192.168.254.1"), // broadcast address
             ("192.168.254.1", "192.168.254.3"),
         ] {
-            let e = NetConfig::from_env_map(&env(&[("VM_IP", ip), ("VM_GW", gw)])).unwrap_err();
+            let e =
+                NetConfig::from_env_map(&Env::from([("VM_IP", ip), ("VM_GW", gw)])).unwrap_err();
             assert!(matches!(e, Error::BadVmSubnet { .. }), "{ip} {gw}: {e}");
             assert!(e.to_string().contains("/30"));
         }
-        let ok = NetConfig::from_env_map(&env(&[
+        let ok = NetConfig::from_env_map(&Env::from([
             ("VM_IP", "192.168.254.1"),
             ("VM_GW", "192.168.254.2"),
         ]));
@@ -237,13 +278,13 @@ mod tests {
             ("VM_MAC", "01:00:00:00:00:01"),
             ("VM_MAC", "zz"),
         ] {
-            let e = NetConfig::from_env_map(&env(&[(k, v)])).unwrap_err();
+            let e = NetConfig::from_env_map(&Env::from([(k, v)])).unwrap_err();
             assert!(
                 matches!(e, Error::BadValue { var, .. } if var == k),
                 "{k}={v}: {e}"
             );
         }
-        let e = NetConfig::from_env_map(&env(&[("POD_IFACE", "a-very-long-interface-name")]))
+        let e = NetConfig::from_env_map(&Env::from([("POD_IFACE", "a-very-long-interface-name")]))
             .unwrap_err();
         assert!(matches!(e, Error::BadValue { .. }));
     }

@@ -1,9 +1,10 @@
 //! The entrypoint's configuration: the contract's environment variables and berth's own,
 //! validated together so every problem is reported at once, one line each.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use netplumb::config::Env;
 
 use crate::lifecycle;
 
@@ -46,15 +47,11 @@ pub struct PodConfig {
     pub vnc_password: bool,
 }
 
-fn var<'a>(env: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
-    env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty())
-}
-
 impl PodConfig {
     /// Reads and checks the variables; on failure returns every problem found.
-    pub fn from_env(env: &HashMap<String, String>) -> Result<PodConfig, Vec<String>> {
+    pub fn from_env(env: &Env) -> Result<PodConfig, Vec<String>> {
         let mut errs = Vec::new();
-        let hostname = match var(env, "HOSTNAME") {
+        let hostname = match env.value("HOSTNAME") {
             Some(h) if valid_hostname(h) => h.to_owned(),
             Some(h) => {
                 errs.push(format!(
@@ -72,55 +69,56 @@ impl PodConfig {
                 String::new()
             }
         };
-        let vcpus = match var(env, "IMG_VCPU").map(str::parse::<u8>) {
+        let vcpus = match env.value("IMG_VCPU").map(str::parse::<u8>) {
             None => DEFAULT_VCPUS,
             Some(Ok(n)) if (1..=vmm::arch::mptable::MAX_CPUS).contains(&n) => n,
             _ => {
                 errs.push(format!(
                     "IMG_VCPU={:?} is not a vCPU count from 1 to {}",
-                    env["IMG_VCPU"],
+                    env.raw("IMG_VCPU").unwrap_or_default(),
                     vmm::arch::mptable::MAX_CPUS
                 ));
                 DEFAULT_VCPUS
             }
         };
-        let ram_mb = match var(env, "IMG_RAM_MB").map(str::parse::<u64>) {
+        let ram_mb = match env.value("IMG_RAM_MB").map(str::parse::<u64>) {
             None => DEFAULT_RAM_MB,
             Some(Ok(n)) if (MIN_RAM_MB..=1 << 22).contains(&n) => n,
             _ => {
                 errs.push(format!(
                     "IMG_RAM_MB={:?} is not a memory size in MiB from {MIN_RAM_MB} to 4194304",
-                    env["IMG_RAM_MB"]
+                    env.raw("IMG_RAM_MB").unwrap_or_default()
                 ));
                 DEFAULT_RAM_MB
             }
         };
-        let kernel = var(env, "KERNEL").map(PathBuf::from);
-        let initrd = var(env, "INITRD").map(PathBuf::from);
-        let cmdline = env.get("KERNEL_CMDLINE").cloned().filter(|c| !c.is_empty());
-        let seed_format = match var(env, "SEED_FORMAT").map(str::parse::<seed::Format>) {
+        let kernel = env.value("KERNEL").map(PathBuf::from);
+        let initrd = env.value("INITRD").map(PathBuf::from);
+        let cmdline = env.raw("KERNEL_CMDLINE").map(str::to_owned);
+        let seed_format = match env.value("SEED_FORMAT").map(str::parse::<seed::Format>) {
             None => seed::Format::default(),
             Some(Ok(f)) => f,
             Some(Err(_)) => {
                 errs.push(format!(
                     "SEED_FORMAT={:?} is not config-2 or nocloud",
-                    env["SEED_FORMAT"]
+                    env.raw("SEED_FORMAT").unwrap_or_default()
                 ));
                 seed::Format::default()
             }
         };
-        let shutdown_timeout = match var(env, "BERTH_SHUTDOWN_TIMEOUT") {
+        let shutdown_timeout = match env.value("BERTH_SHUTDOWN_TIMEOUT") {
             None => Duration::from_secs(lifecycle::DEFAULT_SHUTDOWN_TIMEOUT),
             Some(v) => lifecycle::parse_timeout(v).unwrap_or_else(|e| {
                 errs.push(e);
                 Duration::from_secs(lifecycle::DEFAULT_SHUTDOWN_TIMEOUT)
             }),
         };
-        let root = PathBuf::from(var(env, "BERTH_ROOT").unwrap_or("/"));
+        let root = PathBuf::from(env.value("BERTH_ROOT").unwrap_or("/"));
         if !root.is_absolute() {
             errs.push(format!("BERTH_ROOT={:?} must be an absolute path", root));
         }
-        let control_socket = var(env, "BERTH_CONTROL_SOCKET")
+        let control_socket = env
+            .value("BERTH_CONTROL_SOCKET")
             .unwrap_or(DEFAULT_CONTROL_SOCKET)
             .to_owned();
         let cfg = PodConfig {
@@ -134,8 +132,8 @@ impl PodConfig {
             shutdown_timeout,
             root,
             control_socket,
-            no_vnc: env.get("NO_VNC").is_some_and(|v| !v.is_empty()),
-            vnc_password: var(env, "VNC_PASSWORD").is_some(),
+            no_vnc: env.flag("NO_VNC"),
+            vnc_password: env.value("VNC_PASSWORD").is_some(),
         };
         if errs.is_empty() {
             Ok(cfg)
@@ -181,20 +179,13 @@ fn valid_hostname(h: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
     fn defaults_and_values() {
-        let c = PodConfig::from_env(&env(&[("HOSTNAME", "vm-0")])).unwrap();
+        let c = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0")])).unwrap();
         assert_eq!((c.vcpus, c.ram_mb), (DEFAULT_VCPUS, DEFAULT_RAM_MB));
         assert_eq!(c.control_socket, DEFAULT_CONTROL_SOCKET);
         assert_eq!(c.path("/image"), PathBuf::from("/image"));
-        let c = PodConfig::from_env(&env(&[
+        let c = PodConfig::from_env(&Env::from([
             ("HOSTNAME", "vm-0"),
             ("IMG_VCPU", "4"),
             ("IMG_RAM_MB", "2048"),
@@ -211,7 +202,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported() {
-        let errs = PodConfig::from_env(&env(&[
+        let errs = PodConfig::from_env(&Env::from([
             ("IMG_VCPU", "0"),
             ("IMG_RAM_MB", "lots"),
             ("SEED_FORMAT", "iso"),
@@ -229,7 +220,7 @@ mod tests {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));
         }
-        let errs = PodConfig::from_env(&env(&[("HOSTNAME", "../x")])).unwrap_err();
+        let errs = PodConfig::from_env(&Env::from([("HOSTNAME", "../x")])).unwrap_err();
         assert!(errs[0].contains("HOSTNAME"));
     }
 }

@@ -9,11 +9,11 @@
 pub mod config;
 pub mod control;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use netplumb::config::Env;
 use netplumb::{DhcpServer, NetConfig, PodNetwork};
 use serde_json::json;
 use vmm::block::overlay::{ensure_overlay, extra_disks, pet_overlay_path, root_device};
@@ -39,7 +39,7 @@ fn log(msg: impl std::fmt::Display) {
 
 /// Runs the entrypoint until the VM ends.
 pub fn run() -> Result<ExitReason, Failure> {
-    let env: HashMap<String, String> = std::env::vars().collect();
+    let env: Env = std::env::vars().collect();
     let cfg = PodConfig::from_env(&env).map_err(|errs| Failure::Config(errs.join("\nberth: ")))?;
     let lc = Lifecycle::start(cfg.shutdown_timeout);
     log(format!("config: {}", cfg.summary()));
@@ -175,19 +175,13 @@ pub struct Console {
     server: VncServer,
 }
 
-fn start_vnc(
-    addr: std::net::SocketAddr,
-    env: &HashMap<String, String>,
-) -> Result<Console, Failure> {
+fn start_vnc(addr: std::net::SocketAddr, env: &Env) -> Result<Console, Failure> {
     let fb = Arc::new(
         Framebuffer::new(FramebufferConfig::default())
             .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
     );
     let mut config = VncConfig::new(addr);
-    config.password = env
-        .get("VNC_PASSWORD")
-        .filter(|p| !p.is_empty())
-        .map(|p| p.as_bytes().to_vec());
+    config.password = env.raw("VNC_PASSWORD").map(|p| p.as_bytes().to_vec());
     let server = VncServer::start(config, fb.clone(), None).map_err(|e| {
         Failure::Setup(format!(
             "cannot serve VNC on {addr}: {e}; free the port or set NO_VNC"
@@ -196,7 +190,7 @@ fn start_vnc(
     log(format!(
         "VNC console on {} ({})",
         server.local_addr(),
-        if env.get("VNC_PASSWORD").is_some_and(|p| !p.is_empty()) {
+        if env.raw("VNC_PASSWORD").is_some() {
             "password"
         } else {
             "no password"
