@@ -72,6 +72,11 @@ fn client_frame(
     f
 }
 
+/// A frame from the VM with only the message type option and no flags.
+fn vm_frame(ty: MessageType, ciaddr: Ipv4Addr) -> Vec<u8> {
+    client_frame(VM, ty, ciaddr, &[], 0)
+}
+
 /// Parses a reply frame (server -> client port) into (dst MAC, dst IP, message).
 fn reply(f: &[u8]) -> (MacAddr, Ipv4Addr, DhcpMessage) {
     assert_eq!(&f[6..12], &SERVER.0);
@@ -92,13 +97,7 @@ fn msg_type(m: &DhcpMessage) -> u8 {
 fn discover_gets_an_offer_with_every_option() {
     let mut r = Responder::new(config(), SERVER);
     let out = r
-        .handle(&client_frame(
-            VM,
-            MessageType::Discover,
-            Ipv4Addr::UNSPECIFIED,
-            &[],
-            0,
-        ))
+        .handle(&vm_frame(MessageType::Discover, Ipv4Addr::UNSPECIFIED))
         .unwrap();
     let (dmac, dip, m) = reply(&out);
     assert_eq!(
@@ -199,14 +198,8 @@ fn request_paths() {
     assert_eq!((m.yiaddr, m.option(code::DNS)), (z, None));
     // RENEWING: ciaddr set, unicast to it.
     let (dmac, dip, m) = reply(
-        &r.handle(&client_frame(
-            VM,
-            MessageType::Request,
-            ip("192.168.254.2"),
-            &[],
-            0,
-        ))
-        .unwrap(),
+        &r.handle(&vm_frame(MessageType::Request, ip("192.168.254.2")))
+            .unwrap(),
     );
     assert_eq!(
         (msg_type(&m), dmac, dip),
@@ -219,14 +212,8 @@ fn request_paths() {
 fn inform_release_decline() {
     let mut r = Responder::new(config(), SERVER);
     let (_, dip, m) = reply(
-        &r.handle(&client_frame(
-            VM,
-            MessageType::Inform,
-            ip("192.168.254.2"),
-            &[],
-            0,
-        ))
-        .unwrap(),
+        &r.handle(&vm_frame(MessageType::Inform, ip("192.168.254.2")))
+            .unwrap(),
     );
     assert_eq!(
         (msg_type(&m), dip, m.yiaddr),
@@ -242,32 +229,14 @@ fn inform_release_decline() {
         "no lease time in an INFORM answer"
     );
     assert!(m.option(code::DOMAIN_SEARCH).is_some());
-    r.handle(&client_frame(
-        VM,
-        MessageType::Discover,
-        Ipv4Addr::UNSPECIFIED,
-        &[],
-        0,
-    ));
+    r.handle(&vm_frame(MessageType::Discover, Ipv4Addr::UNSPECIFIED));
     assert_eq!(
-        r.handle(&client_frame(
-            VM,
-            MessageType::Decline,
-            Ipv4Addr::UNSPECIFIED,
-            &[],
-            0
-        )),
+        r.handle(&vm_frame(MessageType::Decline, Ipv4Addr::UNSPECIFIED)),
         None
     );
     assert_eq!(r.state(), LeaseState::Declined);
     assert_eq!(
-        r.handle(&client_frame(
-            VM,
-            MessageType::Release,
-            ip("192.168.254.2"),
-            &[],
-            0
-        )),
+        r.handle(&vm_frame(MessageType::Release, ip("192.168.254.2"))),
         None
     );
     assert_eq!(r.state(), LeaseState::Free);
@@ -288,16 +257,10 @@ fn other_clients_and_non_requests_are_ignored() {
         None
     );
     assert_eq!(
-        r.handle(&client_frame(
-            VM,
-            MessageType::Offer,
-            Ipv4Addr::UNSPECIFIED,
-            &[],
-            0
-        )),
+        r.handle(&vm_frame(MessageType::Offer, Ipv4Addr::UNSPECIFIED)),
         None
     );
-    let mut f = client_frame(VM, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[], 0);
+    let mut f = vm_frame(MessageType::Discover, Ipv4Addr::UNSPECIFIED);
     f[42] = 2; // BOOTREPLY
     assert_eq!(r.handle(&f), None);
     assert_eq!(r.state(), LeaseState::Free);
@@ -313,14 +276,8 @@ fn minimal_config_omits_empty_options() {
     };
     let mut r = Responder::new(cfg, SERVER);
     let (_, _, m) = reply(
-        &r.handle(&client_frame(
-            VM,
-            MessageType::Discover,
-            Ipv4Addr::UNSPECIFIED,
-            &[],
-            0,
-        ))
-        .unwrap(),
+        &r.handle(&vm_frame(MessageType::Discover, Ipv4Addr::UNSPECIFIED))
+            .unwrap(),
     );
     for c in [
         code::DNS,

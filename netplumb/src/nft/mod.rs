@@ -100,27 +100,26 @@ pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
         e.push(Expr::Verdict(Verdict::Return));
         out.push(("prerouting", e));
     }
-    let mut e = ip_addr_eq(16, spec.pod_ip).to_vec();
-    e.push(Expr::Immediate {
-        dreg: REG_1,
-        data: spec.vm_ip.octets().to_vec(),
-    });
-    e.push(Expr::Nat {
-        kind: NatKind::Dnat,
-        addr_reg: REG_1,
-    });
-    out.push(("prerouting", e));
-    let mut e = ip_addr_eq(12, spec.vm_ip).to_vec();
-    e.push(Expr::Immediate {
-        dreg: REG_1,
-        data: spec.pod_ip.octets().to_vec(),
-    });
-    e.push(Expr::Nat {
-        kind: NatKind::Snat,
-        addr_reg: REG_1,
-    });
-    out.push(("postrouting", e));
+    let dnat = nat(16, spec.pod_ip, NatKind::Dnat, spec.vm_ip);
+    let snat = nat(12, spec.vm_ip, NatKind::Snat, spec.pod_ip);
+    out.push(("prerouting", dnat));
+    out.push(("postrouting", snat));
     out
+}
+
+/// `ip daddr FROM dnat to TO` (offset 16, [`NatKind::Dnat`]) or `ip saddr FROM snat to TO`
+/// (offset 12, [`NatKind::Snat`]): the address match, `immediate` TO and `nat`.
+fn nat(offset: u32, from: Ipv4Addr, kind: NatKind, to: Ipv4Addr) -> Vec<Expr> {
+    let mut e = ip_addr_eq(offset, from).to_vec();
+    e.push(Expr::Immediate {
+        dreg: REG_1,
+        data: to.octets().to_vec(),
+    });
+    e.push(Expr::Nat {
+        kind,
+        addr_reg: REG_1,
+    });
+    e
 }
 
 /// A batch under construction: BATCH_BEGIN, the nf_tables messages, BATCH_END.
