@@ -117,20 +117,18 @@ impl Rtnl {
     pub fn link(&mut self, name: &str) -> Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.into()));
-        match self.request(
-            RouteNetlinkMessage::GetLink(msg),
-            0,
-            &format!("get link {name}"),
-        ) {
-            Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
-                _ => None,
-            })),
-            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let msgs = unless_errno(
+            self.request(
+                RouteNetlinkMessage::GetLink(msg),
+                0,
+                &format!("get link {name}"),
+            ),
+            libc::ENODEV,
+        )?;
+        Ok(msgs.into_iter().flatten().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+            _ => None,
+        }))
     }
 
     /// The IPv4 addresses (address, prefix length) of link `index`, primary first.
@@ -298,32 +296,24 @@ impl Rtnl {
         msg.attributes
             .push(AddressAttribute::Broadcast(bcast.into()));
         let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        match self.request(
+        let r = self.request(
             RouteNetlinkMessage::NewAddress(msg),
             flags,
             &format!("add {addr}/{prefix}"),
-        ) {
-            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(())
-            }
-            r => r.map(|_| ()),
-        }
+        );
+        unless_errno(r, libc::EEXIST).map(|_| ())
     }
 
     /// Deletes a link by index; a link that is already gone is not an error.
     pub fn delete_link(&mut self, index: u32) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self.request(
+        let r = self.request(
             RouteNetlinkMessage::DelLink(msg),
             NLM_F_ACK,
             &format!("delete link {index}"),
-        ) {
-            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
-                Ok(())
-            }
-            r => r.map(|_| ()),
-        }
+        );
+        unless_errno(r, libc::ENODEV).map(|_| ())
     }
 
     /// Deletes a link by name if it exists.
@@ -332,6 +322,16 @@ impl Rtnl {
             Some(l) => self.delete_link(l.index),
             None => Ok(()),
         }
+    }
+}
+
+/// A request's result with the kernel's answer `errno` (such as ENODEV for a link that is
+/// gone, EEXIST for an address that is there) taken as nothing to do: `Ok(None)`.
+fn unless_errno<T>(result: Result<T>, errno: i32) -> Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(errno) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
