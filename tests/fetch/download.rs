@@ -17,7 +17,7 @@ fn complete_download_with_sha256() {
         &[("IMG_SHA256", &sha_hex(&data))],
     );
     assert_eq!(run.ok(), s.image("c.qcow2"));
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
     assert_eq!(s.listing(), vec![".c.qcow2.lock", "c.qcow2"]);
     let err = run.stderr();
     assert!(err.contains("(100%) at "), "a final progress line: {err}");
@@ -43,7 +43,7 @@ fn interrupted_download_resumes_with_range() {
         &[("IMG_SHA256", &sha_hex(&data))],
     );
     run.ok();
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
     let seen = srv.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0].range, None);
@@ -70,7 +70,7 @@ fn stalled_download_times_out_and_resumes() {
         t.elapsed() < Duration::from_secs(5),
         "idle timeout, not the stall"
     );
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
     assert_eq!(srv.seen()[1].range.as_deref(), Some("bytes=500000-"));
 }
 
@@ -87,7 +87,7 @@ fn server_without_ranges_restarts() {
     let srv = Server::start(data.clone(), opts);
     let run = s.fetch(&srv.url("/img"), "c.qcow2", &[]);
     run.ok();
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
     let seen = srv.seen();
     assert_eq!(seen.len(), 2);
     assert!(seen[1].range.is_some(), "it asked to resume");
@@ -122,11 +122,7 @@ fn checksum_mismatch_leaves_no_image() {
 fn sigkill_mid_download_leaves_only_a_part_then_resumes() {
     let s = Scratch::new();
     let data = payload(LEN);
-    let opts = Opts {
-        trickle: Some((8 << 10, Duration::from_millis(10))),
-        ..Opts::default()
-    };
-    let srv = Server::start(data.clone(), opts);
+    let srv = Server::start(data.clone(), Opts::trickling());
     let mut child = s
         .cmd(&srv.url("/img"), "c.qcow2", &[])
         .stderr(Stdio::null())
@@ -148,7 +144,7 @@ fn sigkill_mid_download_leaves_only_a_part_then_resumes() {
         &[("IMG_SHA256", &sha_hex(&data))],
     );
     run.ok();
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
     let last = srv.seen().pop().unwrap();
     assert_eq!(last.range, Some(format!("bytes={left}-")));
     assert_eq!(s.listing(), vec![".c.qcow2.lock", "c.qcow2"]);
@@ -173,25 +169,21 @@ fn a_complete_part_is_committed_without_downloading_again() {
         "{}",
         run.stderr()
     );
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
     assert_eq!(srv.seen()[0].range, Some(format!("bytes={LEN}-")));
     assert_eq!(srv.seen().len(), 1);
     assert_eq!(s.listing(), vec![".c.qcow2.lock", "c.qcow2"]);
     // A part longer than the image is not complete: it starts over.
     std::fs::write(s.image(".d.qcow2.part"), payload(LEN + 10)).unwrap();
     s.fetch(&srv.url("/img"), "d.qcow2", &[]).ok();
-    assert_eq!(std::fs::read(s.image("d.qcow2")).unwrap(), data);
+    s.assert_image("d.qcow2", &data);
 }
 
 #[test]
 fn concurrent_fetchers_download_once() {
     let s = Scratch::new();
     let data = payload(LEN);
-    let opts = Opts {
-        trickle: Some((8 << 10, Duration::from_millis(10))),
-        ..Opts::default()
-    };
-    let srv = Server::start(data.clone(), opts);
+    let srv = Server::start(data.clone(), Opts::trickling());
     let url = srv.url("/img");
     let mut first = s
         .cmd(&url, "c.qcow2", &[])
@@ -208,7 +200,7 @@ fn concurrent_fetchers_download_once() {
     assert!(second.stderr().contains("waiting"), "{}", second.stderr());
     assert!(second.stderr().contains("downloaded by another process"));
     assert_eq!(srv.image_gets(), 1, "one download for both");
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
 }
 
 #[test]
@@ -249,7 +241,7 @@ fn redirects_are_followed_and_limited() {
     let data = payload(50_000);
     let srv = Server::start(data.clone(), Opts::default());
     s.fetch(&srv.url("/redirect-abs"), "c.qcow2", &[]).ok();
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
     let paths: Vec<String> = srv.seen().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, vec!["/redirect-abs", "/redirect", "/img"]);
     let err = s.fetch(&srv.url("/loop"), "d.qcow2", &[]).failed();

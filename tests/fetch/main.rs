@@ -60,6 +60,18 @@ impl Scratch {
             .expect("run berth fetch"))
     }
 
+    /// Asserts that the image directory's NAME holds exactly `data` (without printing MiBs of
+    /// bytes when it does not).
+    fn assert_image(&self, name: &str, data: &[u8]) {
+        let got = std::fs::read(self.image(name)).unwrap_or_else(|e| panic!("image/{name}: {e}"));
+        assert!(
+            got == data,
+            "image/{name} holds {} bytes that are not the {} bytes served",
+            got.len(),
+            data.len()
+        );
+    }
+
     /// Names in the image directory, sorted.
     fn listing(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.path("image"))

@@ -16,7 +16,7 @@ fn https_with_a_trusted_test_ca() {
     let ca = ca.to_str().unwrap();
     s.fetch(&srv.url("/img"), "c.qcow2", &[("SSL_CERT_FILE", ca)])
         .ok();
-    assert_eq!(std::fs::read(s.image("c.qcow2")).unwrap(), data);
+    s.assert_image("c.qcow2", &data);
     // By name, through the hosts file, checked against the certificate's DNS name.
     std::fs::write(s.path("hosts"), "127.0.0.1 localhost\n").unwrap();
     let url = format!("https://localhost:{}/img", srv.addr.port());
@@ -85,7 +85,7 @@ fn host_names_resolve_through_resolv_conf() {
         &env,
     )
     .ok();
-    assert_eq!(std::fs::read(s.image("a.qcow2")).unwrap(), data);
+    s.assert_image("a.qcow2", &data);
     // One dot is fewer than ndots: the search list comes first.
     s.fetch(&format!("http://img:{port}/img"), "b.qcow2", &env)
         .ok();

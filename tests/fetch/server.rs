@@ -39,6 +39,16 @@ impl Default for Opts {
     }
 }
 
+impl Opts {
+    /// A slow server (8 KiB every 10 ms), so a test can act while a download is under way.
+    pub fn trickling() -> Self {
+        Opts {
+            trickle: Some((8 << 10, Duration::from_millis(10))),
+            ..Opts::default()
+        }
+    }
+}
+
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
