@@ -3,11 +3,13 @@
 //! A device implements [`VirtioDevice`]: its identity, features, configuration space, and
 //! what to do when the driver sets DRIVER_OK ([`VirtioDevice::activate`]) or resets it. The
 //! transport in [`pci`] does everything else (feature negotiation, queue setup, notifications,
-//! MSI-X).
+//! MSI-X). An active device serves its queues on a thread of its own, run by [`worker`]: the
+//! device only says what to do when a queue or one of its file descriptors wakes it.
 
 pub mod block;
 pub mod net;
 pub mod pci;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -142,4 +144,22 @@ pub fn drain_queue(
         }
     }
     used && queue.needs_notification(mem).unwrap_or(true)
+}
+
+/// Test doubles shared by the device and worker tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::mpsc::Sender;
+
+    use super::VirtioInterrupt;
+
+    /// Sends the index of every queue the device interrupts.
+    pub struct ChannelInterrupt(pub Sender<u16>);
+
+    impl VirtioInterrupt for ChannelInterrupt {
+        fn notify_queue(&self, queue: u16) {
+            let _ = self.0.send(queue);
+        }
+        fn notify_config(&self) {}
+    }
 }

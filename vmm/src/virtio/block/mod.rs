@@ -5,18 +5,11 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
-use std::thread::JoinHandle;
-
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::{
-    features, read_config_bytes, types, ActivateContext, ActivateError, VirtioDevice,
-    VirtioInterrupt,
-};
+use super::worker::{QueueHandler, Wakeup, Worker, WorkerIo};
+use super::{features, read_config_bytes, types, ActivateContext, ActivateError, VirtioDevice};
 use crate::block::{BlockBackend, SECTOR_SIZE};
 use request::{Disk, MAX_SEGMENTS, MAX_SEGMENT_SECTORS};
 
@@ -35,16 +28,10 @@ const CONFIG_LEN: usize = 60;
 
 /// A virtio-blk device.
 pub struct Block {
-    disk: Option<Disk>,
+    worker: Worker<Disk>,
     features: u64,
     config: [u8; CONFIG_LEN],
-    worker: Option<Worker>,
     queue_sizes: [u16; 1],
-}
-
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<Disk>,
 }
 
 impl Block {
@@ -78,22 +65,10 @@ impl Block {
         put32(&mut config, 52, MAX_SEGMENTS); // max_write_zeroes_seg
         config[56] = 1; // write_zeroes_may_unmap
         Block {
-            disk: Some(disk),
+            worker: Worker::new("virtio-blk", disk),
             features,
             config,
-            worker: None,
             queue_sizes: [QUEUE_SIZE],
-        }
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.stop.write(1);
-            match w.thread.join() {
-                Ok(disk) => self.disk = Some(disk),
-                // The worker panicked: the disk is gone; the device stays unusable.
-                Err(_) => self.disk = None,
-            }
         }
     }
 }
@@ -121,36 +96,16 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let disk = self
-            .disk
-            .take()
-            .ok_or_else(|| ActivateError("disk unavailable after an earlier failure".into()))?;
-        let (Some(queue), Some(event)) = (
-            ctx.queues.into_iter().next(),
-            ctx.queue_events.into_iter().next(),
-        ) else {
-            self.disk = Some(disk);
-            return Err(ActivateError("virtio-blk needs one queue".into()));
-        };
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ActivateError(e.to_string()))?;
-        let stop2 = stop.try_clone().map_err(|e| ActivateError(e.to_string()))?;
-        let mem = ctx.mem;
-        let irq = ctx.interrupt;
-        let thread = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || serve(disk, queue, event, stop2, mem, irq))
-            .map_err(|e| ActivateError(e.to_string()))?;
-        self.worker = Some(Worker { stop, thread });
-        Ok(())
+        self.worker.start(ctx, |disk| disk)
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker.stop();
     }
 
     fn shutdown(&mut self) {
-        self.stop_worker();
-        if let Some(d) = self.disk.as_mut() {
+        self.worker.stop();
+        if let Some(d) = self.worker.backend_mut() {
             if !d.read_only {
                 let _ = d.backend.flush();
             }
@@ -163,51 +118,18 @@ pub fn process_queue(queue: &mut Queue, mem: &GuestMemoryMmap, disk: &mut Disk) 
     super::drain_queue(queue, mem, |chain| request::execute(mem, chain, disk))
 }
 
-fn serve(
-    mut disk: Disk,
-    mut queue: Queue,
-    event: EventFd,
-    stop: EventFd,
-    mem: GuestMemoryMmap,
-    irq: Arc<dyn VirtioInterrupt>,
-) -> Disk {
-    const QUEUE: u64 = 0;
-    const STOP: u64 = 1;
-    let Ok(epoll) = Epoll::new() else { return disk };
-    for (fd, token) in [(&event, QUEUE), (&stop, STOP)] {
-        let ev = EpollEvent::new(EventSet::IN, token);
-        if epoll
-            .ctl(
-                ControlOperation::Add,
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                ev,
-            )
-            .is_err()
-        {
-            return disk;
+/// The disk is its own worker handler: it serves the one request queue.
+impl QueueHandler for Disk {
+    type Backend = Disk;
+    const QUEUES: usize = 1;
+
+    fn serve(&mut self, wake: &Wakeup, io: &mut WorkerIo) {
+        if wake.queue(0) {
+            io.serve_queue(0, |queue, mem| process_queue(queue, mem, self));
         }
     }
-    // Requests queued before activation (the driver may kick early) are served at once.
-    let mut pending = true;
-    let mut events = vec![EpollEvent::default(); 2];
-    loop {
-        if pending {
-            let _ = event.read();
-            if process_queue(&mut queue, &mem, &mut disk) {
-                irq.notify_queue(0);
-            }
-        }
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return disk,
-        };
-        pending = false;
-        for ev in &events[..n] {
-            match ev.data() {
-                STOP => return disk,
-                _ => pending = true,
-            }
-        }
+
+    fn into_backend(self) -> Disk {
+        self
     }
 }

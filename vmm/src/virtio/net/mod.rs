@@ -7,19 +7,10 @@ pub mod tap;
 #[cfg(test)]
 mod tests;
 
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::os::fd::RawFd;
 
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
-
-use super::{
-    features, read_config_bytes, types, ActivateContext, ActivateError, VirtioDevice,
-    VirtioInterrupt,
-};
+use super::worker::{QueueHandler, Wakeup, Worker, WorkerIo};
+use super::{features, read_config_bytes, types, ActivateContext, ActivateError, VirtioDevice};
 use tap::{offload, NetBackend};
 
 /// Queue size offered for both queues.
@@ -65,10 +56,9 @@ pub fn tap_offloads(acked: u64) -> u32 {
 
 /// A virtio-net device.
 pub struct Net {
-    backend: Option<Box<dyn NetBackend>>,
+    worker: Worker<NetWorker>,
     features: u64,
     config: [u8; 12],
-    worker: Option<(EventFd, JoinHandle<Box<dyn NetBackend>>)>,
     queue_sizes: [u16; 2],
 }
 
@@ -98,18 +88,10 @@ impl Net {
         config[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
         config[10..12].copy_from_slice(&mtu.to_le_bytes());
         Net {
-            backend: Some(backend),
+            worker: Worker::new("virtio-net", backend),
             features,
             config,
-            worker: None,
             queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
-        }
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some((stop, thread)) = self.worker.take() {
-            let _ = stop.write(1);
-            self.backend = thread.join().ok();
         }
     }
 }
@@ -136,146 +118,86 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let mut backend = self
-            .backend
-            .take()
+        let backend = self
+            .worker
+            .backend_mut()
             .ok_or_else(|| ActivateError("network backend unavailable".into()))?;
-        let fail = |backend: Box<dyn NetBackend>, msg: String, me: &mut Self| {
-            me.backend = Some(backend);
-            Err(ActivateError(msg))
-        };
-        if let Err(e) = backend.set_offload(tap_offloads(ctx.acked_features)) {
-            return fail(backend, format!("tap offloads: {e}"), self);
-        }
-        let mut queues = ctx.queues.into_iter();
-        let mut events = ctx.queue_events.into_iter();
-        let (Some(rx), Some(tx), Some(rx_evt), Some(tx_evt)) =
-            (queues.next(), queues.next(), events.next(), events.next())
-        else {
-            return fail(backend, "virtio-net needs two queues".into(), self);
-        };
-        let stop = match EventFd::new(libc::EFD_NONBLOCK) {
-            Ok(s) => s,
-            Err(e) => return fail(backend, e.to_string(), self),
-        };
-        let stop2 = stop.try_clone().map_err(|e| ActivateError(e.to_string()))?;
-        let worker = Worker {
-            backend,
-            rx,
-            tx,
-            rx_evt,
-            tx_evt,
-            stop: stop2,
-            mem: ctx.mem,
-            irq: ctx.interrupt,
-            mergeable: ctx.acked_features & F_MRG_RXBUF != 0,
-        };
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || worker.run())
-            .map_err(|e| ActivateError(e.to_string()))?;
-        self.worker = Some((stop, thread));
-        Ok(())
+        backend
+            .set_offload(tap_offloads(ctx.acked_features))
+            .map_err(|e| ActivateError(format!("tap offloads: {e}")))?;
+        let mergeable = ctx.acked_features & F_MRG_RXBUF != 0;
+        self.worker
+            .start(ctx, |backend| NetWorker::new(backend, mergeable))
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker.stop();
     }
 }
 
-struct Worker {
+/// Queue and source indices of the worker.
+const RX: usize = 0;
+const TX: usize = 1;
+const TAP: usize = 0;
+
+/// The worker's state for one activation: the tap, what the guest accepted, and buffers kept
+/// across wakeups.
+struct NetWorker {
     backend: Box<dyn NetBackend>,
-    rx: Queue,
-    tx: Queue,
-    rx_evt: EventFd,
-    tx_evt: EventFd,
-    stop: EventFd,
-    mem: GuestMemoryMmap,
-    irq: Arc<dyn VirtioInterrupt>,
     mergeable: bool,
+    /// A received frame waiting for guest RX buffers.
+    pending: Option<Vec<u8>>,
+    tx_buf: Vec<u8>,
+    rx_buf: Vec<u8>,
 }
 
-const TOKEN_TAP: u64 = 0;
-const TOKEN_RX: u64 = 1;
-const TOKEN_TX: u64 = 2;
-const TOKEN_STOP: u64 = 3;
-
-impl Worker {
-    fn run(mut self) -> Box<dyn NetBackend> {
-        let Ok(epoll) = Epoll::new() else {
-            return self.backend;
-        };
-        let tap_fd = self.backend.as_raw_fd();
-        let fds = [
-            (tap_fd, TOKEN_TAP),
-            (self.rx_evt.as_raw_fd(), TOKEN_RX),
-            (self.tx_evt.as_raw_fd(), TOKEN_TX),
-            (self.stop.as_raw_fd(), TOKEN_STOP),
-        ];
-        for (fd, token) in fds {
-            if epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .is_err()
-            {
-                return self.backend;
-            }
+impl NetWorker {
+    fn new(backend: Box<dyn NetBackend>, mergeable: bool) -> Self {
+        NetWorker {
+            backend,
+            mergeable,
+            pending: None,
+            tx_buf: Vec::new(),
+            rx_buf: vec![0u8; datapath::MAX_FRAME],
         }
-        let mut pending: Option<Vec<u8>> = None;
-        // While the guest has no RX buffers the tap is left out of epoll, so a full guest does
-        // not wake the worker for every frame the host sends.
-        let mut tap_watched = true;
-        let mut tx_buf = Vec::new();
-        let mut rx_buf = vec![0u8; datapath::MAX_FRAME];
-        let mut events = vec![EpollEvent::default(); 4];
-        // Work queued before activation is picked up at once.
-        let mut work = [true, true, true];
-        loop {
-            if work[TOKEN_TX as usize] {
-                let _ = self.tx_evt.read();
-                if datapath::transmit(&mut self.tx, &self.mem, self.backend.as_mut(), &mut tx_buf) {
-                    self.irq.notify_queue(1);
-                }
-            }
-            if work[TOKEN_TAP as usize] || work[TOKEN_RX as usize] {
-                let _ = self.rx_evt.read();
-                let (irq, drained) = datapath::receive_with(
-                    &mut self.rx,
-                    &self.mem,
+    }
+}
+
+impl QueueHandler for NetWorker {
+    type Backend = Box<dyn NetBackend>;
+    const QUEUES: usize = 2;
+
+    fn sources(&self) -> Vec<RawFd> {
+        vec![self.backend.as_raw_fd()]
+    }
+
+    fn serve(&mut self, wake: &Wakeup, io: &mut WorkerIo) {
+        if wake.queue(TX) {
+            io.serve_queue(TX, |queue, mem| {
+                datapath::transmit(queue, mem, self.backend.as_mut(), &mut self.tx_buf)
+            });
+        }
+        if wake.source(TAP) || wake.queue(RX) {
+            let mut drained = true;
+            io.serve_queue(RX, |queue, mem| {
+                let (irq, d) = datapath::receive_with(
+                    queue,
+                    mem,
                     self.backend.as_mut(),
                     self.mergeable,
-                    &mut pending,
-                    &mut rx_buf,
+                    &mut self.pending,
+                    &mut self.rx_buf,
                 );
-                if irq {
-                    self.irq.notify_queue(0);
-                }
-                let want = drained;
-                if want != tap_watched {
-                    let op = if want {
-                        ControlOperation::Add
-                    } else {
-                        ControlOperation::Delete
-                    };
-                    let _ = epoll.ctl(op, tap_fd, EpollEvent::new(EventSet::IN, TOKEN_TAP));
-                    tap_watched = want;
-                }
-            }
-            work = [false; 3];
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.backend,
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_STOP => return self.backend,
-                    t => work[t as usize] = true,
-                }
-            }
+                drained = d;
+                irq
+            });
+            // While the guest has no RX buffers the tap is left out of epoll, so a full guest
+            // does not wake the worker for every frame the host sends.
+            io.watch_source(TAP, drained);
         }
+    }
+
+    fn into_backend(self) -> Box<dyn NetBackend> {
+        self.backend
     }
 }
