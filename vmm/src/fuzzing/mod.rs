@@ -32,8 +32,7 @@ use crate::virtio::net::datapath::{self, Delivery, MAX_FRAME};
 use crate::virtio::net::tap::{NetBackend, VNET_HDR_LEN};
 use crate::virtio::pci::{IoEvents, VirtioPci, BAR_SIZE};
 use crate::virtio::{
-    features, read_config_bytes, status, ActivateContext, ActivateError, VirtioDevice,
-    VirtioInterrupt,
+    features, status, ActivateContext, ActivateError, DeviceInfo, VirtioDevice, VirtioInterrupt,
 };
 
 /// Guest memory the queue harnesses use: two adjacent regions, so buffers may straddle them.

@@ -64,29 +64,16 @@ const FAKE_FEATURES: u64 = features::VERSION_1 | features::RING_EVENT_IDX | 1;
 
 /// A virtio device that checks what the transport hands it.
 struct FakeDevice {
-    tag: u8,
-    queue_sizes: Vec<u16>,
-    config: [u8; 16],
+    /// Type 0x20 + tag, FAKE_FEATURES, 16 bytes of configuration space.
+    info: DeviceInfo,
     fail_activate: bool,
     active: bool,
     interrupt: InterruptSlot,
 }
 
 impl VirtioDevice for FakeDevice {
-    fn device_type(&self) -> u32 {
-        0x20 + u32::from(self.tag)
-    }
-    fn pci_class(&self) -> (u8, u8, u8) {
-        (0xff, 0, 0)
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-    fn features(&self) -> u64 {
-        FAKE_FEATURES
-    }
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+    fn info(&self) -> &DeviceInfo {
+        &self.info
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Bytes 0-3 are the device's tag and stay; the rest is writable.
@@ -96,21 +83,18 @@ impl VirtioDevice for FakeDevice {
                 .and_then(|o| o.checked_add(i))
                 .filter(|o| (4..16).contains(o))
             {
-                self.config[o] = *b;
+                self.info.config[o] = *b;
             }
         }
     }
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         assert!(!self.active, "activated twice without a reset");
-        assert_eq!(ctx.queues.len(), self.queue_sizes.len(), "queue count");
-        assert_eq!(
-            ctx.queue_events.len(),
-            self.queue_sizes.len(),
-            "event count"
-        );
+        let sizes = &self.info.queue_sizes;
+        assert_eq!(ctx.queues.len(), sizes.len(), "queue count");
+        assert_eq!(ctx.queue_events.len(), sizes.len(), "event count");
         assert_eq!(ctx.acked_features & !FAKE_FEATURES, 0, "unoffered feature");
         assert_ne!(ctx.acked_features & features::VERSION_1, 0, "legacy driver");
-        for (q, max) in ctx.queues.iter().zip(&self.queue_sizes) {
+        for (q, max) in ctx.queues.iter().zip(sizes) {
             assert!(q.size() <= *max, "queue larger than offered");
             if q.ready() {
                 assert!(q.is_valid(&ctx.mem), "invalid ready queue handed over");
@@ -191,10 +175,15 @@ impl Rig {
         let mut devices = Vec::new();
         for i in 0..ndev {
             let slot: InterruptSlot = Arc::default();
+            let tag = 0xa0 + i as u8;
             let dev = FakeDevice {
-                tag: 0xa0 + i as u8,
-                queue_sizes: (0..nqueues).map(|q| 256 >> q).collect(),
-                config: [0xa0 + i as u8; 16],
+                info: DeviceInfo {
+                    device_type: 0x20 + u32::from(tag),
+                    pci_class: (0xff, 0, 0),
+                    queue_sizes: (0..nqueues).map(|q| 256 >> q).collect(),
+                    features: FAKE_FEATURES,
+                    config: vec![tag; 16],
+                },
                 fail_activate,
                 active: false,
                 interrupt: slot.clone(),

@@ -1,10 +1,11 @@
 //! Virtio devices and their PCI transport.
 //!
-//! A device implements [`VirtioDevice`]: its identity, features, configuration space, and
-//! what to do when the driver sets DRIVER_OK ([`VirtioDevice::activate`]) or resets it. The
-//! transport in [`pci`] does everything else (feature negotiation, queue setup, notifications,
-//! MSI-X). An active device serves its queues on a thread of its own, run by [`worker`]: the
-//! device only says what to do when a queue or one of its file descriptors wakes it.
+//! A device implements [`VirtioDevice`]: its identity, features and configuration space (one
+//! [`DeviceInfo`]), and what to do when the driver sets DRIVER_OK ([`VirtioDevice::activate`])
+//! or resets it. The transport in [`pci`] does everything else (feature negotiation, queue
+//! setup, notifications, MSI-X). An active device serves its queues on a thread of its own,
+//! run by [`worker`]: the device only says what to do when a queue or one of its file
+//! descriptors wakes it.
 
 pub mod block;
 pub mod net;
@@ -78,18 +79,46 @@ pub struct ActivateContext {
 #[error("cannot activate virtio device: {0}")]
 pub struct ActivateError(pub String);
 
-/// A virtio device model.
-pub trait VirtioDevice: Send {
+/// What the driver sees of a device before starting it.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
     /// Device type (see [`types`]).
-    fn device_type(&self) -> u32;
-    /// PCI class code for the device (class, subclass, programming interface).
-    fn pci_class(&self) -> (u8, u8, u8);
+    pub device_type: u32,
+    /// PCI class code (class, subclass, programming interface).
+    pub pci_class: (u8, u8, u8),
     /// Maximum size of each queue; the length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    pub queue_sizes: Vec<u16>,
     /// Features the device offers.
-    fn features(&self) -> u64;
+    pub features: u64,
+    /// The device-specific configuration space.
+    pub config: Vec<u8>,
+}
+
+/// A virtio device model. The transport asks it for its identity through the provided methods,
+/// which read [`VirtioDevice::info`].
+pub trait VirtioDevice: Send {
+    /// Identity, queues, features and configuration space.
+    fn info(&self) -> &DeviceInfo;
+    /// Device type (see [`types`]).
+    fn device_type(&self) -> u32 {
+        self.info().device_type
+    }
+    /// PCI class code for the device (class, subclass, programming interface).
+    fn pci_class(&self) -> (u8, u8, u8) {
+        self.info().pci_class
+    }
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.info().queue_sizes
+    }
+    /// Features the device offers.
+    fn features(&self) -> u64 {
+        self.info().features
+    }
     /// Reads the device-specific configuration space.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.info().config, offset, data);
+    }
     /// Writes the device-specific configuration space (ignored by default).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts the device with the queues the driver set up.

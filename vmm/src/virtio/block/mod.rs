@@ -9,7 +9,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::worker::{QueueHandler, Wakeup, Worker, WorkerIo};
-use super::{features, read_config_bytes, types, ActivateContext, ActivateError, VirtioDevice};
+use super::{features, types, ActivateContext, ActivateError, DeviceInfo, VirtioDevice};
 use crate::block::{BlockBackend, SECTOR_SIZE};
 use request::{Disk, MAX_SEGMENTS, MAX_SEGMENT_SECTORS};
 
@@ -28,10 +28,8 @@ const CONFIG_LEN: usize = 60;
 
 /// A virtio-blk device.
 pub struct Block {
+    info: DeviceInfo,
     worker: Worker<Disk>,
-    features: u64,
-    config: [u8; CONFIG_LEN],
-    queue_sizes: [u16; 1],
 }
 
 impl Block {
@@ -65,34 +63,22 @@ impl Block {
         put32(&mut config, 52, MAX_SEGMENTS); // max_write_zeroes_seg
         config[56] = 1; // write_zeroes_may_unmap
         Block {
+            info: DeviceInfo {
+                device_type: types::BLOCK,
+                // Mass storage, SCSI: what virtio-blk has always reported.
+                pci_class: (0x01, 0x00, 0x00),
+                queue_sizes: vec![QUEUE_SIZE],
+                features,
+                config: config.to_vec(),
+            },
             worker: Worker::new("virtio-blk", disk),
-            features,
-            config,
-            queue_sizes: [QUEUE_SIZE],
         }
     }
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        types::BLOCK
-    }
-
-    fn pci_class(&self) -> (u8, u8, u8) {
-        // Mass storage, SCSI: what virtio-blk has always reported.
-        (0x01, 0x00, 0x00)
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+    fn info(&self) -> &DeviceInfo {
+        &self.info
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

@@ -10,7 +10,7 @@ mod tests;
 use std::os::fd::RawFd;
 
 use super::worker::{QueueHandler, Wakeup, Worker, WorkerIo};
-use super::{features, read_config_bytes, types, ActivateContext, ActivateError, VirtioDevice};
+use super::{features, types, ActivateContext, ActivateError, DeviceInfo, VirtioDevice};
 use tap::{offload, NetBackend};
 
 /// Queue size offered for both queues.
@@ -56,10 +56,8 @@ pub fn tap_offloads(acked: u64) -> u32 {
 
 /// A virtio-net device.
 pub struct Net {
+    info: DeviceInfo,
     worker: Worker<NetWorker>,
-    features: u64,
-    config: [u8; 12],
-    queue_sizes: [u16; 2],
 }
 
 impl Net {
@@ -88,33 +86,21 @@ impl Net {
         config[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
         config[10..12].copy_from_slice(&mtu.to_le_bytes());
         Net {
+            info: DeviceInfo {
+                device_type: types::NET,
+                pci_class: (0x02, 0x00, 0x00),
+                queue_sizes: vec![QUEUE_SIZE, QUEUE_SIZE],
+                features,
+                config: config.to_vec(),
+            },
             worker: Worker::new("virtio-net", backend),
-            features,
-            config,
-            queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
         }
     }
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        types::NET
-    }
-
-    fn pci_class(&self) -> (u8, u8, u8) {
-        (0x02, 0x00, 0x00)
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+    fn info(&self) -> &DeviceInfo {
+        &self.info
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
