@@ -110,16 +110,9 @@ pub fn virtio_blk_request(data: &[u8]) -> BlkReport {
     let blk = input.u8();
     let sectors = input.u8();
     let extra = input.u8();
-    let mut spec = QueueSpec {
-        layout: parse_layout(flags, &mut input),
-        event_idx: flags & queue_flags::EVENT_IDX != 0,
-        start,
-    };
-    let mem = guest_memory(input.rest());
-    let Some(mut queue) = build_queue(&mem, &mut spec) else {
+    let Some(mut rig) = QueueRig::new(flags, start, input) else {
         return BlkReport::default();
     };
-    let layout = spec.layout;
     let read_only = blk & blk_flags::READ_ONLY != 0;
     let violations = Violations::default();
     let backend = MemDisk {
@@ -132,22 +125,20 @@ pub fn virtio_blk_request(data: &[u8]) -> BlkReport {
     };
     let mut disk = Disk::new(Box::new(backend), read_only, "fuzz-serial");
 
-    let chains = survey(&queue, &mem);
-    let isolated = writes_are_isolated(&chains, &metadata(&layout, &mem));
+    let chains = survey(&rig.queue, &rig.mem);
+    let isolated = writes_are_isolated(&chains, &metadata(&rig.layout, &rig.mem));
 
-    let notify = process_queue(&mut queue, &mem, &mut disk);
+    let notify = process_queue(&mut rig.queue, &rig.mem, &mut disk);
 
     let v = violations.lock().unwrap();
     assert!(v.is_empty(), "backend misuse: {v:?}");
-    let popped = queue.next_avail().wrapping_sub(start);
-    let used = queue.next_used().wrapping_sub(start);
-    assert!(
-        used <= popped && popped - used <= 1,
-        "popped {popped} chains but used {used}"
-    );
-    assert!(!notify || used > 0, "notification without used buffers");
+    let (popped, used) = rig.check_drained(notify);
     if used > 0 && used == popped {
-        assert_eq!(used_idx(&mem, &layout), queue.next_used(), "used.idx");
+        assert_eq!(
+            used_idx(&rig.mem, &rig.layout),
+            rig.queue.next_used(),
+            "used.idx"
+        );
     }
     let mut report = BlkReport {
         ran: true,
@@ -157,24 +148,18 @@ pub fn virtio_blk_request(data: &[u8]) -> BlkReport {
     if !isolated {
         return report;
     }
-    assert!(
-        usize::from(popped) <= chains.len(),
-        "popped {popped} chains, only {} available",
-        chains.len()
-    );
-    for (k, chain) in chains.iter().take(usize::from(used)).enumerate() {
-        let (id, len) = used_elem(&mem, &layout, start.wrapping_add(k as u16));
-        assert_eq!(
-            id,
-            u32::from(chain.head),
-            "used entry {k} names another chain"
-        );
+    let mem = &rig.mem;
+    for (k, (chain, len)) in rig
+        .used_entries(&chains, (popped, used))
+        .into_iter()
+        .enumerate()
+    {
         assert!(
             u64::from(len) <= chain.writable_bytes(),
             "used length {len} > {} writable bytes",
             chain.writable_bytes()
         );
-        if chain.in_memory(&mem) && chain.writable_bytes() > 0 {
+        if chain.in_memory(mem) && chain.writable_bytes() > 0 {
             assert!(len > 0, "well-formed chain {k} left unanswered: {chain:?}");
         }
         if len > 0 {

@@ -119,13 +119,6 @@ impl QueueLayout {
     }
 }
 
-/// The queue header shared by the blk and net inputs.
-struct QueueSpec {
-    layout: QueueLayout,
-    event_idx: bool,
-    start: u16,
-}
-
 /// Flag bits of byte 0 of a queue harness input.
 pub mod queue_flags {
     /// log2 of the queue size (capped at 8).
@@ -165,28 +158,86 @@ fn guest_memory(image: &[u8]) -> GuestMemoryMmap {
     mem
 }
 
-/// A ready queue as the transport would hand it to a device, or None if the transport would
-/// refuse it (misaligned or outside memory).
-fn build_queue(mem: &GuestMemoryMmap, spec: &mut QueueSpec) -> Option<Queue> {
-    let mut q = Queue::new(MAX_QUEUE).ok()?;
-    q.try_set_size(spec.layout.size).ok()?;
-    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-    let (lo, hi) = split(spec.layout.desc);
-    q.set_desc_table_address(lo, hi);
-    let (lo, hi) = split(spec.layout.avail);
-    q.set_avail_ring_address(lo, hi);
-    let (lo, hi) = split(spec.layout.used);
-    q.set_used_ring_address(lo, hi);
-    q.set_event_idx(spec.event_idx);
-    q.set_ready(true);
-    q.set_next_avail(spec.start);
-    q.set_next_used(spec.start);
-    // virtio-queue keeps the previous address when refusing a misaligned one: the rings are
-    // where the queue says, not where the input asked.
-    spec.layout.desc = q.desc_table();
-    spec.layout.avail = q.avail_ring();
-    spec.layout.used = q.used_ring();
-    q.is_valid(mem).then_some(q)
+/// What the blk and net harnesses set up alike: guest memory and the queue over it.
+struct QueueRig {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    /// Where the rings are: virtio-queue keeps the previous address when refusing a
+    /// misaligned one, so this is where the queue says, not always where the input asked.
+    layout: QueueLayout,
+    /// The ring index the queue starts at.
+    start: u16,
+}
+
+impl QueueRig {
+    /// Reads the ring layout from `input` (what follows the harness's own header bytes), loads
+    /// the rest as the guest memory image, and builds a ready queue starting at ring index
+    /// `start` as the transport would hand it to a device. None when the transport would
+    /// refuse the queue (misaligned or outside memory).
+    fn new(flags: u8, start: u16, mut input: Input<'_>) -> Option<QueueRig> {
+        let mut layout = parse_layout(flags, &mut input);
+        let mem = guest_memory(input.rest());
+        let mut q = Queue::new(MAX_QUEUE).ok()?;
+        q.try_set_size(layout.size).ok()?;
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = split(layout.desc);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(layout.avail);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(layout.used);
+        q.set_used_ring_address(lo, hi);
+        q.set_event_idx(flags & queue_flags::EVENT_IDX != 0);
+        q.set_ready(true);
+        q.set_next_avail(start);
+        q.set_next_used(start);
+        layout.desc = q.desc_table();
+        layout.avail = q.avail_ring();
+        layout.used = q.used_ring();
+        q.is_valid(&mem).then_some(QueueRig {
+            mem,
+            queue: q,
+            layout,
+            start,
+        })
+    }
+
+    /// What every drain must satisfy: every popped chain but a last invalid one is used, and a
+    /// notification only follows used buffers. Returns the chains (popped, used).
+    fn check_drained(&self, notify: bool) -> (u16, u16) {
+        let popped = self.queue.next_avail().wrapping_sub(self.start);
+        let used = self.queue.next_used().wrapping_sub(self.start);
+        assert!(
+            used <= popped && popped - used <= 1,
+            "popped {popped} chains but used {used}"
+        );
+        assert!(!notify || used > 0, "notification without used buffers");
+        (popped, used)
+    }
+
+    /// The first `used` used entries with the [`survey`]ed chains they answer, for when the
+    /// chains cannot have changed under the device: each entry names its chain's head.
+    fn used_entries<'c>(
+        &self,
+        chains: &'c [ChainInfo],
+        (popped, used): (u16, u16),
+    ) -> Vec<(&'c ChainInfo, u32)> {
+        assert!(
+            usize::from(popped) <= chains.len(),
+            "popped {popped} chains, only {} available",
+            chains.len()
+        );
+        let mut out = Vec::new();
+        for (k, chain) in chains.iter().take(usize::from(used)).enumerate() {
+            let (id, len) = used_elem(&self.mem, &self.layout, self.start.wrapping_add(k as u16));
+            assert_eq!(
+                id,
+                u32::from(chain.head),
+                "used entry {k} names another chain"
+            );
+            out.push((chain, len));
+        }
+        out
+    }
 }
 
 /// One descriptor chain as virtio-queue walks it before the device runs.

@@ -102,13 +102,7 @@ pub fn virtio_net_datapath(data: &[u8]) -> NetReport {
     let frames: Vec<Vec<u8>> = (0..nframes)
         .map(|i| rx_frame(i, VNET_HDR_LEN + usize::from(input.u16())))
         .collect();
-    let mut spec = QueueSpec {
-        layout: parse_layout(flags, &mut input),
-        event_idx: flags & queue_flags::EVENT_IDX != 0,
-        start,
-    };
-    let mem = guest_memory(input.rest());
-    let Some(mut queue) = build_queue(&mem, &mut spec) else {
+    let Some(mut rig) = QueueRig::new(flags, start, input) else {
         return NetReport::default();
     };
     let mut backend = FakeNet {
@@ -122,36 +116,21 @@ pub fn virtio_net_datapath(data: &[u8]) -> NetReport {
     };
     if rx {
         rx_checks(
-            &mut queue,
-            &mem,
-            &spec.layout,
+            &mut rig,
             frames,
             net & net_flags::MERGEABLE != 0,
             &mut backend,
             &mut report,
         );
     } else {
-        tx_checks(
-            &mut queue,
-            &mem,
-            &spec.layout,
-            start,
-            &mut backend,
-            &mut report,
-        );
+        tx_checks(&mut rig, &mut backend, &mut report);
     }
     report
 }
 
-fn tx_checks(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    layout: &QueueLayout,
-    start: u16,
-    backend: &mut FakeNet,
-    report: &mut NetReport,
-) {
-    let chains = survey(queue, mem);
+fn tx_checks(rig: &mut QueueRig, backend: &mut FakeNet, report: &mut NetReport) {
+    let (mem, layout) = (&rig.mem, &rig.layout);
+    let chains = survey(&rig.queue, mem);
     // TX writes only the used ring: exact checks hold when nothing the device reads is there.
     let used_ring = layout.regions()[2];
     let mut fixed = metadata(layout, mem);
@@ -163,15 +142,9 @@ fn tx_checks(
             .any(|&r| overlaps(r, used_ring));
 
     let mut buf = Vec::new();
-    let notify = datapath::transmit(queue, mem, backend, &mut buf);
+    let notify = datapath::transmit(&mut rig.queue, mem, backend, &mut buf);
 
-    let popped = queue.next_avail().wrapping_sub(start);
-    let used = queue.next_used().wrapping_sub(start);
-    assert!(
-        used <= popped && popped - used <= 1,
-        "popped {popped} chains but used {used}"
-    );
-    assert!(!notify || used > 0, "notification without used buffers");
+    let (popped, used) = rig.check_drained(notify);
     assert!(
         backend.sent.len() <= usize::from(popped),
         "more frames than chains"
@@ -187,18 +160,8 @@ fn tx_checks(
     if !stable {
         return;
     }
-    assert!(
-        usize::from(popped) <= chains.len(),
-        "popped more than available"
-    );
     let mut expected = Vec::new();
-    for (k, chain) in chains.iter().take(usize::from(used)).enumerate() {
-        let (id, len) = used_elem(mem, layout, start.wrapping_add(k as u16));
-        assert_eq!(
-            id,
-            u32::from(chain.head),
-            "used entry {k} names another chain"
-        );
+    for (chain, len) in rig.used_entries(&chains, (popped, used)) {
         assert_eq!(len, 0, "TX used entries carry no length");
         let n = chain.readable_bytes();
         // TX reads the readable buffers only: bad writable ones do not stop a frame.
@@ -215,14 +178,13 @@ fn tx_checks(
 }
 
 fn rx_checks(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    layout: &QueueLayout,
+    rig: &mut QueueRig,
     frames: Vec<Vec<u8>>,
     mergeable: bool,
     backend: &mut FakeNet,
     report: &mut NetReport,
 ) {
+    let (queue, mem, layout) = (&mut rig.queue, &rig.mem, &rig.layout);
     let chains = survey(queue, mem);
     let isolated = writes_are_isolated(&chains, &metadata(layout, mem));
     let first = queue.next_avail();
