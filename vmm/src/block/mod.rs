@@ -152,9 +152,16 @@ impl DiskError {
     }
 }
 
-/// The error returned by writes to a read-only disk.
-pub(crate) fn read_only_error() -> io::Error {
-    io::Error::new(io::ErrorKind::ReadOnlyFilesystem, "disk is read-only")
+/// Checks that a disk of `size` bytes, refusing writes when `read_only`, may be written over
+/// `[offset, offset + len)`: what every backend checks before a write, write-zeroes or discard.
+pub(crate) fn check_write(read_only: bool, size: u64, offset: u64, len: u64) -> io::Result<()> {
+    if read_only {
+        return Err(io::Error::new(
+            io::ErrorKind::ReadOnlyFilesystem,
+            "disk is read-only",
+        ));
+    }
+    check_range(size, offset, len)
 }
 
 /// Checks that `[offset, offset + len)` lies within a disk of `size` bytes.

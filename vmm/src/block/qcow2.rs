@@ -16,8 +16,8 @@ use imago::raw::Raw;
 use imago::{FormatAccess, StorageOpenOptions};
 
 use super::{
-    check_range, detect_format, read_only_error, BlockBackend, DiskError, DiskFormat,
-    MAX_CHAIN_DEPTH, QCOW2_MAGIC,
+    check_range, check_write, detect_format, BlockBackend, DiskError, DiskFormat, MAX_CHAIN_DEPTH,
+    QCOW2_MAGIC,
 };
 
 /// Size of the v3 header fields berth checks before handing the image to imago.
@@ -280,10 +280,7 @@ impl BlockBackend for Qcow2Disk {
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.read_only {
-            return Err(read_only_error());
-        }
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_write(self.read_only, self.size, offset, buf.len() as u64)?;
         self.inner.write(buf, offset)
     }
 
@@ -304,10 +301,7 @@ impl BlockBackend for Qcow2Disk {
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
-        if self.read_only {
-            return Err(read_only_error());
-        }
-        check_range(self.size, offset, len)?;
+        check_write(self.read_only, self.size, offset, len)?;
         if may_unmap {
             self.inner.discard_to_zero(offset, len)
         } else {

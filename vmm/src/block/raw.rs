@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
-use super::{check_range, read_only_error, BlockBackend, DiskError};
+use super::{check_range, check_write, BlockBackend, DiskError};
 
 /// `_IOR(0x12, 114, u64)`: a block device's size in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -68,13 +68,6 @@ impl RawDisk {
     /// Whether this is a block device rather than a regular file.
     pub fn is_block_device(&self) -> bool {
         self.block_device
-    }
-
-    fn check_write(&self, offset: u64, len: u64) -> io::Result<()> {
-        if self.read_only {
-            return Err(read_only_error());
-        }
-        check_range(self.size, offset, len)
     }
 
     /// `fallocate(mode)` over the range; `Ok(false)` when this file cannot do it.
@@ -142,7 +135,7 @@ impl BlockBackend for RawDisk {
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.check_write(offset, buf.len() as u64)?;
+        check_write(self.read_only, self.size, offset, buf.len() as u64)?;
         self.file.write_all_at(buf, offset)
     }
 
@@ -154,7 +147,7 @@ impl BlockBackend for RawDisk {
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.check_write(offset, len)?;
+        check_write(self.read_only, self.size, offset, len)?;
         // A device's discard may leave old data readable, which the trait allows.
         if self.block_device && self.blkdiscard(offset, len) {
             return Ok(());
@@ -163,7 +156,7 @@ impl BlockBackend for RawDisk {
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
-        self.check_write(offset, len)?;
+        check_write(self.read_only, self.size, offset, len)?;
         // Both modes read back as zeroes; on block devices the kernel maps them to
         // REQ_OP_WRITE_ZEROES with or without unmapping.
         let mode = if may_unmap {
