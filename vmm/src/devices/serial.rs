@@ -84,26 +84,47 @@ impl SerialInput {
     }
 }
 
+/// A console output that keeps everything the guest writes, for tests and tools that read the
+/// console back; clones share the bytes.
+#[derive(Clone, Default)]
+pub struct CaptureOutput(Arc<Mutex<Vec<u8>>>);
+
+impl CaptureOutput {
+    /// Everything written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.lock().clone()
+    }
+
+    /// Everything written so far, as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.lock()).into_owned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        // A writer that panicked mid-append leaves bytes that are still worth reading.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Write for CaptureOutput {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vmm_sys_util::eventfd::EventFd;
 
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn output_and_input_paths() {
-        let sink = Sink::default();
+        let sink = CaptureOutput::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let serial = Arc::new(Mutex::new(Serial::new(
             IrqLine(irq.try_clone().unwrap()),
@@ -117,7 +138,7 @@ mod tests {
             // Enable the received-data interrupt (IER bit 0).
             s.write(COM1_BASE, 1, &[1]);
         }
-        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+        assert_eq!(sink.bytes(), b"hi\n");
 
         let input = SerialInput::new(serial.clone(), Arc::new(VmControl::default()));
         assert!(input.send(b"ok"));

@@ -1,9 +1,6 @@
 //! Helpers shared by several integration tests (`mod common;` in each): a deterministic PRNG
-//! and a console sink. Not a test target of its own (a folder under `tests/`).
+//! and the console sink. Not a test target of its own (a folder under `tests/`).
 #![allow(dead_code)]
-
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 /// A small deterministic PRNG (xorshift64*): tests, and the child processes they start, agree
 /// on their data, and a failure reproduces from its seed. The seed must not be 0.
@@ -28,28 +25,5 @@ impl Rng {
     }
 }
 
-/// A serial console output that keeps everything the guest writes; clones share the bytes.
-#[derive(Clone, Default)]
-pub struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Sink {
-    /// Everything written so far.
-    pub fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Everything written so far, as (lossy) text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes()).into_owned()
-    }
-}
+/// The serial console output tests read back.
+pub use vmm::devices::serial::CaptureOutput as Sink;
