@@ -2,13 +2,11 @@
 //! software nested hypervisors (kvm_pvm) that cannot boot Linux: the guests exercise berth's
 //! KVM plumbing, port and MMIO dispatch, the serial console, reset paths and SMP start-up.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::Sink;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::bus::BusDevice;
+use vmm::devices::serial::CaptureOutput;
 use vmm::{ExitReason, MachineConfig, ResetSource, Vm};
 
 /// Where the 64-bit test code is placed and entered.
@@ -80,12 +78,12 @@ impl Asm {
     }
 }
 
-fn vm(vcpus: u8) -> (Vm, Sink) {
+fn vm(vcpus: u8) -> (Vm, CaptureOutput) {
     assert!(
         std::path::Path::new("/dev/kvm").exists(),
         "THESE TESTS NEED /dev/kvm: run them on a host with KVM"
     );
-    let sink = Sink::default();
+    let sink = CaptureOutput::default();
     let vm = Vm::new(
         MachineConfig {
             vcpus,
@@ -266,7 +264,7 @@ fn serial_input_reaches_the_guest() {
 fn bad_configs_are_refused() {
     let refusal = |vcpus, memory_mib| {
         let config = MachineConfig { vcpus, memory_mib };
-        let Err(e) = Vm::new(config, Box::new(Sink::default())) else {
+        let Err(e) = Vm::new(config, Box::new(CaptureOutput::default())) else {
             panic!("{vcpus} vCPUs and {memory_mib} MiB accepted");
         };
         e.to_string()

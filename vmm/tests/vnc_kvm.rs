@@ -4,7 +4,6 @@
 //! (echoed to the serial port), and the guest's later writes show up through KVM's dirty log
 //! as small incremental updates.
 
-mod common;
 #[path = "vnc_client.rs"]
 mod vnc_client;
 
@@ -13,8 +12,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Sink;
 use vm_memory::{Bytes, GuestAddress};
+use vmm::devices::serial::CaptureOutput;
 use vmm::framebuffer::{Framebuffer, FramebufferConfig, FRAMEBUFFER_BASE};
 use vmm::vnc::{VncConfig, VncServer};
 use vmm::{ExitReason, MachineConfig, ResetSource, Vm};
@@ -107,7 +106,7 @@ fn tiny_guest_screen_and_keyboard_over_vnc() {
         Path::new("/dev/kvm").exists(),
         "THIS TEST NEEDS /dev/kvm: run it on a host with KVM"
     );
-    let sink = Sink::default();
+    let sink = CaptureOutput::default();
     let config = MachineConfig {
         vcpus: 1,
         memory_mib: 64,

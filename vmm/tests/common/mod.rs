@@ -1,5 +1,5 @@
-//! Helpers shared by several integration tests (`mod common;` in each): a deterministic PRNG
-//! and the console sink. Not a test target of its own (a folder under `tests/`).
+//! Helpers shared by several integration tests (`mod common;` in each): a deterministic PRNG.
+//! Not a test target of its own (a folder under `tests/`).
 #![allow(dead_code)]
 
 /// A small deterministic PRNG (xorshift64*): tests, and the child processes they start, agree
@@ -24,6 +24,3 @@ impl Rng {
         self.below(n as u64) as usize
     }
 }
-
-/// The serial console output tests read back.
-pub use vmm::devices::serial::CaptureOutput as Sink;
