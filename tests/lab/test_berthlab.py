@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from berthlab import scenario as sc_mod  # noqa: E402
+from berthlab import runner  # noqa: E402
 from berthlab.console import Console, clean  # noqa: E402
 
 HEADER = """\
@@ -85,6 +86,28 @@ class ConsoleTest(unittest.TestCase):
             self.assertIn("L1-READY", c.markers)
             self.assertIn("L1-DONE", c.markers)
             self.assertIn("] noise", (Path(d) / "console.log").read_text())
+
+    def test_l1_crash_and_what_to_run_again(self):
+        names = ["a", "b", "c"]
+        scs = [type("S", (), {"name": n})() for n in names]
+        with tempfile.TemporaryDirectory() as d:
+            c = Console(Path(d) / "console.log", echo=False)
+            for line in ["L1-READY uptime=1", "=== SCENARIO a BEGIN timeout=5",
+                         "=== SCENARIO a END rc=1 secs=1.0", "=== SCENARIO b BEGIN timeout=5",
+                         "Kernel panic - not syncing"]:
+                c.feed(line + "\n")
+            self.assertTrue(runner.l1_crashed(c, timed_out=False))
+            self.assertFalse(runner.l1_crashed(c, timed_out=True), "a timeout is not a crash")
+            # a failed but finished scenario is not run again; the running one and the rest are
+            self.assertEqual([s.name for s in runner.unfinished(scs, c)], ["b", "c"])
+            c.feed("L1-DONE\n")
+            self.assertFalse(runner.l1_crashed(c, timed_out=False))
+            c.close()
+        with tempfile.TemporaryDirectory() as d:
+            c = Console(Path(d) / "console.log", echo=False)
+            c.feed("L1-ERROR no kvm\n")
+            self.assertFalse(runner.l1_crashed(c, timed_out=False), "L1 never came up")
+            c.close()
 
     def test_clean(self):
         self.assertEqual(clean("\x1bc\x1b[?7l\x1b[2JSeaBIOS\r"), "SeaBIOS")

@@ -104,6 +104,19 @@ def run_direct(scenarios: list, berth: Path | None, l2: dict, console: Console,
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def l1_crashed(console: Console, timed_out: bool) -> bool:
+    """Whether L1 came up and then died on its own: ready, never done, no error of its /init,
+    and the outer QEMU exited rather than being killed at its timeout (L1 panics reboot, and
+    -no-reboot turns that into an exit)."""
+    m = console.markers
+    return not timed_out and "L1-READY" in m and "L1-DONE" not in m and "L1-ERROR" not in m
+
+
+def unfinished(scenarios: list, console: Console) -> list:
+    """The scenarios whose END marker never came (the one running when L1 died, and the rest)."""
+    return [s for s in scenarios if not (sec := console.sections.get(s.name)) or not sec.ended]
+
+
 def judge_all(scenarios: list, console: Console, logdir: Path, not_run: dict) -> list:
     """Judge each scenario from its console section and write <logdir>/<name>.log."""
     results = []
