@@ -52,6 +52,10 @@ pub struct VmArgs {
     /// keyboard over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
     #[arg(long, value_name = "ADDR:PORT")]
     vnc: Option<std::net::SocketAddr>,
+    /// Offer the guest hardware virtualization (VMX/SVM), so it can run VMs itself; hidden
+    /// by default.
+    #[arg(long)]
+    nested: bool,
     /// File whose first line is the VNC password (only 8 bytes count). Default: the
     /// VNC_PASSWORD environment variable; without either, viewers need no password.
     #[arg(long, value_name = "FILE", requires = "vnc")]
@@ -159,6 +163,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         config: MachineConfig {
             vcpus: args.cpus,
             memory_mib: args.memory,
+            nested: args.nested,
         },
         boot,
         disks,

@@ -43,6 +43,8 @@ pub struct PodConfig {
     pub control_socket: String,
     /// NO_VNC.
     pub no_vnc: bool,
+    /// BERTH_NESTED: offer the guest hardware virtualization (VMX/SVM).
+    pub nested: bool,
     /// VNC_PASSWORD is set (the value itself is not kept here).
     pub vnc_password: bool,
 }
@@ -133,6 +135,7 @@ impl PodConfig {
             root,
             control_socket,
             no_vnc: env.flag("NO_VNC"),
+            nested: env.flag("BERTH_NESTED"),
             vnc_password: env.value("VNC_PASSWORD").is_some(),
         };
         if errs.is_empty() {
@@ -154,7 +157,7 @@ impl PodConfig {
             None => "kernel=from the image".into(),
         };
         format!(
-            "hostname={} vcpus={} memory={}MiB {kernel} seed={} vnc={} shutdown_timeout={}s",
+            "hostname={} vcpus={} memory={}MiB {kernel} seed={} vnc={} nested={} shutdown_timeout={}s",
             self.hostname,
             self.vcpus,
             self.ram_mb,
@@ -163,6 +166,7 @@ impl PodConfig {
                 seed::Format::NoCloud => "nocloud",
             },
             if self.no_vnc { "off" } else { "on" },
+            if self.nested { "on" } else { "off" },
             self.shutdown_timeout.as_secs()
         )
     }

@@ -132,6 +132,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         config: MachineConfig {
             vcpus: cfg.vcpus,
             memory_mib: cfg.ram_mb,
+            nested: cfg.nested,
         },
         boot,
         disks,

@@ -40,6 +40,9 @@ pub struct MachineConfig {
     pub vcpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// Offer the guest hardware virtualization (VMX/SVM) so it can run VMs of its own;
+    /// hidden when false.
+    pub nested: bool,
 }
 
 /// Who asked for a reset.
@@ -310,6 +313,9 @@ impl Vm {
             let vcpu = fd.create_vcpu(id.into()).map_err(kvm_err("create vCPU"))?;
             let mut c = supported.clone();
             cpuid::adjust(c.as_mut_slice(), id, config.vcpus);
+            if !config.nested {
+                cpuid::hide_virtualization(c.as_mut_slice());
+            }
             vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
             // KVM stops at the first MSR it does not know; the rest keep their reset values,
             // which Linux copes with, so a short count is not fatal.

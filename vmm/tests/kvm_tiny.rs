@@ -88,6 +88,7 @@ fn vm(vcpus: u8) -> (Vm, CaptureOutput) {
         MachineConfig {
             vcpus,
             memory_mib: 64,
+            nested: false,
         },
         Box::new(sink.clone()),
     )
@@ -263,7 +264,11 @@ fn serial_input_reaches_the_guest() {
 #[test]
 fn bad_configs_are_refused() {
     let refusal = |vcpus, memory_mib| {
-        let config = MachineConfig { vcpus, memory_mib };
+        let config = MachineConfig {
+            vcpus,
+            memory_mib,
+            nested: false,
+        };
         let Err(e) = Vm::new(config, Box::new(CaptureOutput::default())) else {
             panic!("{vcpus} vCPUs and {memory_mib} MiB accepted");
         };

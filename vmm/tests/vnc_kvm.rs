@@ -110,6 +110,7 @@ fn tiny_guest_screen_and_keyboard_over_vnc() {
     let config = MachineConfig {
         vcpus: 1,
         memory_mib: 64,
+        nested: false,
     };
     let mut vm = Vm::new(config, Box::new(sink.clone())).unwrap();
     let fb = Arc::new(

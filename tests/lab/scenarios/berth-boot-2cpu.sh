@@ -1,17 +1,28 @@
-# description: berth boots L2 with 2 vCPUs and 384 MiB; the guest sees both CPUs and the memory
-# timeout: 150
+# description: berth boots L2 with 2 vCPUs and 384 MiB; the guest sees both CPUs and the memory, and no hardware virtualization (VMX/SVM) unless berth vm --nested offers it
+# timeout: 200
 # needs: berth
 # expect: L2-UP cpus=2 mem_kb=
 # expect: MEM-OK
 # expect: BERTH-EXIT rc=0
+# expect: L2-VIRT-FLAGS default=0
+# expect: L2-VIRT-FLAGS nested=2
+# expect: BERTH-EXIT-NESTED rc=0
 # reject: Kernel panic
 # reject: KVM internal error
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
+cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
+# The guest reports how many of its CPUs advertise VMX or SVM; the tag says which run it is.
+mkdir -p s
+cat > s/scenario.sh <<'EOS'
+echo "L2-VIRT-FLAGS $(sed -n 's/.*l2.tag=\([a-z]*\).*/\1/p' /proc/cmdline)=$(grep -cwE 'svm|vmx' /proc/cpuinfo)"
+EOS
+l2_initrd s initrd
 out=$SCRATCH/console.log
 # tee: the harness sees the console live, and this script checks it afterwards.
 {
-    "$BERTH" vm --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --cpus 2 --memory 384 \
-        --cmdline "console=ttyS0 quiet panic=-1 reboot=k l2.action=reboot" </dev/null
+    "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 2 --memory 384 \
+        --cmdline "console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off l2.tag=default" </dev/null
     echo "BERTH-EXIT rc=$?"
 } 2>&1 | tee "$out"
 # MemTotal of a 384 MiB guest: less than 384 MiB (kernel + reserved), but not much less.
@@ -21,3 +32,7 @@ if [ -n "$mem" ] && [ "$mem" -ge 300000 ] && [ "$mem" -le 393216 ]; then
 else
     echo "MEM-BAD mem_kb=${mem:-none} (want 300000..393216 for --memory 384)"
 fi
+# --nested offers the host's VMX/SVM (L1's kvm_amd has nested=1) to the guest.
+"$BERTH" vm --nested --kernel "$L2_KERNEL" --initrd initrd --cpus 2 --memory 384 \
+    --cmdline "console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off l2.tag=nested" </dev/null
+echo "BERTH-EXIT-NESTED rc=$?"

@@ -17,6 +17,8 @@
 # reject: Kernel panic
 # reject: KVM internal error
 # reject: (?i)emergency mode
+# reject: soft lockup
+# reject: rcu_preempt detected stalls
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
 . "$LAB_LIB/podnet.sh"
 if [ "$LAB_MODE" = l1 ]; then

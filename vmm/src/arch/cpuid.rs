@@ -8,6 +8,11 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX: the package has several logical processors (HTT).
 const EDX_HTT: u32 = 1 << 28;
 
+/// Leaf 1 ECX: VMX (Intel VT-x).
+const ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: SVM (AMD-V).
+const ECX_SVM: u32 = 1 << 2;
+
 /// Topology level types in leaf 0xB/0x1F ECX[15:8].
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
@@ -80,6 +85,26 @@ pub fn adjust(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpu_count: u8) {
     }
 }
 
+/// Hides hardware virtualization (VMX, SVM and its feature leaf) from the guest, so it does
+/// not load a hypervisor of its own: a pod's VM has no use for nested guests by default, and
+/// on a host that is itself a guest, nested SVM/VMX is where the remaining hypervisor bugs
+/// are (an L2 Linux loading kvm_amd under an emulated L1 has hung its vCPUs).
+pub fn hide_virtualization(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries.iter_mut() {
+        match e.function {
+            0x1 => e.ecx &= !ECX_VMX,
+            0x8000_0001 => e.ecx &= !ECX_SVM,
+            0x8000_000a => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +141,26 @@ mod tests {
 
     fn find(v: &[kvm_cpuid_entry2], f: u32, i: u32) -> kvm_cpuid_entry2 {
         *v.iter().find(|e| e.function == f && e.index == i).unwrap()
+    }
+
+    #[test]
+    fn virtualization_is_hidden_and_the_rest_kept() {
+        let mut v = vec![
+            entry(0x1, 0),
+            entry(0x8000_0001, 0),
+            entry(0x8000_000a, 0),
+            entry(0x7, 0),
+        ];
+        for e in v.iter_mut() {
+            (e.eax, e.ebx, e.ecx, e.edx) = (0xffff_ffff, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff);
+        }
+        hide_virtualization(&mut v);
+        assert_eq!(find(&v, 0x1, 0).ecx, !ECX_VMX);
+        assert_eq!(find(&v, 0x1, 0).edx, 0xffff_ffff);
+        assert_eq!(find(&v, 0x8000_0001, 0).ecx, !ECX_SVM);
+        let svm = find(&v, 0x8000_000a, 0);
+        assert_eq!((svm.eax, svm.ebx, svm.ecx, svm.edx), (0, 0, 0, 0));
+        assert_eq!(find(&v, 0x7, 0).ecx, 0xffff_ffff);
     }
 
     #[test]
