@@ -100,6 +100,9 @@ class ConsoleTest(unittest.TestCase):
             self.assertFalse(runner.l1_crashed(c, timed_out=True), "a timeout is not a crash")
             # a failed but finished scenario is not run again; the running one and the rest are
             self.assertEqual([s.name for s in runner.unfinished(scs, c)], ["b", "c"])
+            # a scenario that hit its own timeout failed by itself: not run again
+            c.feed("=== SCENARIO b TIMEOUT after 5s\n")
+            self.assertEqual([s.name for s in runner.unfinished(scs, c)], ["c"])
             c.feed("L1-DONE\n")
             self.assertFalse(runner.l1_crashed(c, timed_out=False))
             c.close()

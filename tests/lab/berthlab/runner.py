@@ -113,8 +113,10 @@ def l1_crashed(console: Console, timed_out: bool) -> bool:
 
 
 def unfinished(scenarios: list, console: Console) -> list:
-    """The scenarios whose END marker never came (the one running when L1 died, and the rest)."""
-    return [s for s in scenarios if not (sec := console.sections.get(s.name)) or not sec.ended]
+    """The scenarios whose END marker never came (the one running when L1 died, and the rest),
+    but not one that hit its own timeout: that is its failure, not L1's."""
+    return [s for s in scenarios
+            if not (sec := console.sections.get(s.name)) or not (sec.ended or sec.timed_out)]
 
 
 def judge_all(scenarios: list, console: Console, logdir: Path, not_run: dict) -> list:

@@ -72,11 +72,14 @@ runcmd:
 EOU
 printf '{ "uuid": "093772fe-d6a3-4eea-84bc-5966661a0c3e" }\n' > root/metadata
 
+# One vCPU: long runs of a 2-vCPU Debian guest under the lab's emulated L1 have frozen (one
+# vCPU waiting forever for an IPI to the other; once L1's own kernel died in KVM's vCPU path).
+# berth-boot-2cpu covers SMP.
 start_berth() {  # n: the chart's environment
     # The log exists before tail starts: the background job's redirection may run later.
     : > "berth$1.log"
     inpod env HOSTNAME=gate-0 IMG_SOURCE=http://10.78.0.1:8080/debian-12-cloud.qcow2 \
-        IMG_TARGET=debian-12-cloud.qcow2 IMG_VCPU=2 IMG_RAM_MB=1024 \
+        IMG_TARGET=debian-12-cloud.qcow2 IMG_VCPU=1 IMG_RAM_MB=1024 \
         BERTH_SHUTDOWN_TIMEOUT=180 BERTH_ROOT="$SCRATCH/root" RESOLV_CONF="$SCRATCH/resolv.conf" \
         BERTH_CONTROL_SOCKET=@berth-gate "$BERTH" pod >> "berth$1.log" 2>&1 </dev/null &
     BERTH_PID=$!
