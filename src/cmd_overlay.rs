@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
-use vmm::block::overlay::{ensure_overlay, OverlayState};
-use vmm::block::{DiskError, DiskFormat};
+use vmm::block::overlay::{ensure_overlay_with, OverlayState};
+use vmm::block::DiskFormat;
 
 use crate::exit::Failure;
 
@@ -43,21 +43,19 @@ enum Format {
     Qcow2,
 }
 
-impl From<DiskError> for Failure {
-    fn from(e: DiskError) -> Self {
-        Failure::Disk(e.to_string())
-    }
-}
-
-/// Runs `berth overlay`; errors are one line on stderr and exit code 9.
+/// Runs `berth overlay`; errors are one line on stderr and exit code 9 (13 when the overlay
+/// is in use by another process).
 pub fn run(args: OverlayArgs) -> ExitCode {
     let Action::Create(c) = args.action;
     let format = c.backing_format.map(|f| match f {
         Format::Raw => DiskFormat::Raw,
         Format::Qcow2 => DiskFormat::Qcow2,
     });
-    match ensure_overlay(&c.backing, &c.out, format) {
-        Ok(state) => {
+    match ensure_overlay_with(&c.backing, &c.out, format, false) {
+        Ok((state, notes)) => {
+            for note in notes {
+                eprintln!("berth: {note}");
+            }
             let what = match state {
                 OverlayState::Created => "created",
                 OverlayState::Reused => "kept existing",

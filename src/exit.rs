@@ -45,6 +45,9 @@ pub enum Failure {
     /// The base image cannot be found or downloaded.
     #[error("{0}")]
     Fetch(String),
+    /// A disk image is in use by another process (another berth, QEMU, qemu-img).
+    #[error("{0}")]
+    DiskInUse(String),
 }
 
 impl Failure {
@@ -73,6 +76,7 @@ impl Failure {
             Failure::Network(_) => 12,
             Failure::Input(_) => 8,
             Failure::Fetch(_) => 10,
+            Failure::DiskInUse(_) => 13,
         }
     }
 }
@@ -96,10 +100,19 @@ impl From<VmError> for Failure {
     }
 }
 
+impl From<vmm::block::DiskError> for Failure {
+    fn from(e: vmm::block::DiskError) -> Self {
+        match e {
+            vmm::block::DiskError::Locked { .. } => Failure::DiskInUse(e.to_string()),
+            e => Failure::Disk(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::imageboot::ImageBootError> for Failure {
     fn from(e: crate::imageboot::ImageBootError) -> Self {
         match e {
-            crate::imageboot::ImageBootError::Disk(d) => Failure::Disk(d.to_string()),
+            crate::imageboot::ImageBootError::Disk(d) => Failure::from(d),
             e => Failure::Kernel(e.to_string()),
         }
     }

@@ -24,6 +24,8 @@ pub struct DiskSpec {
     pub format: Option<DiskFormat>,
     /// Serial (GET_ID).
     pub serial: Option<String>,
+    /// Untrusted image: backing files must stay beneath each image's directory.
+    pub confine_backing: bool,
 }
 
 /// The NIC: a tap fd opened with IFF_VNET_HDR, the MAC and the MTU the guest is told.
@@ -59,6 +61,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
         read_only: false,
         format: None,
         serial: None,
+        confine_backing: false,
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -84,8 +87,12 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
         let opts = DiskOptions {
             read_only: d.read_only,
             format: d.format,
+            confine_backing: d.confine_backing,
         };
-        let backend = open_disk(&d.path, opts).map_err(|e| Failure::Disk(e.to_string()))?;
+        let mut backend = open_disk(&d.path, opts).map_err(Failure::from)?;
+        for note in backend.take_notes() {
+            eprintln!("berth: {note}");
+        }
         let serial = d.serial.clone().unwrap_or_else(|| format!("berth-disk{i}"));
         vm.add_virtio(Box::new(Block::new(backend, d.read_only, &serial)))?;
     }
@@ -117,7 +124,8 @@ mod tests {
                 path: "/a.qcow2".into(),
                 read_only: false,
                 format: None,
-                serial: None
+                serial: None,
+                confine_backing: false
             }
         );
         let d = parse_disk("/b.img,readonly,format=raw,serial=xyz").unwrap();

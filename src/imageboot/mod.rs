@@ -144,6 +144,7 @@ pub fn inspect(path: &Path, format: Option<DiskFormat>) -> Result<Inspection, Im
         DiskOptions {
             read_only: true,
             format,
+            ..Default::default()
         },
     )?;
     let disk = disk::Window::whole(Rc::new(RefCell::new(backend)));

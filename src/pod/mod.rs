@@ -16,7 +16,7 @@ use std::time::Instant;
 use netplumb::config::Env;
 use netplumb::{DhcpServer, NetConfig, PodNetwork};
 use serde_json::json;
-use vmm::block::overlay::{ensure_overlay, extra_disks, pet_overlay_path, root_device};
+use vmm::block::overlay::{ensure_overlay_with, extra_disks, pet_overlay_path, root_device};
 use vmm::block::DiskFormat;
 use vmm::framebuffer::{Framebuffer, FramebufferConfig};
 use vmm::vnc::{VncConfig, VncServer};
@@ -109,6 +109,7 @@ pub fn run() -> Result<ExitReason, Failure> {
             read_only: true,
             format: Some(DiskFormat::Raw),
             serial: Some("berth-seed".into()),
+            confine_backing: false,
         });
     }
 
@@ -262,6 +263,7 @@ fn raw_disk(path: PathBuf, read_only: bool) -> DiskSpec {
         read_only,
         format: Some(DiskFormat::Raw),
         serial: None,
+        confine_backing: false,
     }
 }
 
@@ -292,7 +294,11 @@ fn root_disk(cfg: &PodConfig) -> Result<Option<DiskSpec>, Failure> {
     let overlay = pet_overlay_path(&cfg.root, &cfg.hostname).ok_or_else(|| {
         Failure::Config(format!("HOSTNAME={:?} cannot name a disk", cfg.hostname))
     })?;
-    let state = ensure_overlay(&base, &overlay, None).map_err(|e| Failure::Disk(e.to_string()))?;
+    // The base came from IMG_SOURCE: it may not reach files outside /image.
+    let (state, notes) = ensure_overlay_with(&base, &overlay, None, true).map_err(Failure::from)?;
+    for note in notes {
+        log(note);
+    }
     log(format!(
         "root disk {} ({state:?} on base {})",
         overlay.display(),
@@ -303,6 +309,7 @@ fn root_disk(cfg: &PodConfig) -> Result<Option<DiskSpec>, Failure> {
         read_only: false,
         format: Some(DiskFormat::Qcow2),
         serial: Some("berth-root".into()),
+        confine_backing: true,
     }))
 }
 

@@ -48,6 +48,7 @@ fn run() -> Result<(), String> {
     let opts = DiskOptions {
         read_only: !write,
         format: None, // the bench image is trusted
+        confine_backing: false,
     };
     let mut disk = open_disk(&image, opts).map_err(|e| e.to_string())?;
     let disk_size = disk.size();

@@ -27,8 +27,14 @@ pub trait BlockBackend: Send {
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes the range read as zeroes; with `may_unmap` the backend may free the space.
     fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()>;
+    /// What opening the disk did that the user should hear about (for instance a qcow2
+    /// refcount repair), one line each; empty after the first call.
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
+pub mod lock;
 pub mod overlay;
 pub mod qcow2;
 pub mod raw;
@@ -71,6 +77,9 @@ pub struct DiskOptions {
     /// guest cannot write: a guest could write a qcow2 header into a raw disk and name any host
     /// file as its backing file. Disks the contract calls raw must be opened as `Some(Raw)`.
     pub format: Option<DiskFormat>,
+    /// The image is untrusted (downloaded, or written by someone other than berth): its
+    /// backing files must live beneath the directory of the image naming them.
+    pub confine_backing: bool,
 }
 
 /// Why a disk cannot be opened or created. Each message is one line naming the problem and
@@ -132,6 +141,24 @@ pub enum DiskError {
         actual: String,
         /// The configured base.
         expected: PathBuf,
+    },
+    /// Another process (berth, QEMU, qemu-img) uses the image in a way that conflicts.
+    #[error("{path} is in use by another process (berth, QEMU or qemu-img) that {}; stop that process first (qemu-img can look with -U)", if *.writable { "uses or shares it" } else { "writes it" })]
+    Locked {
+        /// The image.
+        path: PathBuf,
+        /// The QEMU permission that conflicted ("write", "consistent read", ...).
+        what: String,
+        /// Whether berth wanted to write.
+        writable: bool,
+    },
+    /// An untrusted image names a backing file outside its own directory.
+    #[error("{path} names the backing file {backing:?}, which is not inside its own directory; berth does not follow it (a downloaded image must not reach other host files): rebase the image with `qemu-img rebase` or flatten it with `qemu-img convert`")]
+    BackingOutside {
+        /// The image.
+        path: PathBuf,
+        /// The backing file name as stored.
+        backing: String,
     },
     /// A file that should be a qcow2 overlay is not one.
     #[error("{0} exists but is not a qcow2 image; move it away so berth can create the overlay")]
@@ -199,6 +226,13 @@ pub fn open_disk(path: &Path, opts: DiskOptions) -> Result<Box<dyn BlockBackend>
     };
     Ok(match format {
         DiskFormat::Raw => Box::new(raw::RawDisk::open(path, opts.read_only)?),
-        DiskFormat::Qcow2 => Box::new(qcow2::Qcow2Disk::open(path, opts.read_only)?),
+        DiskFormat::Qcow2 => Box::new(qcow2::Qcow2Disk::open_with(
+            path,
+            &qcow2::Qcow2Options {
+                read_only: opts.read_only,
+                confine_backing: opts.confine_backing,
+                observer: None,
+            },
+        )?),
     })
 }

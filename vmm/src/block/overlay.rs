@@ -17,8 +17,10 @@ use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::{FormatCreateBuilder, StorageOpenOptions};
 
-use super::qcow2::{read_header, recorded_backing_format, resolve_backing, Qcow2Disk};
-use super::{detect_format, open_disk, DiskError, DiskFormat, DiskOptions};
+use super::qcow2::{
+    read_header, recorded_backing_format, resolve_backing, Qcow2Disk, Qcow2Options,
+};
+use super::{detect_format, open_disk, BlockBackend, DiskError, DiskFormat, DiskOptions};
 
 /// qemu-img's default cluster size, used for new overlays.
 pub const OVERLAY_CLUSTER_SIZE: usize = 64 * 1024;
@@ -34,23 +36,36 @@ pub enum OverlayState {
 
 /// Creates the overlay `overlay` on `base` unless it exists; an existing one must be a qcow2
 /// image whose backing file is `base`. `base_format` `None` probes the base (the base is never
-/// written by a guest, so probing it is safe).
+/// written by a guest, so probing it is safe). Backing names are trusted; see
+/// [`ensure_overlay_with`].
 pub fn ensure_overlay(
     base: &Path,
     overlay: &Path,
     base_format: Option<DiskFormat>,
 ) -> Result<OverlayState, DiskError> {
+    ensure_overlay_with(base, overlay, base_format, false).map(|(state, _)| state)
+}
+
+/// [`ensure_overlay`], with `confine_backing` for an untrusted (downloaded) base: its own
+/// backing files must live beneath its directory. Also returns what the check did that the
+/// user should hear about (a repair of an overlay left dirty by a crash), one line each.
+pub fn ensure_overlay_with(
+    base: &Path,
+    overlay: &Path,
+    base_format: Option<DiskFormat>,
+    confine_backing: bool,
+) -> Result<(OverlayState, Vec<String>), DiskError> {
     if overlay.symlink_metadata().is_ok() {
-        check_overlay(base, overlay, base_format)?;
-        return Ok(OverlayState::Reused);
+        let notes = check_overlay_with(base, overlay, base_format, confine_backing)?;
+        return Ok((OverlayState::Reused, notes));
     }
-    match create_overlay(base, overlay, base_format) {
+    match create_overlay(base, overlay, base_format, confine_backing) {
         // Someone else created it between our check and our rename: judge theirs.
         Err(DiskError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
-            check_overlay(base, overlay, base_format)?;
-            Ok(OverlayState::Reused)
+            let notes = check_overlay_with(base, overlay, base_format, confine_backing)?;
+            Ok((OverlayState::Reused, notes))
         }
-        other => other.map(|()| OverlayState::Created),
+        other => other.map(|()| (OverlayState::Created, Vec::new())),
     }
 }
 
@@ -60,6 +75,18 @@ pub fn check_overlay(
     overlay: &Path,
     base_format: Option<DiskFormat>,
 ) -> Result<(), DiskError> {
+    check_overlay_with(base, overlay, base_format, false).map(drop)
+}
+
+/// [`check_overlay`]: the overlay is opened for writing once (locked: no other process may
+/// use it), so one left dirty by a crash is repaired now, and closed cleanly. Returns the
+/// repair notes.
+fn check_overlay_with(
+    base: &Path,
+    overlay: &Path,
+    base_format: Option<DiskFormat>,
+    confine_backing: bool,
+) -> Result<Vec<String>, DiskError> {
     let file = File::open(overlay).map_err(|e| DiskError::io(overlay, e, false))?;
     let header = read_header(overlay, &file)?;
     let mismatch = |actual: String| DiskError::BackingMismatch {
@@ -90,9 +117,17 @@ pub fn check_overlay(
         }
         _ => {}
     }
-    // Opening the whole chain read-only surfaces unsupported features or damage now rather
-    // than when the VM starts.
-    Qcow2Disk::open(overlay, true).map(drop)
+    // Opening the whole chain surfaces unsupported features, damage, a second user or a
+    // base reaching outside its directory now rather than when the VM starts.
+    let mut disk = Qcow2Disk::open_with(
+        overlay,
+        &Qcow2Options {
+            read_only: false,
+            confine_backing,
+            observer: None,
+        },
+    )?;
+    Ok(disk.take_notes())
 }
 
 fn base_format_of(base: &Path, declared: Option<DiskFormat>) -> Result<DiskFormat, DiskError> {
@@ -110,6 +145,7 @@ pub fn create_overlay(
     base: &Path,
     overlay: &Path,
     base_format: Option<DiskFormat>,
+    confine_backing: bool,
 ) -> Result<(), DiskError> {
     let format = base_format_of(base, base_format)?;
     let size = open_disk(
@@ -117,6 +153,7 @@ pub fn create_overlay(
         DiskOptions {
             read_only: true,
             format: Some(format),
+            confine_backing,
         },
     )?
     .size();

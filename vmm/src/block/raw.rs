@@ -32,13 +32,14 @@ pub struct RawDisk {
 }
 
 impl RawDisk {
-    /// Opens `path` (O_RDONLY when `read_only`, else O_RDWR).
+    /// Opens `path` (O_RDONLY when `read_only`, else O_RDWR) and locks it like QEMU does.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
             .map_err(|e| DiskError::io(path, e, !read_only))?;
+        super::lock::lock_image(&file, path, !read_only)?;
         Self::from_file(file, read_only).map_err(|e| DiskError::io(path, e, !read_only))
     }
 

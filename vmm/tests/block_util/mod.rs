@@ -175,6 +175,7 @@ pub fn open(path: &Path, format: DiskFormat, read_only: bool) -> Box<dyn BlockBa
     let opts = DiskOptions {
         read_only,
         format: Some(format),
+        confine_backing: false,
     };
     open_disk(path, opts).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
