@@ -30,7 +30,7 @@ use imago::raw::Raw;
 use imago::{FormatAccess, StorageOpenOptions};
 
 use self::refcount::{Geometry, ScanError};
-pub use self::storage::{ImageFile, IoObserver};
+pub use self::storage::{ImageFile, IoObserver, WriteBarrier};
 use super::lock::lock_image;
 use super::{
     check_range, check_write, detect_format, BlockBackend, DiskError, DiskFormat, MAX_CHAIN_DEPTH,
@@ -338,8 +338,11 @@ fn open_qcow2_layer(
         .map_err(|e| DiskError::io(path, e, writable))?;
     let meta = ImageFile::new(imago_storage(path, dup, writable)?, observer.clone());
     let mut notes = Vec::new();
-    let compressed = check_refcounts(path, &meta, &header, writable, &mut notes)?;
-    let storage = ImageFile::new(imago_storage(path, file, writable)?, observer);
+    let (compressed, barrier) = check_refcounts(path, &meta, &header, writable, &mut notes)?;
+    let mut storage = ImageFile::new(imago_storage(path, file, writable)?, observer);
+    if let Some(barrier) = barrier {
+        storage = storage.with_barrier(barrier);
+    }
     let mut qcow2: Qcow2<ImageFile> =
         Qcow2::open_image(storage, writable).map_err(|e| imago_error(path, e))?;
     let backing = match header.backing_file {
@@ -367,14 +370,14 @@ fn open_qcow2_layer(
 
 /// The refcount check of one image before use: a writable image that is dirty or whose
 /// refcounts do not match its tables is repaired; a read-only one is refused. Returns the
-/// compressed guest clusters of a writable image.
+/// compressed guest clusters and the metadata layout of a writable image.
 fn check_refcounts(
     path: &Path,
     meta: &ImageFile,
     header: &Qcow2Header,
     writable: bool,
     notes: &mut Vec<String>,
-) -> Result<Vec<u64>, DiskError> {
+) -> Result<(Vec<u64>, Option<WriteBarrier>), DiskError> {
     let g = &header.geometry;
     let repair_hint = |what: String| corrupt(path, what);
     if writable && header.version < 3 {
@@ -397,7 +400,7 @@ fn check_refcounts(
                 return Err(repair_hint("dirty bit set (not closed cleanly)".into()));
             }
             let _ = m;
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         Err(ScanError::Unsupported(m)) => {
             return Err(DiskError::Unsupported {
@@ -419,16 +422,23 @@ fn check_refcounts(
         if scan.broken_structure {
             return Err(repair_hint("the refcount table is damaged".into()));
         }
-        return Ok(scan.compressed);
+        return Ok((scan.compressed, None));
     }
+    let cs = 1u64 << g.cluster_bits;
+    let l1 = g.l1_offset..g.l1_offset + u64::from(g.l1_size) * 8;
+    let mut reftable = g.reftable_offset..g.reftable_offset + u64::from(g.reftable_clusters) * cs;
+    let mut metadata = scan.metadata.clone();
     if header.dirty() || scan.needs_rebuild() {
         let why = if header.dirty() {
             "it was not closed cleanly"
         } else {
             "its refcounts did not match its tables"
         };
-        let (start, len) =
-            refcount::rebuild(meta, g, &scan).map_err(|e| DiskError::io(path, e, true))?;
+        let new = refcount::rebuild(meta, g, &scan).map_err(|e| DiskError::io(path, e, true))?;
+        let (start, len) = (new.start, new.blocks + new.table);
+        let rt = (new.start + new.blocks) * cs;
+        reftable = rt..rt + new.table * cs;
+        metadata.extend(new.start..new.start + new.blocks);
         notes.push(format!(
             "repaired {} ({why}): refcounts rebuilt from its tables, {} leaked clusters \
              reclaimed, {} missing refcounts fixed (new refcount structure: {len} clusters at \
@@ -438,7 +448,8 @@ fn check_refcounts(
             scan.missing
         ));
     }
-    Ok(scan.compressed)
+    let barrier = WriteBarrier::new(g.cluster_bits, l1, reftable, metadata);
+    Ok((scan.compressed, Some(barrier)))
 }
 
 /// Opens the backing image `name` of `image` read-only, in the recorded `format` or, for

@@ -115,6 +115,19 @@ pub struct Scan {
     pub broken_structure: bool,
     /// Guest cluster indices that are compressed: writing one frees host space.
     pub compressed: Vec<u64>,
+    /// Host clusters holding L2 tables and (valid) refcount blocks.
+    pub metadata: Vec<u64>,
+}
+
+/// Where [`rebuild`] put the new refcount structure.
+#[derive(Clone, Copy, Debug)]
+pub struct Rebuilt {
+    /// First cluster of the new refcount blocks; the table follows them.
+    pub start: u64,
+    /// Clusters of refcount blocks, then of the table.
+    pub blocks: u64,
+    /// Clusters of the refcount table.
+    pub table: u64,
 }
 
 impl Scan {
@@ -227,7 +240,7 @@ pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan
             g.l1_size
         ));
     }
-    if g.l1_offset % cs != 0 {
+    if !g.l1_offset.is_multiple_of(cs) {
         return corrupt(format!(
             "L1 table offset {:#x} is not cluster aligned",
             g.l1_offset
@@ -238,6 +251,7 @@ pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan
     io.read_at(&mut l1, g.l1_offset)?;
 
     let mut compressed = Vec::new();
+    let mut metadata = Vec::new();
     let mut l2 = vec![0u8; cs as usize];
     let csize_shift = 62 - (g.cluster_bits - 8);
     let csize_mask = (1u64 << (g.cluster_bits - 8)) - 1;
@@ -246,12 +260,13 @@ pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan
         if l2_offset == 0 {
             continue;
         }
-        if l2_offset % cs != 0 {
+        if !l2_offset.is_multiple_of(cs) {
             return corrupt(format!(
                 "L2 table offset {l2_offset:#x} (L1 entry {i}) is not cluster aligned"
             ));
         }
         refs.add(g, l2_offset, cs, true, "an L2 table")?;
+        metadata.push(l2_offset >> g.cluster_bits);
         io.read_at(&mut l2, l2_offset)?;
         for j in 0..l2_entries as usize {
             let e = be64_at(&l2, j);
@@ -270,7 +285,7 @@ pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan
             if offset == 0 {
                 continue;
             }
-            if offset % cs != 0 {
+            if !offset.is_multiple_of(cs) {
                 return corrupt(format!(
                     "data cluster offset {offset:#x} is not cluster aligned"
                 ));
@@ -281,6 +296,7 @@ pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan
 
     let mut scan = Scan {
         compressed,
+        metadata,
         ..Scan::default()
     };
     compare_stored(io, g, &refs, &mut scan)?;
@@ -298,8 +314,8 @@ fn compare_stored(
 ) -> Result<(), ScanError> {
     let cs = g.cluster_size();
     let rt_bytes = u64::from(g.reftable_clusters) * cs;
-    let file_clusters = io.len()?.div_ceil(cs);
-    let broken = g.reftable_offset % cs != 0
+    let file_clusters = io.file_size()?.div_ceil(cs);
+    let broken = !g.reftable_offset.is_multiple_of(cs)
         || rt_bytes == 0
         || rt_bytes > MAX_REFTABLE_BYTES
         || (g.reftable_offset >> g.cluster_bits) + u64::from(g.reftable_clusters) > file_clusters;
@@ -317,12 +333,18 @@ fn compare_stored(
         .map(|i| be64_at(&rt, i) & RTE_OFFSET)
         .collect();
     for &b in blocks.iter().filter(|&&b| b != 0) {
-        if b % cs != 0 || (b >> g.cluster_bits) >= file_clusters {
+        if !b.is_multiple_of(cs) || (b >> g.cluster_bits) >= file_clusters {
             scan.broken_structure = true;
             return Ok(());
         }
         own.push(b >> g.cluster_bits);
     }
+    scan.metadata.extend(
+        blocks
+            .iter()
+            .filter(|&&b| b != 0)
+            .map(|b| b >> g.cluster_bits),
+    );
     own.sort_unstable();
     if own.windows(2).any(|w| w[0] == w[1])
         || own
@@ -398,12 +420,12 @@ fn set_refcount(rb: &mut [u8], k: u64, bits: u32, v: u64) {
 }
 
 /// Writes a new refcount structure after every cluster in use, fsyncs it, then points the
-/// header at it and clears the dirty bit in one write, and fsyncs. Returns the new
-/// structure's first cluster and length in clusters.
-pub fn rebuild(io: &ImageFile, g: &Geometry, scan: &Scan) -> io::Result<(u64, u64)> {
+/// header at it and clears the dirty bit in one write, and fsyncs. Returns where the new
+/// structure is.
+pub fn rebuild(io: &ImageFile, g: &Geometry, scan: &Scan) -> io::Result<Rebuilt> {
     let cs = g.cluster_size();
     let entries = g.rb_entries();
-    let start = io.len()?.div_ceil(cs).max(scan.counts.len() as u64);
+    let start = io.file_size()?.div_ceil(cs).max(scan.counts.len() as u64);
     // Refcount blocks covering every cluster up to the end of the new structure itself, and
     // a table big enough to point at all of them.
     let (mut blocks, mut table) = (0u64, 0u64);
@@ -450,7 +472,11 @@ pub fn rebuild(io: &ImageFile, g: &Geometry, scan: &Scan) -> io::Result<(u64, u6
     h[24..32].copy_from_slice(&(g.incompatible & !DIRTY).to_be_bytes());
     io.write_at(&h, 48)?;
     io.sync_all()?;
-    Ok((start, end - start))
+    Ok(Rebuilt {
+        start,
+        blocks,
+        table,
+    })
 }
 
 /// Sets or clears the dirty bit (v3 only) and fsyncs.

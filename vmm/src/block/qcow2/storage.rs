@@ -5,11 +5,23 @@
 //! [`ImageFile`], so an observer sees the complete, ordered stream of changes to the file. The
 //! power-loss test (`vmm/tests/block_powercut.rs`) records that stream and replays prefixes
 //! and reorderings of it; in production no observer is set and the wrapper costs one branch.
+//!
+//! The wrapper also keeps the one ordering imago does not: a metadata write must not reach the
+//! disk before the data it points to. imago writes a new cluster's data, then (at a flush or a
+//! cache eviction) the L2 table that points to it, and a new L2 table, then the L1 entry; a
+//! power cut can persist the pointer without the data, and the guest would then read zeroes
+//! (or an old cluster's bytes) where its base data was. So the [`WriteBarrier`] knows which
+//! clusters hold metadata (header, L1 table, L2 tables, refcount table and blocks, learning
+//! new L2 tables and refcount blocks from the L1 and refcount table entries imago writes) and
+//! issues an fsync before a metadata write whenever other writes happened since the last one
+//! (QEMU's "depends on flush" between its data and L2 caches).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use imago::file::File as ImagoFile;
 use imago::io_buffers::{IoVector, IoVectorMut};
@@ -27,16 +39,137 @@ pub trait IoObserver: Send + Sync {
     fn sync(&self);
 }
 
-/// An image file: imago's file driver plus an optional observer.
+/// An image file: imago's file driver plus an optional observer and write barrier.
 pub struct ImageFile {
     inner: ImagoFile,
     observer: Option<Arc<dyn IoObserver>>,
+    barrier: Option<Mutex<WriteBarrier>>,
+}
+
+/// Where a writable qcow2 image keeps its metadata, and whether data was written since the
+/// last fsync.
+#[derive(Debug)]
+pub struct WriteBarrier {
+    cluster_bits: u32,
+    l1: Range<u64>,
+    reftable: Range<u64>,
+    /// Clusters of L2 tables and refcount blocks (and the header, cluster 0).
+    metadata: HashSet<u64>,
+    unsynced_data: bool,
+}
+
+impl WriteBarrier {
+    /// The layout of an image: cluster size, L1 table and refcount table (byte ranges), and
+    /// the clusters of its L2 tables and refcount blocks.
+    pub fn new(
+        cluster_bits: u32,
+        l1: Range<u64>,
+        reftable: Range<u64>,
+        metadata: impl IntoIterator<Item = u64>,
+    ) -> Self {
+        let mut metadata: HashSet<u64> = metadata.into_iter().collect();
+        metadata.insert(0);
+        WriteBarrier {
+            cluster_bits,
+            l1,
+            reftable,
+            metadata,
+            unsynced_data: false,
+        }
+    }
+
+    /// Whether a write touches the L1 table, the refcount table or the header's refcount
+    /// table pointer: the writes [`WriteBarrier::learn`] reads.
+    fn is_table(&self, offset: u64, len: u64) -> bool {
+        let end = offset + len;
+        let overlaps = |r: &Range<u64>| offset < r.end && r.start < end;
+        overlaps(&self.l1) || overlaps(&self.reftable) || overlaps(&(48..60))
+    }
+
+    fn is_metadata(&self, offset: u64, len: u64) -> bool {
+        let end = offset + len;
+        let overlaps = |r: &Range<u64>| offset < r.end && r.start < end;
+        if overlaps(&self.l1) || overlaps(&self.reftable) {
+            return true;
+        }
+        let (first, last) = (offset >> self.cluster_bits, (end - 1) >> self.cluster_bits);
+        (first..=last).any(|c| self.metadata.contains(&c))
+    }
+
+    /// Learns new L2 tables, refcount blocks and a moved refcount table from a write.
+    fn learn(&mut self, offset: u64, data: &[u8]) {
+        let entries = |r: &Range<u64>| -> Vec<u64> {
+            let (lo, hi) = (offset.max(r.start), (offset + data.len() as u64).min(r.end));
+            let mut v = Vec::new();
+            let mut at = lo.next_multiple_of(8);
+            while at + 8 <= hi {
+                let i = (at - offset) as usize;
+                v.push(u64::from_be_bytes(data[i..i + 8].try_into().unwrap()));
+                at += 8;
+            }
+            v
+        };
+        for e in entries(&self.l1.clone()) {
+            let l2 = e & 0x00ff_ffff_ffff_fe00;
+            if l2 != 0 {
+                self.metadata.insert(l2 >> self.cluster_bits);
+            }
+        }
+        for e in entries(&self.reftable.clone()) {
+            let rb = e & !0x1ff;
+            if rb != 0 {
+                self.metadata.insert(rb >> self.cluster_bits);
+            }
+        }
+        // The header's refcount table pointer (bytes 48..60), written whole by imago.
+        if offset <= 48 && offset + data.len() as u64 >= 60 {
+            let h = &data[(48 - offset) as usize..];
+            let rt = u64::from_be_bytes(h[..8].try_into().unwrap());
+            let clusters = u64::from(u32::from_be_bytes(h[8..12].try_into().unwrap()));
+            self.reftable = rt..rt + (clusters << self.cluster_bits);
+        }
+    }
 }
 
 impl ImageFile {
     /// Wraps an imago file.
     pub fn new(inner: ImagoFile, observer: Option<Arc<dyn IoObserver>>) -> Self {
-        ImageFile { inner, observer }
+        ImageFile {
+            inner,
+            observer,
+            barrier: None,
+        }
+    }
+
+    /// Keeps metadata writes behind the data they point to (see the module docs).
+    pub fn with_barrier(mut self, barrier: WriteBarrier) -> Self {
+        self.barrier = Some(Mutex::new(barrier));
+        self
+    }
+
+    /// fsync (reported to the observer) before a metadata write that follows data writes;
+    /// notes data writes. Returns whether the write lands in a table berth learns from.
+    fn before_write(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let Some(b) = &self.barrier else {
+            return Ok(false);
+        };
+        let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+        if len == 0 {
+            return Ok(false);
+        }
+        let table = b.is_table(offset, len);
+        if b.is_metadata(offset, len) {
+            if b.unsynced_data {
+                self.inner.sync()?;
+                if let Some(o) = &self.observer {
+                    o.sync();
+                }
+                b.unsynced_data = false;
+            }
+        } else {
+            b.unsynced_data = true;
+        }
+        Ok(table)
     }
 
     /// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zero.
@@ -65,7 +198,7 @@ impl ImageFile {
     }
 
     /// The file's size in bytes.
-    pub fn len(&self) -> io::Result<u64> {
+    pub fn file_size(&self) -> io::Result<u64> {
         self.inner.size()
     }
 
@@ -124,32 +257,48 @@ impl Storage for ImageFile {
     }
 
     unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
-        let copy = self.observer.as_ref().map(|_| {
-            let mut v = vec![0u8; bufv.len() as usize];
+        let len = bufv.len();
+        let table = self.before_write(offset, len)?;
+        // Guest data is copied only for an observer (tests); table writes are small.
+        let copy = (self.observer.is_some() || table).then(|| {
+            let mut v = vec![0u8; len as usize];
             bufv.copy_into_slice(&mut v);
             v
         });
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { self.inner.pure_writev(bufv, offset) }?;
-        if let (Some(o), Some(data)) = (&self.observer, copy) {
-            o.write(offset, &data);
+        if let Some(data) = copy {
+            if let (true, Some(b)) = (table, &self.barrier) {
+                b.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .learn(offset, &data);
+            }
+            if let Some(o) = &self.observer {
+                o.write(offset, &data);
+            }
         }
         Ok(())
     }
 
     unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
+        // Zeroing a table is a metadata write too; there is nothing in it to learn.
+        self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_write_zeroes(offset, length) };
         self.zeroed(r, offset, length)
     }
 
     unsafe fn pure_write_allocated_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
+        // Zeroing a table is a metadata write too; there is nothing in it to learn.
+        self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_write_allocated_zeroes(offset, length) };
         self.zeroed(r, offset, length)
     }
 
     unsafe fn pure_discard(&self, offset: u64, length: u64) -> io::Result<()> {
+        // Zeroing a table is a metadata write too; there is nothing in it to learn.
+        self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_discard(offset, length) };
         // A discard may or may not zero the range; imago only relies on it reading back as
@@ -163,6 +312,9 @@ impl Storage for ImageFile {
 
     fn sync(&self) -> io::Result<()> {
         self.inner.sync()?;
+        if let Some(b) = &self.barrier {
+            b.lock().unwrap_or_else(|e| e.into_inner()).unsynced_data = false;
+        }
         if let Some(o) = &self.observer {
             o.sync();
         }
