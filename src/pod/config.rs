@@ -41,6 +41,8 @@ pub struct PodConfig {
     pub root: PathBuf,
     /// BERTH_CONTROL_SOCKET: `@name` for an abstract socket, else a path.
     pub control_socket: String,
+    /// BERTH_CONTROL_UID: a uid allowed on the control socket besides berth's own.
+    pub control_uid: Option<u32>,
     /// NO_VNC.
     pub no_vnc: bool,
     /// BERTH_NESTED: offer the guest hardware virtualization (VMX/SVM).
@@ -123,6 +125,19 @@ impl PodConfig {
             .value("BERTH_CONTROL_SOCKET")
             .unwrap_or(DEFAULT_CONTROL_SOCKET)
             .to_owned();
+        let control_uid = match env.value("BERTH_CONTROL_UID") {
+            None => None,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(uid) => Some(uid),
+                Err(_) => {
+                    errs.push(format!(
+                        "BERTH_CONTROL_UID={v:?} is not a numeric uid; set it to the uid (a number) \
+                         of the client allowed on the control socket, or unset it"
+                    ));
+                    None
+                }
+            },
+        };
         let cfg = PodConfig {
             hostname,
             vcpus,
@@ -134,6 +149,7 @@ impl PodConfig {
             shutdown_timeout,
             root,
             control_socket,
+            control_uid,
             no_vnc: env.flag("NO_VNC"),
             nested: env.flag("BERTH_NESTED"),
             vnc_password: env.value("VNC_PASSWORD").is_some(),
@@ -211,15 +227,17 @@ mod tests {
             ("IMG_RAM_MB", "lots"),
             ("SEED_FORMAT", "iso"),
             ("BERTH_SHUTDOWN_TIMEOUT", "0"),
+            ("BERTH_CONTROL_UID", "nobody"),
         ]))
         .unwrap_err();
-        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert_eq!(errs.len(), 6, "{errs:#?}");
         for (e, word) in errs.iter().zip([
             "HOSTNAME",
             "IMG_VCPU",
             "IMG_RAM_MB",
             "SEED_FORMAT",
             "BERTH_SHUTDOWN_TIMEOUT",
+            "BERTH_CONTROL_UID",
         ]) {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));

@@ -54,7 +54,14 @@ pub fn run() -> Result<ExitReason, Failure> {
         net: None,
         lease: None,
     }));
-    control::serve(&cfg.control_socket, status.clone(), Some(lc.clone())).map_err(|e| {
+    let access = control::Access::own_uid_and(cfg.control_uid);
+    control::serve(
+        &cfg.control_socket,
+        status.clone(),
+        Some(lc.clone()),
+        access,
+    )
+    .map_err(|e| {
         Failure::Setup(format!(
             "cannot listen on the control socket {}: {e}; set BERTH_CONTROL_SOCKET",
             cfg.control_socket

@@ -500,7 +500,11 @@ mod tests {
                 _ => out(&mut d, 0xf2), // keyboard "identify": three bytes each time
             }
         }
-        assert!(d.ctl_queue.len() <= CTL_QUEUE_LIMIT, "{}", d.ctl_queue.len());
+        assert!(
+            d.ctl_queue.len() <= CTL_QUEUE_LIMIT,
+            "{}",
+            d.ctl_queue.len()
+        );
         assert!(d.ctl_queue.capacity() <= 4 * CTL_QUEUE_LIMIT);
         assert!(d.kbd_queue.len() <= QUEUE_LIMIT);
         let backlog = drain(&mut d);
