@@ -45,6 +45,10 @@ pub enum Failure {
     /// The base image cannot be found or downloaded.
     #[error("{0}")]
     Fetch(String),
+    /// The VNC console would be open to the network without a password (and the insecure
+    /// override is not given).
+    #[error("{0}")]
+    InsecureConsole(String),
 }
 
 impl Failure {
@@ -73,6 +77,7 @@ impl Failure {
             Failure::Network(_) => 12,
             Failure::Input(_) => 8,
             Failure::Fetch(_) => 10,
+            Failure::InsecureConsole(_) => 15,
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct PodConfig {
     pub nested: bool,
     /// VNC_PASSWORD is set (the value itself is not kept here).
     pub vnc_password: bool,
+    /// VNC_INSECURE: serve the console without a password anyway.
+    pub vnc_insecure: bool,
 }
 
 impl PodConfig {
@@ -153,12 +155,30 @@ impl PodConfig {
             no_vnc: env.flag("NO_VNC"),
             nested: env.flag("BERTH_NESTED"),
             vnc_password: env.value("VNC_PASSWORD").is_some(),
+            vnc_insecure: env.flag("VNC_INSECURE"),
         };
         if errs.is_empty() {
             Ok(cfg)
         } else {
             Err(errs)
         }
+    }
+
+    /// Whether the console may start: `Err` (the one-line reason and fix) when VNC is on, has
+    /// no password and VNC_INSECURE is not set. The pod's console listens on the pod IP,
+    /// reachable from the whole cluster, so an open one would let anyone there watch the
+    /// guest's console (where cloud-init often prints credentials) and type into it.
+    pub fn check_console(&self) -> Result<(), String> {
+        if self.no_vnc || self.vnc_password || self.vnc_insecure {
+            return Ok(());
+        }
+        Err(
+            "refusing to serve the VNC console on the pod IP without a password: anyone in \
+             the cluster could watch the guest's console and type into it; set VNC_PASSWORD \
+             (the chart does, from a Secret), or NO_VNC=1 for no console, or VNC_INSECURE=1 \
+             to serve it without a password anyway"
+                .into(),
+        )
     }
 
     /// A path under [`PodConfig::root`].
@@ -218,6 +238,27 @@ mod tests {
         assert_eq!(c.seed_format, seed::Format::NoCloud);
         assert_eq!(c.path("/image"), PathBuf::from("/tmp/pod/image"));
         assert!(c.summary().contains("vcpus=4 memory=2048MiB"));
+    }
+
+    #[test]
+    fn console_is_secure_by_default() {
+        let cfg = |pairs: &[(&str, &str)]| {
+            let env: Env = [("HOSTNAME", "vm-0")]
+                .iter()
+                .chain(pairs)
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            PodConfig::from_env(&env).unwrap()
+        };
+        let err = cfg(&[]).check_console().unwrap_err();
+        assert!(err.contains("without a password") && err.contains("VNC_PASSWORD"));
+        assert!(!err.contains('\n'));
+        // An empty password (an empty Secret key) is no password.
+        assert!(cfg(&[("VNC_PASSWORD", "")]).check_console().is_err());
+        assert!(cfg(&[("VNC_PASSWORD", "pw")]).check_console().is_ok());
+        assert!(cfg(&[("NO_VNC", "1")]).check_console().is_ok());
+        let open = cfg(&[("VNC_INSECURE", "1")]);
+        assert!(open.vnc_insecure && open.check_console().is_ok());
     }
 
     #[test]
