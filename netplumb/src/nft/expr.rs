@@ -49,9 +49,11 @@ pub enum PayloadBase {
     Transport = 2,
 }
 
-/// Keys of the meta expression (`enum nft_meta_keys`), only the one berth uses.
+/// Keys of the meta expression (`enum nft_meta_keys`), only the ones berth uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
+    /// The input interface's name (16 bytes, NUL-padded).
+    IifName = 6,
     /// The layer-4 protocol number.
     L4Proto = 16,
 }
@@ -68,6 +70,8 @@ pub enum CmpOp {
 /// Verdicts (`NF_ACCEPT`, `NFT_RETURN`, ...) as the kernel's signed codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Drop the packet.
+    Drop = 0,
     /// Accept the packet.
     Accept = 1,
     /// Stop evaluating this chain and return to the caller (for a base chain: its policy).
@@ -201,6 +205,24 @@ pub fn ip_addr_eq(offset: u32, addr: std::net::Ipv4Addr) -> [Expr; 2] {
             sreg: REG_1,
             op: CmpOp::Eq,
             data: addr.octets().to_vec(),
+        },
+    ]
+}
+
+/// `iifname NAME`: the input interface's name, compared as nft does (NUL-padded to IFNAMSIZ).
+pub fn iifname_eq(name: &str) -> [Expr; 2] {
+    let mut data = vec![0u8; 16];
+    let n = name.len().min(15);
+    data[..n].copy_from_slice(&name.as_bytes()[..n]);
+    [
+        Expr::Meta {
+            key: MetaKey::IifName,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data,
         },
     ]
 }
