@@ -147,6 +147,7 @@ impl PodNetwork {
             keep_vnc: !cfg.no_vnc,
             vnc_port: VNC_PORT,
             vm_bridge: cfg.bridge.clone(),
+            pod_iface: self.info.iface.clone(),
         };
         self.nft.install(&spec)?;
         log::info!(

@@ -90,7 +90,8 @@ fn reference_rules(pod_ip: &str, vm_ip: &str, keep_vnc: bool) -> String {
     };
     format!(
         "table ip berth {{\n chain antispoof {{\n  type filter hook prerouting priority raw; policy accept;\n  \
-         iifname \"br0\" ip saddr 0.0.0.0 udp dport 67 return\n  iifname \"br0\" ip saddr != {vm_ip} drop\n }}\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  {vnc}  ip daddr {pod_ip} dnat to {vm_ip}\n }}\n \
+         iifname \"br0\" ip saddr 0.0.0.0 udp dport 67 return\n  iifname \"br0\" ip saddr != {vm_ip} drop\n  \
+         iifname \"eth0\" ip saddr 192.168.254.0/30 drop\n }}\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  {vnc}  ip daddr {pod_ip} dnat to {vm_ip}\n }}\n \
          chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {vm_ip} snat to {pod_ip}\n }}\n}}\n"
     )
 }
@@ -333,24 +334,6 @@ fn udp_from(src: &str, dst: &str) {
     s.send_to(b"x", dst).unwrap();
 }
 
-/// `TcpExt IPReversePathFilter` of the calling thread's namespace: packets the reverse-path
-/// check dropped.
-fn rp_filter_drops() -> u64 {
-    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
-    let mut lines = text.lines();
-    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-        if !names.starts_with("TcpExt:") {
-            continue;
-        }
-        let i = names
-            .split_whitespace()
-            .position(|n| n == "IPReversePathFilter")
-            .unwrap();
-        return values.split_whitespace().nth(i).unwrap().parse().unwrap();
-    }
-    panic!("no TcpExt in /proc/thread-self/net/netstat")
-}
-
 #[test]
 fn spoofed_sources_do_not_leave_the_pod() {
     let pod = Pod::new();
@@ -388,20 +371,42 @@ fn spoofed_sources_do_not_leave_the_pod() {
     assert!(pod_got.recv_timeout(Duration::from_millis(300)).is_err());
 
     // The pod side's reverse-path check: a packet from the cluster claiming the VM's address
-    // is dropped at the pod interface (before, it was DNATed on to the VM).
+    // is dropped at the pod interface (before, it was DNATed on to the VM). The VM namespace
+    // is told to accept packets from its own address, so only the pod can stop this one.
     assert_eq!(
         pod.pod
             .exec(&["cat", "/proc/sys/net/ipv4/conf/eth0/rp_filter"])
             .trim(),
         "1"
     );
-    let before = pod.pod.run(rp_filter_drops);
+    vm.exec(&["sysctl", "-qw", "net.ipv4.conf.vmnic.accept_local=1"]);
+    vm.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+    vm.exec(&["sysctl", "-qw", "net.ipv4.conf.vmnic.rp_filter=0"]);
+    let vm_got = vm.run(|| udp_sources(5353));
     pod.client
         .ip(&["addr", "add", "192.168.254.2/32", "dev", "c0"]);
     let p = format!("{POD_IP}:5353");
-    pod.client.run(move || udp_from("192.168.254.2", &p));
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(pod.pod.run(rp_filter_drops), before + 1);
+    // First an honest packet (it arrives), then the forged one: once with the pod's strict
+    // rp_filter, once with `all` loose (2), as many nodes set it, where only the nftables rule
+    // holds.
+    pod.client.run({
+        let p = p.clone();
+        move || udp_from(CLIENT_IP, &p)
+    });
+    assert_eq!(vm_got.recv_timeout(T).unwrap().to_string(), CLIENT_IP);
+    for all in ["0", "2"] {
+        pod.pod.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.all.rp_filter={all}"),
+        ]);
+        let p = p.clone();
+        pod.client.run(move || udp_from("192.168.254.2", &p));
+        assert!(
+            vm_got.recv_timeout(Duration::from_millis(500)).is_err(),
+            "a packet claiming the VM's address reached it (all.rp_filter={all})"
+        );
+    }
     drop(net);
 }
 

@@ -8,6 +8,7 @@
 //!         type filter hook prerouting priority raw; policy accept;
 //!         iifname "br0" ip saddr 0.0.0.0 udp dport 67 return   # DHCP before the lease
 //!         iifname "br0" ip saddr != VM_IP drop      # otherwise only the VM's own address
+//!         iifname "eth0" ip saddr VM_NET/30 drop     # nobody outside claims the VM's /30
 //!     }
 //!     chain prerouting {
 //!         type nat hook prerouting priority dstnat; policy accept;
@@ -29,7 +30,9 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
 use crate::nlattr::{parse_replies, NlBuf, NLMSG_ERROR};
-use expr::{iifname_eq, ip_addr_eq, CmpOp, Expr, MetaKey, NatKind, PayloadBase, Verdict, REG_1};
+use expr::{
+    iifname_eq, ip_addr_eq, ip_net_eq, CmpOp, Expr, MetaKey, NatKind, PayloadBase, Verdict, REG_1,
+};
 
 /// The table's name (family ip).
 pub const TABLE: &str = "berth";
@@ -78,7 +81,12 @@ pub struct NatSpec {
     pub vnc_port: u16,
     /// The bridge the VM's tap is in: IPv4 packets arriving on it must come from `vm_ip`.
     pub vm_bridge: String,
+    /// The pod interface: packets arriving on it must not claim a source in the VM's /30.
+    pub pod_iface: String,
 }
+
+/// The VM's network behind the bridge: VM_IP and VM_GW share a /30.
+pub const VM_PREFIX: u8 = 30;
 
 /// The rules of the table, as (chain, expressions) in order.
 pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
@@ -107,6 +115,15 @@ pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
     });
     spoof.push(Expr::Verdict(Verdict::Drop));
     out.push(("antispoof", spoof));
+    // The pod side's reverse-path check for the one network that routes elsewhere: from the
+    // pod interface, a source in the VM's /30 is a forgery (one claiming to be the VM, or its
+    // gateway). rp_filter=1 on the interface says the same, but the kernel uses the larger of
+    // the interface's and `all`'s value, and nodes often set `all` to 2 (loose), which would
+    // let it through; this rule holds whatever the sysctls say.
+    let mut rp = iifname_eq(&spec.pod_iface).to_vec();
+    rp.extend(ip_net_eq(12, spec.vm_ip, VM_PREFIX));
+    rp.push(Expr::Verdict(Verdict::Drop));
+    out.push(("antispoof", rp));
     if spec.keep_vnc {
         let mut e = ip_addr_eq(16, spec.pod_ip).to_vec();
         e.extend(l4_dport_eq(libc::IPPROTO_TCP as u8, spec.vnc_port));
@@ -363,14 +380,15 @@ mod tests {
             keep_vnc,
             vnc_port: 5900,
             vm_bridge: "br0".into(),
+            pod_iface: "eth0".into(),
         }
     }
 
     #[test]
     fn no_vnc_drops_the_return_rule() {
-        assert_eq!(rules(&spec(true)).len(), 5);
+        assert_eq!(rules(&spec(true)).len(), 6);
         let r = rules(&spec(false));
-        assert_eq!(r.len(), 4);
+        assert_eq!(r.len(), 5);
         assert!(r
             .iter()
             .filter(|(chain, _)| *chain != "antispoof")
@@ -398,13 +416,14 @@ mod tests {
                 nft(NFT_MSG_NEWRULE),
                 nft(NFT_MSG_NEWRULE),
                 nft(NFT_MSG_NEWRULE),
+                nft(NFT_MSG_NEWRULE),
                 NFNL_MSG_BATCH_END
             ]
         );
-        assert_eq!(acked, (101..112).collect::<Vec<_>>());
+        assert_eq!(acked, (101..113).collect::<Vec<_>>());
         assert_eq!(
             replies.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            (100..113).collect::<Vec<_>>()
+            (100..114).collect::<Vec<_>>()
         );
     }
 }
