@@ -57,9 +57,14 @@ pub struct VmArgs {
     #[arg(long)]
     nested: bool,
     /// File whose first line is the VNC password (only 8 bytes count). Default: the
-    /// VNC_PASSWORD environment variable; without either, viewers need no password.
+    /// VNC_PASSWORD environment variable. Without either, berth serves VNC only on a loopback
+    /// address (127.0.0.1, ::1), unless --vnc-insecure.
     #[arg(long, value_name = "FILE", requires = "vnc")]
     vnc_password_file: Option<PathBuf>,
+    /// Serve VNC without a password on a non-loopback address: anyone who can reach it can
+    /// watch the console and type into the guest.
+    #[arg(long, requires = "vnc")]
+    vnc_insecure: bool,
 }
 
 /// The VNC password from `--vnc-password-file` or VNC_PASSWORD.
@@ -77,7 +82,7 @@ fn vnc_password(file: Option<&Path>) -> Result<Option<Vec<u8>>, Failure> {
     if pw.is_empty() {
         return Err(Failure::Usage(
             "the VNC password is empty; put it on the first line of --vnc-password-file \
-             (or in VNC_PASSWORD), or give neither for no password"
+             (or in VNC_PASSWORD), or give neither for no password (loopback only)"
                 .into(),
         ));
     }
@@ -134,6 +139,24 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         None => lifecycle::shutdown_timeout_from_env(),
     }
     .map_err(Failure::Usage)?;
+    // The console's policy is checked before anything is built: refusing is exit code 15.
+    let vnc_config = match args.vnc {
+        None => None,
+        Some(addr) => {
+            let mut config = VncConfig::new(addr);
+            config.password = vnc_password(args.vnc_password_file.as_deref())?;
+            config.insecure = args.vnc_insecure;
+            if let Some(warning) = config.exposure().map_err(|e| {
+                Failure::InsecureConsole(format!(
+                    "{e}; give --vnc-password-file (or VNC_PASSWORD), listen on 127.0.0.1, or \
+                     pass --vnc-insecure to serve it without a password anyway"
+                ))
+            })? {
+                eprintln!("berth: {warning} (--vnc-insecure)");
+            }
+            Some(config)
+        }
+    };
     let lc = lifecycle::Lifecycle::start(timeout);
     for f in args.kernel.iter().chain(args.initrd.as_ref()) {
         std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
@@ -170,16 +193,15 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         net,
     };
     let (mut vm, kernel) = machine::build(&spec)?;
-    let _vnc = match args.vnc {
+    let _vnc = match vnc_config {
         None => None,
-        Some(addr) => {
+        Some(config) => {
+            let addr = config.addr;
             let fb = Arc::new(
                 Framebuffer::new(FramebufferConfig::default())
                     .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
             );
             vm.add_framebuffer(fb.clone())?;
-            let mut config = VncConfig::new(addr);
-            config.password = vnc_password(args.vnc_password_file.as_deref())?;
             let server = VncServer::start(config, fb, Some(vm.keyboard()))
                 .map_err(|e| Failure::Setup(format!("cannot serve VNC on {addr}: {e}")))?;
             eprintln!("berth: VNC console on {}", server.local_addr());

@@ -48,6 +48,10 @@ pub enum Failure {
     /// A disk image is in use by another process (another berth, QEMU, qemu-img).
     #[error("{0}")]
     DiskInUse(String),
+    /// The VNC console would be open to the network without a password (and the insecure
+    /// override is not given).
+    #[error("{0}")]
+    InsecureConsole(String),
 }
 
 impl Failure {
@@ -77,6 +81,7 @@ impl Failure {
             Failure::Input(_) => 8,
             Failure::Fetch(_) => 10,
             Failure::DiskInUse(_) => 13,
+            Failure::InsecureConsole(_) => 15,
         }
     }
 }

@@ -146,6 +146,8 @@ impl PodNetwork {
             vm_ip: cfg.vm_ip,
             keep_vnc: !cfg.no_vnc,
             vnc_port: VNC_PORT,
+            vm_bridge: cfg.bridge.clone(),
+            pod_iface: self.info.iface.clone(),
         };
         self.nft.install(&spec)?;
         log::info!(
@@ -170,7 +172,10 @@ impl PodNetwork {
             log::debug!("{IP_FORWARD}: {e}; enabling forwarding per device instead");
         }
         self.rtnl.enable_forwarding(self.info.ifindex)?;
-        self.rtnl.enable_forwarding(bridge)
+        self.rtnl.enable_forwarding(bridge)?;
+        // The pod side's reverse-path check: a packet arriving on the pod interface with a
+        // source that routes elsewhere (the VM's /30 behind the bridge) is a forgery.
+        self.rtnl.enable_rp_filter(self.info.ifindex)
     }
 
     /// What was discovered about the pod.

@@ -267,21 +267,28 @@ impl Rtnl {
     /// Enables IPv4 forwarding on one link (`net.ipv4.conf.<dev>.forwarding`), through
     /// netlink so that it works where /proc/sys is read-only, as in unprivileged pods.
     pub fn enable_forwarding(&mut self, index: u32) -> Result<()> {
-        const IFLA_INET_CONF: u16 = 1;
         const IPV4_DEVCONF_FORWARDING: u16 = 1;
+        self.set_ipv4_devconf(index, IPV4_DEVCONF_FORWARDING, 1, "enable forwarding")
+    }
+
+    /// Turns on strict reverse-path filtering on a link (its `rp_filter` = 1): a packet
+    /// arriving there is dropped unless the route back to its source leaves by the same link.
+    /// Over netlink, like forwarding, so it works with a read-only /proc/sys.
+    pub fn enable_rp_filter(&mut self, index: u32) -> Result<()> {
+        const IPV4_DEVCONF_RP_FILTER: u16 = 8;
+        self.set_ipv4_devconf(index, IPV4_DEVCONF_RP_FILTER, 1, "enable rp_filter")
+    }
+
+    /// Sets one per-link IPv4 setting (`IPV4_DEVCONF_*`, what /proc/sys/net/ipv4/conf/LINK/
+    /// shows) through IFLA_AF_SPEC.
+    fn set_ipv4_devconf(&mut self, index: u32, key: u16, value: u32, what: &str) -> Result<()> {
+        const IFLA_INET_CONF: u16 = 1;
         let mut b = NlBuf::default();
         b.nest(libc::AF_INET as u16, |b| {
-            b.nest(IFLA_INET_CONF, |b| {
-                b.put(IPV4_DEVCONF_FORWARDING, &1u32.to_ne_bytes())
-            })
+            b.nest(IFLA_INET_CONF, |b| b.put(key, &value.to_ne_bytes()))
         });
         let attrs = vec![LinkAttribute::AfSpecUnknown(b.buf)];
-        self.set_link(
-            index,
-            attrs,
-            false,
-            &format!("enable forwarding on link {index}"),
-        )
+        self.set_link(index, attrs, false, &format!("{what} on link {index}"))
     }
 
     /// Adds an IPv4 address to a link (an existing identical address is not an error).

@@ -89,7 +89,9 @@ fn reference_rules(pod_ip: &str, vm_ip: &str, keep_vnc: bool) -> String {
         String::new()
     };
     format!(
-        "table ip berth {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  {vnc}  ip daddr {pod_ip} dnat to {vm_ip}\n }}\n \
+        "table ip berth {{\n chain antispoof {{\n  type filter hook prerouting priority raw; policy accept;\n  \
+         iifname \"br0\" ip saddr 0.0.0.0 udp dport 67 return\n  iifname \"br0\" ip saddr != {vm_ip} drop\n  \
+         iifname \"eth0\" ip saddr 192.168.254.0/30 drop\n }}\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  {vnc}  ip daddr {pod_ip} dnat to {vm_ip}\n }}\n \
          chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {vm_ip} snat to {pod_ip}\n }}\n}}\n"
     )
 }
@@ -309,6 +311,103 @@ fn vm_takes_over_the_pod_ip() {
         .client
         .run(|| tcp_get(&format!("{POD_IP}:8080")))
         .is_err());
+}
+
+/// UDP receivers in the current namespace that report each datagram's source address.
+fn udp_sources(port: u16) -> std::sync::mpsc::Receiver<std::net::IpAddr> {
+    let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            if tx.send(from.ip()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Sends one datagram from `src` (an address of the current namespace) to `dst`.
+fn udp_from(src: &str, dst: &str) {
+    let s = UdpSocket::bind((src, 0)).unwrap();
+    s.send_to(b"x", dst).unwrap();
+}
+
+#[test]
+fn spoofed_sources_do_not_leave_the_pod() {
+    let pod = Pod::new();
+    let cfg = config(&pod, "vm-spoof-0");
+    let vm = pod.vm_side(&cfg.vm_mac.to_string());
+    let c = cfg.clone();
+    let net = pod.pod.run(move || PodNetwork::setup(&c).unwrap());
+    pod.pod
+        .ip(&["link", "set", "vmport", "master", "br0", "up"]);
+    // The VM with its own address, plus two it has no right to: a neighbour's on the pod
+    // network, and one from nowhere.
+    vm.ip(&["addr", "add", "192.168.254.2/30", "dev", "vmnic"]);
+    vm.ip(&["addr", "add", "10.213.0.77/32", "dev", "vmnic"]);
+    vm.ip(&["addr", "add", "198.51.100.9/32", "dev", "vmnic"]);
+    vm.ip(&["route", "add", "default", "via", "192.168.254.1"]);
+    let got = pod.client.run(|| udp_sources(9100));
+    let to = format!("{CLIENT_IP}:9100");
+    for src in ["10.213.0.77", "198.51.100.9", "192.168.254.2"] {
+        let to = to.clone();
+        vm.run(move || udp_from(src, &to));
+    }
+    // The honest one arrives (as the pod IP, after SNAT); the forged ones never do.
+    assert_eq!(got.recv_timeout(T).unwrap().to_string(), POD_IP);
+    let late: Vec<_> =
+        std::iter::from_fn(|| got.recv_timeout(Duration::from_millis(500)).ok()).collect();
+    assert!(late.is_empty(), "spoofed packets left the pod: {late:?}");
+    // Forged packets to the pod itself (to berth's own sockets) are dropped too.
+    let pod_got = pod.pod.run(|| udp_sources(9101));
+    vm.run(|| udp_from("198.51.100.9", "192.168.254.1:9101"));
+    vm.run(|| udp_from("192.168.254.2", "192.168.254.1:9101"));
+    assert_eq!(
+        pod_got.recv_timeout(T).unwrap().to_string(),
+        "192.168.254.2"
+    );
+    assert!(pod_got.recv_timeout(Duration::from_millis(300)).is_err());
+
+    // The pod side's reverse-path check: a packet from the cluster claiming the VM's address
+    // is dropped at the pod interface (before, it was DNATed on to the VM). The VM namespace
+    // is told to accept packets from its own address, so only the pod can stop this one.
+    assert_eq!(
+        pod.pod
+            .exec(&["cat", "/proc/sys/net/ipv4/conf/eth0/rp_filter"])
+            .trim(),
+        "1"
+    );
+    vm.exec(&["sysctl", "-qw", "net.ipv4.conf.vmnic.accept_local=1"]);
+    vm.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+    vm.exec(&["sysctl", "-qw", "net.ipv4.conf.vmnic.rp_filter=0"]);
+    let vm_got = vm.run(|| udp_sources(5353));
+    pod.client
+        .ip(&["addr", "add", "192.168.254.2/32", "dev", "c0"]);
+    let p = format!("{POD_IP}:5353");
+    // First an honest packet (it arrives), then the forged one: once with the pod's strict
+    // rp_filter, once with `all` loose (2), as many nodes set it, where only the nftables rule
+    // holds.
+    pod.client.run({
+        let p = p.clone();
+        move || udp_from(CLIENT_IP, &p)
+    });
+    assert_eq!(vm_got.recv_timeout(T).unwrap().to_string(), CLIENT_IP);
+    for all in ["0", "2"] {
+        pod.pod.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.all.rp_filter={all}"),
+        ]);
+        let p = p.clone();
+        pod.client.run(move || udp_from("192.168.254.2", &p));
+        assert!(
+            vm_got.recv_timeout(Duration::from_millis(500)).is_err(),
+            "a packet claiming the VM's address reached it (all.rp_filter={all})"
+        );
+    }
+    drop(net);
 }
 
 #[test]

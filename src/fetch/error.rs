@@ -73,6 +73,14 @@ pub enum FetchError {
         /// The redirect limit.
         limit: u32,
     },
+    /// An https:// source redirected to plain http://.
+    #[error("{url} redirected to {to}, which is not HTTPS; refusing to download the image without TLS (nothing was saved); point IMG_SOURCE at a URL that stays on https://")]
+    Downgrade {
+        /// The URL being fetched.
+        url: String,
+        /// Where the redirect pointed.
+        to: String,
+    },
     /// The TLS handshake or certificate check failed.
     #[error("TLS with {url} failed: {reason}; make the server's CA trusted (a PEM bundle in SSL_CERT_FILE, default /etc/ssl/certs/ca-certificates.crt) or fix the server's certificate")]
     Tls {
@@ -186,6 +194,10 @@ pub fn classify(url: &str, e: ureq::Error, max_redirects: u32) -> AttemptError {
             limit: max_redirects,
         }),
         ureq::Error::BadUri(reason) => fatal_url(reason),
+        ureq::Error::RequireHttpsOnly(to) => AttemptError::Fatal(FetchError::Downgrade {
+            url: url.to_string(),
+            to,
+        }),
         ureq::Error::RedirectFailed => fatal_url("a redirect has no usable Location".into()),
         other => AttemptError::network(url, other.to_string()),
     }

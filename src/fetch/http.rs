@@ -15,10 +15,13 @@ use super::part::PartFiles;
 use super::progress::{size, Progress};
 use super::{log, NetConfig, DEFAULT_CA_FILE};
 
-/// The agent for all attempts of one fetch.
-pub fn agent(net: &NetConfig) -> Result<Agent, FetchError> {
+/// The agent for all attempts of one fetch. With `https_only` (the source is an https:// URL)
+/// every request, redirects included, must stay on HTTPS: a redirect to http:// fails before
+/// connecting, so a man in the middle of one hop cannot swap the image.
+pub fn agent(net: &NetConfig, https_only: bool) -> Result<Agent, FetchError> {
     let config = Agent::config_builder()
         .http_status_as_error(false)
+        .https_only(https_only)
         .max_redirects(net.max_redirects)
         .timeout_connect(Some(net.timeout))
         .timeout_send_request(Some(net.timeout))

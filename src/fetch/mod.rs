@@ -166,7 +166,10 @@ pub fn ensure_image(req: &FetchRequest) -> Result<PathBuf, FetchError> {
         ));
         return Ok(target);
     }
-    let agent = http::agent(&req.net)?;
+    let https = url
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+    let agent = http::agent(&req.net, https)?;
     download(&agent, url, &files, &req.net)?;
     files.commit(url, sha256)?;
     log(format!("downloaded {url} to {}", target.display()));

@@ -41,12 +41,16 @@ pub struct PodConfig {
     pub root: PathBuf,
     /// BERTH_CONTROL_SOCKET: `@name` for an abstract socket, else a path.
     pub control_socket: String,
+    /// BERTH_CONTROL_UID: a uid allowed on the control socket besides berth's own.
+    pub control_uid: Option<u32>,
     /// NO_VNC.
     pub no_vnc: bool,
     /// BERTH_NESTED: offer the guest hardware virtualization (VMX/SVM).
     pub nested: bool,
     /// VNC_PASSWORD is set (the value itself is not kept here).
     pub vnc_password: bool,
+    /// VNC_INSECURE: serve the console without a password anyway.
+    pub vnc_insecure: bool,
 }
 
 impl PodConfig {
@@ -123,6 +127,19 @@ impl PodConfig {
             .value("BERTH_CONTROL_SOCKET")
             .unwrap_or(DEFAULT_CONTROL_SOCKET)
             .to_owned();
+        let control_uid = match env.value("BERTH_CONTROL_UID") {
+            None => None,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(uid) => Some(uid),
+                Err(_) => {
+                    errs.push(format!(
+                        "BERTH_CONTROL_UID={v:?} is not a numeric uid; set it to the uid (a number) \
+                         of the client allowed on the control socket, or unset it"
+                    ));
+                    None
+                }
+            },
+        };
         let cfg = PodConfig {
             hostname,
             vcpus,
@@ -134,15 +151,34 @@ impl PodConfig {
             shutdown_timeout,
             root,
             control_socket,
+            control_uid,
             no_vnc: env.flag("NO_VNC"),
             nested: env.flag("BERTH_NESTED"),
             vnc_password: env.value("VNC_PASSWORD").is_some(),
+            vnc_insecure: env.flag("VNC_INSECURE"),
         };
         if errs.is_empty() {
             Ok(cfg)
         } else {
             Err(errs)
         }
+    }
+
+    /// Whether the console may start: `Err` (the one-line reason and fix) when VNC is on, has
+    /// no password and VNC_INSECURE is not set. The pod's console listens on the pod IP,
+    /// reachable from the whole cluster, so an open one would let anyone there watch the
+    /// guest's console (where cloud-init often prints credentials) and type into it.
+    pub fn check_console(&self) -> Result<(), String> {
+        if self.no_vnc || self.vnc_password || self.vnc_insecure {
+            return Ok(());
+        }
+        Err(
+            "refusing to serve the VNC console on the pod IP without a password: anyone in \
+             the cluster could watch the guest's console and type into it; set VNC_PASSWORD \
+             (the chart does, from a Secret), or NO_VNC=1 for no console, or VNC_INSECURE=1 \
+             to serve it without a password anyway"
+                .into(),
+        )
     }
 
     /// A path under [`PodConfig::root`].
@@ -205,21 +241,44 @@ mod tests {
     }
 
     #[test]
+    fn console_is_secure_by_default() {
+        let cfg = |pairs: &[(&str, &str)]| {
+            let env: Env = [("HOSTNAME", "vm-0")]
+                .iter()
+                .chain(pairs)
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            PodConfig::from_env(&env).unwrap()
+        };
+        let err = cfg(&[]).check_console().unwrap_err();
+        assert!(err.contains("without a password") && err.contains("VNC_PASSWORD"));
+        assert!(!err.contains('\n'));
+        // An empty password (an empty Secret key) is no password.
+        assert!(cfg(&[("VNC_PASSWORD", "")]).check_console().is_err());
+        assert!(cfg(&[("VNC_PASSWORD", "pw")]).check_console().is_ok());
+        assert!(cfg(&[("NO_VNC", "1")]).check_console().is_ok());
+        let open = cfg(&[("VNC_INSECURE", "1")]);
+        assert!(open.vnc_insecure && open.check_console().is_ok());
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let errs = PodConfig::from_env(&Env::from([
             ("IMG_VCPU", "0"),
             ("IMG_RAM_MB", "lots"),
             ("SEED_FORMAT", "iso"),
             ("BERTH_SHUTDOWN_TIMEOUT", "0"),
+            ("BERTH_CONTROL_UID", "nobody"),
         ]))
         .unwrap_err();
-        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert_eq!(errs.len(), 6, "{errs:#?}");
         for (e, word) in errs.iter().zip([
             "HOSTNAME",
             "IMG_VCPU",
             "IMG_RAM_MB",
             "SEED_FORMAT",
             "BERTH_SHUTDOWN_TIMEOUT",
+            "BERTH_CONTROL_UID",
         ]) {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));

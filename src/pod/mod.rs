@@ -41,6 +41,9 @@ fn log(msg: impl std::fmt::Display) {
 pub fn run() -> Result<ExitReason, Failure> {
     let env: Env = std::env::vars().collect();
     let cfg = PodConfig::from_env(&env).map_err(|errs| Failure::Config(errs.join("\nberth: ")))?;
+    // Before anything is set up: a pod that would expose an open console fails at once (exit
+    // code 15, docs/operations.md) instead of running with a console nobody secured.
+    cfg.check_console().map_err(Failure::InsecureConsole)?;
     let lc = Lifecycle::start(cfg.shutdown_timeout);
     log(format!("config: {}", cfg.summary()));
 
@@ -54,7 +57,14 @@ pub fn run() -> Result<ExitReason, Failure> {
         net: None,
         lease: None,
     }));
-    control::serve(&cfg.control_socket, status.clone(), Some(lc.clone())).map_err(|e| {
+    let access = control::Access::own_uid_and(cfg.control_uid);
+    control::serve(
+        &cfg.control_socket,
+        status.clone(),
+        Some(lc.clone()),
+        access,
+    )
+    .map_err(|e| {
         Failure::Setup(format!(
             "cannot listen on the control socket {}: {e}; set BERTH_CONTROL_SOCKET",
             cfg.control_socket
@@ -150,6 +160,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         Some(start_vnc(
             std::net::SocketAddr::new(info.ip.into(), VNC_PORT),
             &env,
+            cfg.vnc_insecure,
         )?)
     };
     let result = run_vm(
@@ -177,27 +188,34 @@ pub struct Console {
     server: VncServer,
 }
 
-fn start_vnc(addr: std::net::SocketAddr, env: &Env) -> Result<Console, Failure> {
+fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Console, Failure> {
     let fb = Arc::new(
         Framebuffer::new(FramebufferConfig::default())
             .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
     );
     let mut config = VncConfig::new(addr);
     config.password = env.raw("VNC_PASSWORD").map(|p| p.as_bytes().to_vec());
+    config.insecure = insecure;
+    let warning = config.exposure().map_err(Failure::InsecureConsole)?;
+    let has_password = config.password.is_some();
     let server = VncServer::start(config, fb.clone(), None).map_err(|e| {
         Failure::Setup(format!(
             "cannot serve VNC on {addr}: {e}; free the port or set NO_VNC"
         ))
     })?;
-    log(format!(
-        "VNC console on {} ({})",
-        server.local_addr(),
-        if env.raw("VNC_PASSWORD").is_some() {
-            "password"
-        } else {
-            "no password"
-        }
-    ));
+    if let Some(w) = warning {
+        log(format!("{w} (VNC_INSECURE is set)"));
+    } else {
+        log(format!(
+            "VNC console on {} ({})",
+            server.local_addr(),
+            if has_password {
+                "password from VNC_PASSWORD"
+            } else {
+                "no password"
+            }
+        ));
+    }
     Ok(Console { fb, server })
 }
 

@@ -3,6 +3,7 @@ own schemas (kubernetes-validate), and assertions on the rendered objects."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import unittest
 from typing import Any
@@ -108,7 +109,8 @@ class LintRenderValidate(unittest.TestCase):
             self.assertEqual(labels["app.kubernetes.io/instance"], RELEASE)
             self.assertEqual(labels["app.kubernetes.io/managed-by"], "Helm")
             self.assertEqual(labels["app.kubernetes.io/part-of"], "berth")
-            self.assertEqual(labels["app.kubernetes.io/component"], "vm")
+            want = "vnc-password" if o["kind"] == "Secret" else "vm"
+            self.assertEqual(labels["app.kubernetes.io/component"], want)
             self.assertEqual(labels["app.kubernetes.io/version"], "0.1.0")
             self.assertEqual(o["metadata"]["namespace"], NAMESPACE)
 
@@ -124,6 +126,7 @@ class Cirros(unittest.TestCase):
     def test_objects(self) -> None:
         got = sorted((o["kind"], o["metadata"]["name"]) for o in self.objs)
         self.assertEqual(got, [("ConfigMap", "cirros-test-cloudconfig"),
+                               ("Secret", f"{RELEASE}-berth-vnc"),
                                ("Service", "cirros-test-headless"),
                                ("StatefulSet", "cirros-test")])
 
@@ -167,6 +170,7 @@ class Cirros(unittest.TestCase):
             "IMG_VCPU": "1",
             "IMG_RAM_MB": "256",
             "BERTH_SHUTDOWN_TIMEOUT": "60",
+            "VNC_PASSWORD": {"secretKeyRef": {"name": f"{RELEASE}-berth-vnc", "key": "password"}},
         })
 
     def test_ports_and_probes(self) -> None:
@@ -204,6 +208,59 @@ class Cirros(unittest.TestCase):
         self.assertIn("ssh USER@$POD_IP", self.notes)
         self.assertIn("$POD_IP:5900", self.notes)
         self.assertIn("/image/cirros-test-0.qcow2", self.notes)
+        self.assertNotIn("no password", self.notes)
+
+
+class VncConsole(unittest.TestCase):
+    """The console is secure by default: a password from a Secret, never an open console
+    unless vnc.insecure says so."""
+
+    def test_default_creates_a_secret_with_a_random_password(self) -> None:
+        objs, notes = render(cirros())
+        secret = find(objs, "Secret", f"{RELEASE}-berth-vnc")
+        self.assertEqual(secret["type"], "Opaque")
+        self.assertEqual(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
+        pw = base64.b64decode(secret["data"]["password"]).decode()
+        self.assertRegex(pw, r"^[A-Za-z0-9]{8}$")
+        # Random per install (the lookup keeps it across upgrades on a live cluster).
+        again = find(render(cirros())[0], "Secret", f"{RELEASE}-berth-vnc")
+        self.assertNotEqual(again["data"]["password"], secret["data"]["password"])
+        env = env_of(container(find(objs, "StatefulSet", "cirros-test")))
+        self.assertEqual(env["VNC_PASSWORD"],
+                         {"secretKeyRef": {"name": f"{RELEASE}-berth-vnc", "key": "password"}})
+        self.assertNotIn("VNC_INSECURE", env)
+        self.assertIn("password-protected", notes)
+        self.assertIn(f"kubectl get secret -n {NAMESPACE} {RELEASE}-berth-vnc "
+                      "-o jsonpath='{.data.password}' | base64 -d", notes)
+        self.assertNotIn("no password", notes.lower())
+
+    def test_existing_secret_is_used_and_none_created(self) -> None:
+        v = cirros()
+        v["vnc"] = {"existingSecret": "team-vnc", "secretKey": "vnc.pw"}
+        objs, notes = render(v)
+        self.assertEqual(kinds(objs, "Secret"), [])
+        env = env_of(container(find(objs, "StatefulSet", "cirros-test")))
+        self.assertEqual(env["VNC_PASSWORD"],
+                         {"secretKeyRef": {"name": "team-vnc", "key": "vnc.pw"}})
+        self.assertIn("kubectl get secret -n vms team-vnc -o jsonpath='{.data.vnc\\.pw}'", notes)
+
+    def test_insecure_is_explicit_and_loud(self) -> None:
+        v = cirros()
+        v["vnc"] = {"insecure": True}
+        objs, notes = render(v)
+        self.assertEqual(kinds(objs, "Secret"), [])
+        env = env_of(container(find(objs, "StatefulSet", "cirros-test")))
+        self.assertEqual(env["VNC_INSECURE"], "1")
+        self.assertNotIn("VNC_PASSWORD", env)
+        self.assertIn("NO PASSWORD", notes)
+
+    def test_no_secret_without_a_console(self) -> None:
+        v = with_vm(cirros(), "cirros-test", **{"netconfig.no_vnc": True})
+        objs, _ = render(v)
+        self.assertEqual(kinds(objs, "Secret"), [])
+        env = env_of(container(find(objs, "StatefulSet", "cirros-test")))
+        self.assertNotIn("VNC_PASSWORD", env)
+        self.assertEqual(kinds(render({})[0], "Secret"), [])
 
 
 class TwoVms(unittest.TestCase):
@@ -451,7 +508,7 @@ class Variants(unittest.TestCase):
         name = "v" * 52
         v = {"vmlist": {name: copy.deepcopy(cirros()["vmlist"]["cirros-test"])}}
         objs, _ = render(v)
-        self.assertEqual(len(objs), 3)
+        self.assertEqual(len(objs), 4)
         for o in objs:
             # Services are DNS-1123 labels (63); the pod <vm>-0 names the VM's host (63).
             limit = 63 if o["kind"] == "Service" else 253

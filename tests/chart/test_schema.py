@@ -82,6 +82,12 @@ def bad_inputs() -> list[tuple[str, dict[str, Any], list[str]]]:
          ["at '/service/type'", "value must be one of 'ClusterIP', 'NodePort', 'LoadBalancer'"]),
         ("shutdownTimeout 0", {**c, "berth": {"shutdownTimeout": 0}},
          ["at '/berth/shutdownTimeout'", "minimum: got 0, want 1"]),
+        ("vnc.insecure as text", {**c, "vnc": {"insecure": "yes"}},
+         ["at '/vnc/insecure'", "got string, want boolean"]),
+        ("vnc.secretKey empty", {**c, "vnc": {"secretKey": ""}},
+         ["at '/vnc/secretKey'", "minLength: got 0, want 1"]),
+        ("vnc unknown key", {**c, "vnc": {"password": "hunter2"}},
+         ["at '/vnc'", "additional properties 'password' not allowed"]),
     ]
 
 
@@ -100,6 +106,8 @@ def good_inputs() -> list[tuple[str, dict[str, Any]]]:
         ("disabled and incomplete", with_vm(c, VM, enabled=False, vmconfig={"cpu": {"vcpu": 1}})),
         ("no ports", with_vm(c, VM, **{"netconfig.ports": DELETE, "netconfig.readinessTcpProbe": DELETE})),
         ("empty vmlist", {"vmlist": {}}),
+        ("vnc existing Secret", {**c, "vnc": {"existingSecret": "my-vnc", "secretKey": "pw.txt"}}),
+        ("vnc insecure", {**c, "vnc": {"insecure": True}}),
     ]
 
 

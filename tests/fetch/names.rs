@@ -51,6 +51,38 @@ fn https_with_a_trusted_test_ca() {
     assert_eq!(srv.image_gets(), 2);
 }
 
+#[test]
+fn https_never_downgrades_on_redirect() {
+    let s = Scratch::new();
+    let data = payload(100_000);
+    let (ca_pem, tls) = server::tls_setup("berth test CA");
+    server::write_ca(&s.path("ca.pem"), &ca_pem);
+    let ca = s.path("ca.pem");
+    let env = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+    let plain = Server::start(data.clone(), Opts::default());
+    let secure = Server::start_with(data.clone(), Opts::default(), Some(tls));
+    // https -> http: one line naming both URLs, not retried, nothing saved, and the plain
+    // server never asked.
+    secure.set(|o| o.away = plain.url("/img"));
+    let err = s.fetch(&secure.url("/away"), "c.qcow2", &env).failed();
+    assert!(
+        err.contains("redirected to http://") && err.contains("not HTTPS"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was saved"), "{err}");
+    assert_eq!(s.listing(), vec![".c.qcow2.lock"]);
+    assert!(plain.seen().is_empty(), "{:?}", plain.seen());
+    let paths: Vec<String> = secure.seen().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, vec!["/away"], "not retried");
+    // https -> https is followed; http -> http (a plain source) is too.
+    secure.set(|o| o.away = "/img".into());
+    s.fetch(&secure.url("/away"), "d.qcow2", &env).ok();
+    s.assert_image("d.qcow2", &data);
+    plain.set(|o| o.away = "/img".into());
+    s.fetch(&plain.url("/away"), "e.qcow2", &[]).ok();
+    s.assert_image("e.qcow2", &data);
+}
+
 /// A resolv.conf for the test responder, and the environment pointing the fetch at it.
 fn dns_setup(s: &Scratch, conf: &str, port: u16) -> [(&'static str, String); 1] {
     std::fs::write(s.path("resolv.conf"), conf).unwrap();

@@ -25,6 +25,8 @@ pub struct Opts {
     pub stall: Option<Duration>,
     /// Send the body in chunks of this many bytes with a pause after each.
     pub trickle: Option<(usize, Duration)>,
+    /// Where /away redirects to (any URL, for example another server's).
+    pub away: String,
 }
 
 impl Default for Opts {
@@ -35,6 +37,7 @@ impl Default for Opts {
             cut_at: 0,
             stall: None,
             trickle: None,
+            away: String::new(),
         }
     }
 }
@@ -191,6 +194,7 @@ fn handle<S: Read + Write>(st: &State, s: &mut S, addr: SocketAddr) {
         "/redirect" => return redirect(s, "302 Found", "/img"),
         "/redirect-abs" => return redirect(s, "301 Moved", &format!("http://{addr}/redirect")),
         "/loop" => return redirect(s, "302 Found", "/loop"),
+        "/away" => return redirect(s, "302 Found", &opts.away),
         "/busy" => return status(s, "503 Service Unavailable"),
         _ => return status(s, "404 Not Found"),
     }

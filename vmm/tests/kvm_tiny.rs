@@ -308,3 +308,27 @@ fn a_jump_to_the_reset_vector_resets_the_vm() {
     assert_eq!(sink.text(), "A");
     assert_eq!(reason, ExitReason::Reset(ResetSource::I8042));
 }
+
+#[test]
+fn a_guest_flooding_the_i8042_without_reading_stays_bounded() {
+    let (vm, sink) = vm(1);
+    // 20 000 times "read the controller configuration" (0x20 to port 0x64), never reading
+    // the answers; then count what port 0x60 still holds. Each answer used to be queued.
+    let bounded = Asm::default().print("bounded\n", true).reset().spin();
+    let flood = Asm::default()
+        .raw(&[0xb9])
+        .raw(&20_000u32.to_le_bytes()) // mov ecx, 20000
+        .raw(&[0xb0, 0x20, 0xe6, 0x64, 0xe2, 0xfa]) // 1: mov al,0x20; out 0x64,al; loop 1b
+        .raw(&[0xbb, 0, 0, 0, 0]) // mov ebx, 0
+        .raw(&[0xe4, 0x64, 0xa8, 0x01, 0x74, 0x06]) // 2: in al,0x64; test al,1; jz 3f
+        .raw(&[0xe4, 0x60, 0xff, 0xc3, 0xeb, 0xf4]) // in al,0x60; inc ebx; jmp 2b
+        .raw(&[0x83, 0xfb, 17]) // 3: cmp ebx, 17 (16 queued + the output buffer)
+        .raw(&[0x77, bounded.0.len() as u8]) // ja 4f
+        .raw(&bounded.0)
+        .print("unbounded\n", true) // 4:
+        .reset()
+        .spin();
+    let reason = boot(vm, &flood.0);
+    assert_eq!(reason, ExitReason::Reset(ResetSource::I8042));
+    assert_eq!(sink.text(), "bounded\n");
+}

@@ -90,3 +90,22 @@ Argument: a VM. Prints a YAML list.
 - NET_RAW
 {{- end }}
 {{- end -}}
+
+{{/*
+The name of the Secret with the VNC password: vnc.existingSecret, else "<release>-berth-vnc".
+*/}}
+{{- define "berth.vncSecretName" -}}
+{{- .Values.vnc.existingSecret | default (printf "%s-berth-vnc" .Release.Name | trunc 63 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+Whether some enabled VM serves the VNC console (netconfig.no_vnc unset). Prints "true" or "".
+*/}}
+{{- define "berth.anyVnc" -}}
+{{- range $name, $vm := .Values.vmlist -}}
+{{- if and $vm $vm.enabled -}}
+{{- $net := $vm.netconfig | default dict -}}
+{{- if not $net.no_vnc }}true{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -26,6 +26,12 @@ const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
+// NFTA_BITWISE_*
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
 // NFTA_NAT_*
 const NFTA_NAT_TYPE: u16 = 1;
 const NFTA_NAT_FAMILY: u16 = 2;
@@ -49,9 +55,11 @@ pub enum PayloadBase {
     Transport = 2,
 }
 
-/// Keys of the meta expression (`enum nft_meta_keys`), only the one berth uses.
+/// Keys of the meta expression (`enum nft_meta_keys`), only the ones berth uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
+    /// The input interface's name (16 bytes, NUL-padded).
+    IifName = 6,
     /// The layer-4 protocol number.
     L4Proto = 16,
 }
@@ -68,6 +76,8 @@ pub enum CmpOp {
 /// Verdicts (`NF_ACCEPT`, `NFT_RETURN`, ...) as the kernel's signed codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Drop the packet.
+    Drop = 0,
     /// Accept the packet.
     Accept = 1,
     /// Stop evaluating this chain and return to the caller (for a base chain: its policy).
@@ -113,6 +123,17 @@ pub enum Expr {
         /// Value compared against, in packet byte order.
         data: Vec<u8>,
     },
+    /// `[ bitwise reg <dreg> = ( reg <sreg> & <mask> ) ^ <xor> ]`
+    Bitwise {
+        /// Source register.
+        sreg: u32,
+        /// Destination register.
+        dreg: u32,
+        /// The mask, in packet byte order.
+        mask: Vec<u8>,
+        /// The value XORed in afterwards (same length as `mask`).
+        xor: Vec<u8>,
+    },
     /// `[ immediate reg <dreg> <data> ]`
     Immediate {
         /// Destination register.
@@ -138,6 +159,7 @@ impl Expr {
             Expr::Payload { .. } => "payload",
             Expr::Meta { .. } => "meta",
             Expr::Cmp { .. } => "cmp",
+            Expr::Bitwise { .. } => "bitwise",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Nat { .. } => "nat",
         }
@@ -166,6 +188,18 @@ impl Expr {
                 b.put_be32(NFTA_CMP_SREG, *sreg);
                 b.put_be32(NFTA_CMP_OP, *op as u32);
                 b.nest(NFTA_CMP_DATA, |b| b.put(NFTA_DATA_VALUE, data));
+            }
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+            } => {
+                b.put_be32(NFTA_BITWISE_SREG, *sreg);
+                b.put_be32(NFTA_BITWISE_DREG, *dreg);
+                b.put_be32(NFTA_BITWISE_LEN, mask.len() as u32);
+                b.nest(NFTA_BITWISE_MASK, |b| b.put(NFTA_DATA_VALUE, mask));
+                b.nest(NFTA_BITWISE_XOR, |b| b.put(NFTA_DATA_VALUE, xor));
             }
             Expr::Immediate { dreg, data } => {
                 b.put_be32(NFTA_IMMEDIATE_DREG, *dreg);
@@ -201,6 +235,51 @@ pub fn ip_addr_eq(offset: u32, addr: std::net::Ipv4Addr) -> [Expr; 2] {
             sreg: REG_1,
             op: CmpOp::Eq,
             data: addr.octets().to_vec(),
+        },
+    ]
+}
+
+/// `ip saddr` (offset 12) or `ip daddr` (offset 16) `NET/PREFIX`: a payload load, the mask
+/// and a cmp, as nft writes a prefix match.
+pub fn ip_net_eq(offset: u32, net: std::net::Ipv4Addr, prefix: u8) -> [Expr; 3] {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    [
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset,
+            len: 4,
+            dreg: REG_1,
+        },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: mask.to_be_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: (u32::from(net) & mask).to_be_bytes().to_vec(),
+        },
+    ]
+}
+
+/// `iifname NAME`: the input interface's name, compared as nft does (NUL-padded to IFNAMSIZ).
+pub fn iifname_eq(name: &str) -> [Expr; 2] {
+    let mut data = vec![0u8; 16];
+    let n = name.len().min(15);
+    data[..n].copy_from_slice(&name.as_bytes()[..n]);
+    [
+        Expr::Meta {
+            key: MetaKey::IifName,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data,
         },
     ]
 }

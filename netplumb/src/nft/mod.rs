@@ -1,8 +1,15 @@
-//! berth's NAT as one nftables table, written over NETLINK_NETFILTER in a single atomic batch.
+//! berth's NAT and the VM's anti-spoofing filter as one nftables table, written over
+//! NETLINK_NETFILTER in a single atomic batch.
 //!
 //! The table (what `nft list table ip berth` prints):
 //! ```text
 //! table ip berth {
+//!     chain antispoof {
+//!         type filter hook prerouting priority raw; policy accept;
+//!         iifname "br0" ip saddr 0.0.0.0 udp dport 67 return   # DHCP before the lease
+//!         iifname "br0" ip saddr != VM_IP drop      # otherwise only the VM's own address
+//!         iifname "eth0" ip saddr VM_NET/30 drop     # nobody outside claims the VM's /30
+//!     }
 //!     chain prerouting {
 //!         type nat hook prerouting priority dstnat; policy accept;
 //!         ip daddr POD_IP tcp dport 5900 return      # absent with NO_VNC
@@ -23,7 +30,9 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
 use crate::nlattr::{parse_replies, NlBuf, NLMSG_ERROR};
-use expr::{ip_addr_eq, CmpOp, Expr, MetaKey, NatKind, PayloadBase, Verdict, REG_1};
+use expr::{
+    iifname_eq, ip_addr_eq, ip_net_eq, CmpOp, Expr, MetaKey, NatKind, PayloadBase, Verdict, REG_1,
+};
 
 /// The table's name (family ip).
 pub const TABLE: &str = "berth";
@@ -49,6 +58,7 @@ const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_LIST_ELEM: u16 = 1;
 const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_POST_ROUTING: u32 = 4;
+const NF_IP_PRI_RAW: i32 = -300;
 const NF_IP_PRI_NAT_DST: i32 = -100;
 const NF_IP_PRI_NAT_SRC: i32 = 100;
 const NFPROTO_IPV4: u8 = 2;
@@ -58,8 +68,8 @@ const NLM_F_ACK: u16 = 4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 
-/// What the NAT table maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the NAT table maps, and which bridge the VM is behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatSpec {
     /// The pod's IPv4 address: traffic to it goes to the VM, the VM's traffic leaves as it.
     pub pod_ip: Ipv4Addr,
@@ -69,34 +79,54 @@ pub struct NatSpec {
     pub keep_vnc: bool,
     /// The VNC port (5900).
     pub vnc_port: u16,
+    /// The bridge the VM's tap is in: IPv4 packets arriving on it must come from `vm_ip`.
+    pub vm_bridge: String,
+    /// The pod interface: packets arriving on it must not claim a source in the VM's /30.
+    pub pod_iface: String,
 }
+
+/// The VM's network behind the bridge: VM_IP and VM_GW share a /30.
+pub const VM_PREFIX: u8 = 30;
 
 /// The rules of the table, as (chain, expressions) in order.
 pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
     let mut out = Vec::new();
+    // Anti-spoofing, before conntrack (priority raw), so a forged packet makes no conntrack
+    // entry either: whatever comes in from the VM's bridge, routed onward or to the pod
+    // itself, carries the VM's address or is dropped. The one exception is DHCP before the
+    // lease (0.0.0.0 to port 67): with bridge netfilter on (as on Kubernetes nodes) this
+    // chain sees bridged frames before the responder's packet socket on the bridge does.
+    let mut dhcp = iifname_eq(&spec.vm_bridge).to_vec();
+    dhcp.extend(ip_addr_eq(12, std::net::Ipv4Addr::UNSPECIFIED));
+    dhcp.extend(l4_dport_eq(libc::IPPROTO_UDP as u8, 67));
+    dhcp.push(Expr::Verdict(Verdict::Return));
+    out.push(("antispoof", dhcp));
+    let mut spoof = iifname_eq(&spec.vm_bridge).to_vec();
+    spoof.push(Expr::Payload {
+        base: PayloadBase::Network,
+        offset: 12,
+        len: 4,
+        dreg: REG_1,
+    });
+    spoof.push(Expr::Cmp {
+        sreg: REG_1,
+        op: CmpOp::Neq,
+        data: spec.vm_ip.octets().to_vec(),
+    });
+    spoof.push(Expr::Verdict(Verdict::Drop));
+    out.push(("antispoof", spoof));
+    // The pod side's reverse-path check for the one network that routes elsewhere: from the
+    // pod interface, a source in the VM's /30 is a forgery (one claiming to be the VM, or its
+    // gateway). rp_filter=1 on the interface says the same, but the kernel uses the larger of
+    // the interface's and `all`'s value, and nodes often set `all` to 2 (loose), which would
+    // let it through; this rule holds whatever the sysctls say.
+    let mut rp = iifname_eq(&spec.pod_iface).to_vec();
+    rp.extend(ip_net_eq(12, spec.vm_ip, VM_PREFIX));
+    rp.push(Expr::Verdict(Verdict::Drop));
+    out.push(("antispoof", rp));
     if spec.keep_vnc {
-        // `tcp dport 5900` is nft's shorthand for `meta l4proto tcp` + `th dport 5900`.
         let mut e = ip_addr_eq(16, spec.pod_ip).to_vec();
-        e.push(Expr::Meta {
-            key: MetaKey::L4Proto,
-            dreg: REG_1,
-        });
-        e.push(Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: vec![libc::IPPROTO_TCP as u8],
-        });
-        e.push(Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: REG_1,
-        });
-        e.push(Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: spec.vnc_port.to_be_bytes().to_vec(),
-        });
+        e.extend(l4_dport_eq(libc::IPPROTO_TCP as u8, spec.vnc_port));
         e.push(Expr::Verdict(Verdict::Return));
         out.push(("prerouting", e));
     }
@@ -105,6 +135,32 @@ pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
     out.push(("prerouting", dnat));
     out.push(("postrouting", snat));
     out
+}
+
+/// `tcp dport PORT` / `udp dport PORT`: nft's shorthand for `meta l4proto P` + `th dport PORT`.
+fn l4_dport_eq(proto: u8, port: u16) -> [Expr; 4] {
+    [
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: vec![proto],
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: port.to_be_bytes().to_vec(),
+        },
+    ]
 }
 
 /// `ip daddr FROM dnat to TO` (offset 16, [`NatKind::Dnat`]) or `ip saddr FROM snat to TO`
@@ -176,7 +232,7 @@ impl Batch {
     }
 }
 
-fn base_chain(batch: &mut Batch, name: &str, hook: u32, prio: i32) {
+fn base_chain(batch: &mut Batch, name: &str, hook: u32, prio: i32, kind: &str) {
     batch.msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |b| {
         b.put_str(NFTA_CHAIN_TABLE, TABLE);
         b.put_str(NFTA_CHAIN_NAME, name);
@@ -185,7 +241,7 @@ fn base_chain(batch: &mut Batch, name: &str, hook: u32, prio: i32) {
             b.put_be32(NFTA_HOOK_PRIORITY, prio as u32);
         });
         b.put_be32(NFTA_CHAIN_POLICY, Verdict::Accept as u32);
-        b.put_str(NFTA_CHAIN_TYPE, "nat");
+        b.put_str(NFTA_CHAIN_TYPE, kind);
     });
 }
 
@@ -199,15 +255,24 @@ pub fn install_batch(spec: &NatSpec, seq: u32) -> (Vec<u8>, Vec<u32>) {
     });
     base_chain(
         &mut batch,
+        "antispoof",
+        NF_INET_PRE_ROUTING,
+        NF_IP_PRI_RAW,
+        "filter",
+    );
+    base_chain(
+        &mut batch,
         "prerouting",
         NF_INET_PRE_ROUTING,
         NF_IP_PRI_NAT_DST,
+        "nat",
     );
     base_chain(
         &mut batch,
         "postrouting",
         NF_INET_POST_ROUTING,
         NF_IP_PRI_NAT_SRC,
+        "nat",
     );
     for (chain, exprs) in rules(spec) {
         batch.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |b| {
@@ -314,16 +379,19 @@ mod tests {
             vm_ip: "192.168.254.2".parse().unwrap(),
             keep_vnc,
             vnc_port: 5900,
+            vm_bridge: "br0".into(),
+            pod_iface: "eth0".into(),
         }
     }
 
     #[test]
     fn no_vnc_drops_the_return_rule() {
-        assert_eq!(rules(&spec(true)).len(), 3);
+        assert_eq!(rules(&spec(true)).len(), 6);
         let r = rules(&spec(false));
-        assert_eq!(r.len(), 2);
+        assert_eq!(r.len(), 5);
         assert!(r
             .iter()
+            .filter(|(chain, _)| *chain != "antispoof")
             .all(|(_, e)| !e.contains(&Expr::Verdict(Verdict::Return))));
     }
 
@@ -342,16 +410,20 @@ mod tests {
                 nft(NFT_MSG_NEWTABLE),
                 nft(NFT_MSG_NEWCHAIN),
                 nft(NFT_MSG_NEWCHAIN),
+                nft(NFT_MSG_NEWCHAIN),
+                nft(NFT_MSG_NEWRULE),
+                nft(NFT_MSG_NEWRULE),
+                nft(NFT_MSG_NEWRULE),
                 nft(NFT_MSG_NEWRULE),
                 nft(NFT_MSG_NEWRULE),
                 nft(NFT_MSG_NEWRULE),
                 NFNL_MSG_BATCH_END
             ]
         );
-        assert_eq!(acked, (101..109).collect::<Vec<_>>());
+        assert_eq!(acked, (101..113).collect::<Vec<_>>());
         assert_eq!(
             replies.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            (100..110).collect::<Vec<_>>()
+            (100..114).collect::<Vec<_>>()
         );
     }
 }

@@ -81,7 +81,7 @@ start_berth() {  # n: the chart's environment
     inpod env HOSTNAME=gate-0 IMG_SOURCE=http://10.78.0.1:8080/debian-12-cloud.qcow2 \
         IMG_TARGET=debian-12-cloud.qcow2 IMG_VCPU=1 IMG_RAM_MB=1024 \
         BERTH_SHUTDOWN_TIMEOUT=180 BERTH_ROOT="$SCRATCH/root" RESOLV_CONF="$SCRATCH/resolv.conf" \
-        BERTH_CONTROL_SOCKET=@berth-gate "$BERTH" pod >> "berth$1.log" 2>&1 </dev/null &
+        BERTH_CONTROL_SOCKET=@berth-gate VNC_PASSWORD=lab-vnc "$BERTH" pod >> "berth$1.log" 2>&1 </dev/null &
     BERTH_PID=$!
     tail -f "berth$1.log" & TAIL=$!
 }

@@ -51,7 +51,7 @@ l2_initrd l2s initrd
 
 export BERTH_CONTROL_SOCKET=@berth-lab
 inpod env HOSTNAME=vm-0 BERTH_ROOT="$SCRATCH/root" RESOLV_CONF="$SCRATCH/resolv.conf" \
-    KERNEL="$L2_KERNEL" INITRD="$SCRATCH/initrd" BERTH_SHUTDOWN_TIMEOUT=60 \
+    KERNEL="$L2_KERNEL" INITRD="$SCRATCH/initrd" BERTH_SHUTDOWN_TIMEOUT=60 VNC_PASSWORD=lab-vnc \
     KERNEL_CMDLINE="console=ttyS0 quiet panic=-1 l2.action=script l2.ssh=1" \
     "$BERTH" pod </dev/null &
 BERTH_PID=$!

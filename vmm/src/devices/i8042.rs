@@ -37,6 +37,10 @@ const CTR_TRANSLATE: u8 = 0x40;
 
 /// Keyboard bytes waiting for the guest, at most; a guest that never reads loses keys.
 const QUEUE_LIMIT: usize = 256;
+/// Controller responses waiting behind a full output buffer, at most. A real 8042 has only
+/// its one-byte output buffer; a few bytes of slack cover multi-byte answers. More are
+/// dropped, so a guest that writes commands in a loop without reading cannot grow the heap.
+const CTL_QUEUE_LIMIT: usize = 16;
 
 const ACK: u8 = 0xfa;
 
@@ -101,7 +105,7 @@ impl I8042 {
             ctr: CTR_KBD_INT | CTR_SYS | CTR_TRANSLATE | CTR_AUX_DISABLE,
             status_cmd: false,
             output: None,
-            ctl_queue: VecDeque::new(),
+            ctl_queue: VecDeque::with_capacity(CTL_QUEUE_LIMIT),
             kbd_queue: VecDeque::new(),
             data_target: DataTarget::Keyboard,
             kbd_param: KbdParam::None,
@@ -181,7 +185,8 @@ impl I8042 {
     }
 
     fn respond(&mut self, bytes: &[u8]) {
-        self.ctl_queue.extend(bytes);
+        let room = CTL_QUEUE_LIMIT.saturating_sub(self.ctl_queue.len());
+        self.ctl_queue.extend(bytes.iter().take(room));
         self.fill_output();
     }
 
@@ -479,5 +484,37 @@ mod tests {
             d.key_event(a, true);
         }
         assert!(drain(&mut d).len() <= QUEUE_LIMIT + 1);
+    }
+
+    #[test]
+    fn command_flood_without_reading_stays_bounded() {
+        let (mut d, _) = dev();
+        // A hostile guest: "read CTR" and AUX/keyboard loop-backs, never reading port 0x60.
+        for i in 0..200_000u32 {
+            match i % 3 {
+                0 => cmd(&mut d, 0x20),
+                1 => {
+                    cmd(&mut d, 0xd2);
+                    out(&mut d, i as u8);
+                }
+                _ => out(&mut d, 0xf2), // keyboard "identify": three bytes each time
+            }
+        }
+        assert!(
+            d.ctl_queue.len() <= CTL_QUEUE_LIMIT,
+            "{}",
+            d.ctl_queue.len()
+        );
+        assert!(d.ctl_queue.capacity() <= 4 * CTL_QUEUE_LIMIT);
+        assert!(d.kbd_queue.len() <= QUEUE_LIMIT);
+        let backlog = drain(&mut d);
+        assert!(
+            backlog.len() <= CTL_QUEUE_LIMIT + QUEUE_LIMIT + 1,
+            "{}",
+            backlog.len()
+        );
+        // The controller still answers once the guest reads again.
+        cmd(&mut d, 0xaa);
+        assert_eq!(drain(&mut d), vec![0x55]);
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod encode;
+pub mod limits;
 pub mod proto;
 mod session;
 
@@ -16,7 +17,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::devices::i8042::KeyboardInput;
 use crate::framebuffer::Framebuffer;
@@ -28,8 +29,18 @@ pub use session::fuzz_session;
 pub const DEFAULT_MAX_CLIENTS: usize = 8;
 /// How often the dirty log is read while a client waits for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(33);
-/// Time a client gets to finish the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a client gets, in total, to finish the handshake (typing the password included).
+pub const DEFAULT_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(30);
+/// Default most simultaneous connections from one source address (an IPv4 address or an
+/// IPv6 /64): half the slots, so one source cannot take them all.
+pub const DEFAULT_MAX_PER_SOURCE: usize = 4;
+/// Default back-off after the first failed password from a source (doubled per failure).
+pub const DEFAULT_AUTH_BACKOFF: Duration = Duration::from_secs(1);
+/// Default shortest time between two framebuffer updates to one viewer (30 per second).
+pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_millis(33);
+/// Default shortest time between two full (non-incremental) updates to one viewer: viewers
+/// ask for those at connect and after a format change, a loop asking for them is an attack.
+pub const DEFAULT_FULL_UPDATE_INTERVAL: Duration = Duration::from_millis(250);
 /// Time a write to a client may block before the client is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections being refused at once (over the limit); more are closed without a word.
@@ -46,17 +57,56 @@ pub struct VncConfig {
     pub max_clients: usize,
     /// Desktop name shown by viewers.
     pub name: String,
+    /// Serve without a password on a non-loopback address (VNC_INSECURE, --vnc-insecure).
+    pub insecure: bool,
+    /// Total time a client has for the handshake.
+    pub handshake_deadline: Duration,
+    /// Most simultaneous connections from one source address.
+    pub max_per_source: usize,
+    /// Back-off after the first failed password from a source, doubled per failure.
+    pub auth_backoff: Duration,
+    /// Shortest time between two updates to one viewer.
+    pub update_interval: Duration,
+    /// Shortest time between two full (non-incremental) updates to one viewer.
+    pub full_update_interval: Duration,
 }
 
 impl VncConfig {
-    /// Listen on `addr` without a password.
+    /// Listen on `addr` without a password (allowed on loopback addresses only, unless
+    /// `insecure` is set), with the default limits.
     pub fn new(addr: SocketAddr) -> Self {
         VncConfig {
             addr,
             password: None,
             max_clients: DEFAULT_MAX_CLIENTS,
             name: "berth".into(),
+            insecure: false,
+            handshake_deadline: DEFAULT_HANDSHAKE_DEADLINE,
+            max_per_source: DEFAULT_MAX_PER_SOURCE,
+            auth_backoff: DEFAULT_AUTH_BACKOFF,
+            update_interval: DEFAULT_UPDATE_INTERVAL,
+            full_update_interval: DEFAULT_FULL_UPDATE_INTERVAL,
         }
+    }
+
+    /// Whether this console may be served: `Err` (why) for a non-loopback address without a
+    /// password unless `insecure`; `Ok(Some(warning))` when it is served open anyway.
+    pub fn exposure(&self) -> Result<Option<String>, String> {
+        if self.password.is_some() || self.addr.ip().is_loopback() {
+            return Ok(None);
+        }
+        if self.insecure {
+            return Ok(Some(format!(
+                "WARNING: the VNC console on {} has NO PASSWORD: anyone who can reach it can \
+                 watch the console and type into the VM",
+                self.addr
+            )));
+        }
+        Err(format!(
+            "refusing to serve the VNC console on {} without a password: anyone who can reach \
+             it could watch the console and type into the VM",
+            self.addr
+        ))
     }
 }
 
@@ -71,6 +121,7 @@ struct Shared {
     poll_wake: Condvar,
     active: AtomicUsize,
     refusing: AtomicUsize,
+    sources: limits::Sources,
     stop: AtomicBool,
 }
 
@@ -82,13 +133,18 @@ pub struct VncServer {
 
 impl VncServer {
     /// Listens on `config.addr` and serves `fb`; key events go to `keyboard` if given.
+    /// Fails with `PermissionDenied` where [`VncConfig::exposure`] refuses.
     pub fn start(
         config: VncConfig,
         fb: Arc<Framebuffer>,
         keyboard: Option<KeyboardInput>,
     ) -> io::Result<Self> {
+        config
+            .exposure()
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
         let listener = TcpListener::bind(config.addr)?;
         let local_addr = listener.local_addr()?;
+        let sources = limits::Sources::new(config.max_per_source, config.auth_backoff);
         let shared = Arc::new(Shared {
             fb,
             keyboard: Mutex::new(keyboard),
@@ -97,6 +153,7 @@ impl VncServer {
             poll_wake: Condvar::new(),
             active: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
+            sources,
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -149,29 +206,40 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
+        let deadline = Instant::now() + shared.config.handshake_deadline;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        let source = limits::SourceKey::of(peer.ip());
+        if !shared.sources.open(source) {
+            refuse(shared, stream, "too many VNC connections from your address");
+            continue;
+        }
         if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.config.max_clients {
             shared.active.fetch_sub(1, Ordering::SeqCst);
-            refuse(shared, stream);
+            shared.sources.close(source);
+            refuse(shared, stream, "too many VNC connections");
             continue;
         }
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("vnc-client".into())
             .spawn(move || {
-                session::serve(&s, stream);
+                session::serve(&s, stream, source, deadline);
+                s.sources.close(source);
                 s.active.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
             shared.active.fetch_sub(1, Ordering::SeqCst);
+            shared.sources.close(source);
         }
     }
 }
 
-/// Tells a client over the limit why it is turned away, on a short-lived thread.
-fn refuse(shared: &Arc<Shared>, stream: TcpStream) {
+/// Tells a client over a limit why it is turned away, on a short-lived thread.
+fn refuse(shared: &Arc<Shared>, stream: TcpStream, reason: &'static str) {
     if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
         shared.refusing.fetch_sub(1, Ordering::SeqCst);
         let _ = stream.shutdown(Shutdown::Both);
@@ -181,8 +249,11 @@ fn refuse(shared: &Arc<Shared>, stream: TcpStream) {
     let _ = std::thread::Builder::new()
         .name("vnc-refuse".into())
         .spawn(move || {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = proto::refuse(&mut &stream, &mut &stream, "too many VNC connections");
+            // A total deadline here too: a refused peer cannot trickle this thread alive.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut io = limits::DeadlineStream::new(&stream, deadline);
+            let mut io2 = limits::DeadlineStream::new(&stream, deadline);
+            let _ = proto::refuse(&mut io, &mut io2, reason);
             s.refusing.fetch_sub(1, Ordering::SeqCst);
         });
 }

@@ -80,12 +80,43 @@ pub struct ServerInit<'a> {
 }
 
 /// Runs the server side of the handshake up to and including ServerInit. With a
-/// `password`, the client must pass VNC authentication.
+/// `password`, the client must pass VNC authentication; a wrong answer ends in an error of
+/// kind `PermissionDenied`.
 pub fn handshake(
     r: &mut impl Read,
     w: &mut impl Write,
     password: Option<&[u8]>,
     init: &ServerInit<'_>,
+) -> io::Result<Version> {
+    handshake_gated(r, w, password, init, &mut NoGate)
+}
+
+/// Hooks around the password check, for the server's back-off after failed passwords.
+pub trait AuthGate {
+    /// Called when the client's answer has arrived, before it is checked: waits out a
+    /// back-off; an error ends the handshake unanswered.
+    fn wait_turn(&mut self) -> io::Result<()>;
+    /// The outcome, recorded before the client hears it (so its next try sees it).
+    fn result(&mut self, ok: bool);
+}
+
+/// No back-off.
+struct NoGate;
+
+impl AuthGate for NoGate {
+    fn wait_turn(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn result(&mut self, _ok: bool) {}
+}
+
+/// [`handshake`] with `gate` around the password check.
+pub fn handshake_gated(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    password: Option<&[u8]>,
+    init: &ServerInit<'_>,
+    gate: &mut dyn AuthGate,
 ) -> io::Result<Version> {
     w.write_all(b"RFB 003.008\n")?;
     w.flush()?;
@@ -114,7 +145,10 @@ pub fn handshake(
         w.write_all(&challenge)?;
         w.flush()?;
         let answer: [u8; auth::CHALLENGE_LEN] = read_array(r)?;
-        if !auth::verify(password, &challenge, &answer) {
+        gate.wait_turn()?;
+        let ok = auth::verify(password, &challenge, &answer);
+        gate.result(ok);
+        if !ok {
             // 3.3 and 3.7 clients get no reason string.
             if version == Version::V3_8 {
                 fail(w, "authentication failed")?;

@@ -3,10 +3,12 @@
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::encode::{
     Converter, Encoder, PixelFormat, Rect, ENCODING_RAW, ENCODING_ZLIB, ENCODING_ZRLE,
 };
+use super::limits::{DeadlineStream, SourceKey};
 use super::proto::{self, ClientMessage, ServerInit};
 use super::Shared;
 use crate::devices::i8042::keymap::{self, LEFT_SHIFT};
@@ -88,18 +90,61 @@ impl Client {
         }
     }
 
-    /// Waits for an update to send: the rectangles, and the format and encoding to use.
-    fn next_update(&self) -> Option<(Vec<Rect>, PixelFormat, i32)> {
+    /// Waits for an update to send: the rectangles, and the format and encoding to use. Paced
+    /// by `pacing`: a viewer asking in a loop gets updates no faster than it allows.
+    fn next_update(&self, pacing: &mut Pacing) -> Option<(Vec<Rect>, PixelFormat, i32)> {
         let mut s = self.lock();
         loop {
             if s.closed {
                 return None;
             }
-            if let Some(rects) = s.request.and_then(|req| take_rects(&mut s.dirty, req)) {
-                s.request = None;
-                return Some((rects, s.format, s.encoding));
+            if let Some(req) = s.request {
+                let now = Instant::now();
+                if let Some(not_before) = pacing.not_before(req.incremental).filter(|t| *t > now) {
+                    // The request may be replaced meanwhile; look again when allowed.
+                    s = self
+                        .changed
+                        .wait_timeout(s, not_before - now)
+                        .expect("client lock poisoned")
+                        .0;
+                    continue;
+                }
+                if let Some(rects) = take_rects(&mut s.dirty, req) {
+                    s.request = None;
+                    pacing.sent(req.incremental, now);
+                    return Some((rects, s.format, s.encoding));
+                }
             }
             s = self.changed.wait(s).expect("client lock poisoned");
+        }
+    }
+}
+
+/// When a viewer may have its next update: at most one per `interval`, and a full
+/// (non-incremental) one at most once per `full_interval`, so a viewer that asks for the whole
+/// screen in a loop cannot keep a core busy encoding it.
+struct Pacing {
+    interval: Duration,
+    full_interval: Duration,
+    last: Option<Instant>,
+    last_full: Option<Instant>,
+}
+
+impl Pacing {
+    /// The earliest time the next update may go out; `None`: at once.
+    fn not_before(&self, incremental: bool) -> Option<Instant> {
+        let after = |t: Option<Instant>, d: Duration| t.map(|t| t + d);
+        let any = after(self.last, self.interval);
+        let full = (!incremental)
+            .then(|| after(self.last_full, self.full_interval))
+            .flatten();
+        any.max(full)
+    }
+
+    fn sent(&mut self, incremental: bool, now: Instant) {
+        self.last = Some(now);
+        if !incremental {
+            self.last_full = Some(now);
         }
     }
 }
@@ -219,8 +264,30 @@ fn apply(
     }
 }
 
-/// Serves one TCP viewer until it leaves or misbehaves.
-pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream) {
+/// The per-source back-off around one client's password check.
+struct Gate<'a> {
+    shared: &'a Shared,
+    source: SourceKey,
+    deadline: Instant,
+}
+
+impl proto::AuthGate for Gate<'_> {
+    fn wait_turn(&mut self) -> io::Result<()> {
+        self.shared.sources.wait_turn(self.source, self.deadline)
+    }
+
+    fn result(&mut self, ok: bool) {
+        if ok {
+            self.shared.sources.succeeded(self.source);
+        } else {
+            self.shared.sources.failed(self.source);
+        }
+    }
+}
+
+/// Serves one TCP viewer from `source` until it leaves or misbehaves; the handshake must be
+/// over by `deadline`.
+pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, deadline: Instant) {
     let fb = &shared.fb;
     let init = ServerInit {
         width: fb.config().width as u16,
@@ -228,10 +295,18 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream) {
         name: &shared.config.name,
     };
     let password = shared.config.password.as_deref();
-    if proto::handshake(&mut &stream, &mut &stream, password, &init).is_err() {
+    let mut r = DeadlineStream::new(&stream, deadline);
+    let mut w = DeadlineStream::new(&stream, deadline);
+    let mut gate = Gate {
+        shared,
+        source,
+        deadline,
+    };
+    if proto::handshake_gated(&mut r, &mut w, password, &init, &mut gate).is_err() {
         return;
     }
     let _ = stream.set_read_timeout(None);
+    let _ = stream.set_write_timeout(Some(super::WRITE_TIMEOUT));
     let Ok(writer_stream) = stream.try_clone() else {
         return;
     };
@@ -243,9 +318,15 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream) {
         .push(client.clone());
 
     let (c, f) = (client.clone(), fb.clone());
+    let pacing = Pacing {
+        interval: shared.config.update_interval,
+        full_interval: shared.config.full_update_interval,
+        last: None,
+        last_full: None,
+    };
     let writer = std::thread::Builder::new()
         .name("vnc-writer".into())
-        .spawn(move || write_loop(&c, &f, &mut &writer_stream));
+        .spawn(move || write_loop(&c, &f, &mut &writer_stream, pacing));
     if writer.is_ok() {
         let mut keys = Keys::default();
         let mut reader = io::BufReader::new(&stream);
@@ -281,11 +362,11 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream) {
         .retain(|c| !Arc::ptr_eq(c, &client));
 }
 
-fn write_loop(client: &Client, fb: &Framebuffer, out: &mut impl Write) {
+fn write_loop(client: &Client, fb: &Framebuffer, out: &mut impl Write, mut pacing: Pacing) {
     let mut encoder = Encoder::default();
     let mut conv = Converter::new(PixelFormat::XRGB8888);
     let mut buf = Vec::new();
-    while let Some((rects, format, encoding)) = client.next_update() {
+    while let Some((rects, format, encoding)) = client.next_update(&mut pacing) {
         if conv.format() != format {
             conv = Converter::new(format);
         }
