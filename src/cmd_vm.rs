@@ -236,7 +236,8 @@ fn boot_files(
     if let Some(c) = &args.cmdline {
         ov.cmdline = Some(c.clone());
     }
-    let files = imageboot::prepare(&first.path, first.format, &ov)?;
+    let budget = imageboot::Budget::for_guest_memory(args.memory);
+    let files = imageboot::prepare(&first.path, first.format, &ov, &budget)?;
     eprintln!("berth: boot from disk: {}", files.description);
     eprintln!("berth: kernel command line: {}", files.cmdline);
     let boot = LinuxBoot {

@@ -100,7 +100,9 @@ impl Layout {
 
 /// Where /etc/fstab says /boot comes from (`UUID=...`, `LABEL=...`), if anywhere.
 fn fstab_boot(root: &Fs) -> Option<String> {
-    let text = root.read_small("/etc/fstab", 1 << 20).ok()?;
+    let text = root
+        .read_small("/etc/fstab", super::Budget::default().file_bytes)
+        .ok()?;
     let text = String::from_utf8_lossy(&text);
     text.lines().find_map(|l| {
         let mut f = l.split_whitespace();

@@ -3,8 +3,10 @@
 //! /vmlinuz symlinks) and loads them itself. See docs/imageboot.md.
 //!
 //! The image is untrusted input: every size and offset read from it is checked, reads are
-//! capped, and a damaged image gives an error that says what was found.
+//! capped, all work is within a [`Budget`], and a damaged or hostile image gives a one-line
+//! error that says what was found.
 
+mod budget;
 pub mod cmd;
 mod cmdline;
 mod disk;
@@ -24,12 +26,8 @@ use std::rc::Rc;
 
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
 
+pub use budget::Budget;
 pub use cmdline::with_berth_consoles;
-
-/// Largest kernel berth extracts.
-const MAX_KERNEL: u64 = 256 << 20;
-/// Largest total of initramfs images berth extracts.
-const MAX_INITRD: u64 = 2 << 30;
 
 /// Why an image cannot be booted.
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +134,13 @@ impl Inspection {
     }
 }
 
-/// Reads the image at `path` and finds what it boots. `format` as for `open_disk`: `None`
-/// probes (only for images the guest cannot write).
-pub fn inspect(path: &Path, format: Option<DiskFormat>) -> Result<Inspection, ImageBootError> {
+/// Reads the image at `path` and finds what it boots, within `budget`. `format` as for
+/// `open_disk`: `None` probes (only for images the guest cannot write).
+pub fn inspect(
+    path: &Path,
+    format: Option<DiskFormat>,
+    budget: &Budget,
+) -> Result<Inspection, ImageBootError> {
     let backend = open_disk(
         path,
         DiskOptions {
@@ -155,7 +157,8 @@ pub fn inspect(path: &Path, format: Option<DiskFormat>) -> Result<Inspection, Im
         layout::TableKind::Mbr => "msdos",
         _ => "gpt",
     };
-    let found = find::find(&fss, &layout.tree, table).map_err(|e| {
+    let meter = budget::Meter::new(budget.clone());
+    let found = find::find(&fss, &layout.tree, table, &meter).map_err(|e| {
         ImageBootError::NotBootable(format!(
             "{shown}: {e}; found {}; {}",
             layout.summary(),
@@ -187,11 +190,13 @@ fn fd_path(f: &File) -> PathBuf {
 }
 
 /// Finds (or takes from `ov`) the kernel, initramfs and command line for booting the image at
-/// `path`, extracting the files from the image.
+/// `path`, extracting the files from the image within `budget` (see
+/// [`Budget::for_guest_memory`]: the initramfs limit depends on the guest's memory).
 pub fn prepare(
     path: &Path,
     format: Option<DiskFormat>,
     ov: &Overrides,
+    budget: &Budget,
 ) -> Result<BootFiles, ImageBootError> {
     if ov.complete() {
         return Ok(BootFiles {
@@ -203,7 +208,7 @@ pub fn prepare(
             _extracted: Vec::new(),
         });
     }
-    let insp = inspect(path, format)?;
+    let insp = inspect(path, format, budget)?;
     let shown = path.display();
     let fail = |what: String| {
         ImageBootError::NotBootable(format!(
@@ -220,9 +225,20 @@ pub fn prepare(
             k.clone()
         }
         (None, Some(r)) => {
+            // The size comes from the inode and is checked before anything is read (a sparse
+            // file costs nothing to store in the image and everything to extract).
+            let len = insp.fss[r.fs].file_len(&r.path).unwrap_or(0);
+            if len > budget.kernel_bytes {
+                return Err(fail(format!(
+                    "kernel {} is {len} bytes, more than the {} MiB berth extracts \
+                     (Budget::kernel_bytes)",
+                    r.path,
+                    budget.kernel_bytes >> 20
+                )));
+            }
             let mut f = memfile("berth-kernel").map_err(ImageBootError::Host)?;
             insp.fss[r.fs]
-                .copy_to(&r.path, &mut f, MAX_KERNEL)
+                .copy_to(&r.path, &mut f, budget.kernel_bytes)
                 .map_err(|e| fail(format!("kernel {} {e}", r.path)))?;
             let p = fd_path(&f);
             extracted.push(f);
@@ -238,6 +254,29 @@ pub fn prepare(
         Some(i) => i.clone(),
         None if insp.found.initrds.is_empty() => None,
         None => {
+            // All sizes from the inodes first: nothing is read when the total is too big.
+            let sizes: u64 = insp
+                .found
+                .initrds
+                .iter()
+                .map(|r| {
+                    insp.fss[r.fs]
+                        .file_len(&r.path)
+                        .unwrap_or(0)
+                        .saturating_add(3)
+                })
+                .fold(0, u64::saturating_add);
+            if sizes > budget.initrd_bytes {
+                let names: Vec<&str> = insp.found.initrds.iter().map(|r| r.path.as_str()).collect();
+                return Err(fail(format!(
+                    "initramfs {} is {} MiB, more than the {} MiB the guest can unpack (half \
+                     of its memory, at most 2 GiB; Budget::initrd_bytes): give it more memory \
+                     (IMG_RAM_MB, berth vm --memory) or another initramfs (INITRD=<file or none>)",
+                    names.join(" + "),
+                    sizes >> 20,
+                    budget.initrd_bytes >> 20
+                )));
+            }
             let mut f = memfile("berth-initrd").map_err(ImageBootError::Host)?;
             let mut total = 0u64;
             for r in &insp.found.initrds {
@@ -247,7 +286,7 @@ pub fn prepare(
                     .map_err(ImageBootError::Host)?;
                 total += pad;
                 total += insp.fss[r.fs]
-                    .copy_to(&r.path, &mut f, MAX_INITRD.saturating_sub(total))
+                    .copy_to(&r.path, &mut f, budget.initrd_bytes.saturating_sub(total))
                     .map_err(|e| fail(format!("initrd {} {e}", r.path)))?;
                 notes.push(format!("initrd {}", r.path));
             }

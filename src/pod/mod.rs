@@ -337,7 +337,13 @@ fn kernel(
         };
         return Ok((boot, None));
     };
-    let files = imageboot::prepare(&root.path, root.format, &imageboot::Overrides::from_env())?;
+    let budget = imageboot::Budget::for_guest_memory(cfg.ram_mb);
+    let files = imageboot::prepare(
+        &root.path,
+        root.format,
+        &imageboot::Overrides::from_env(),
+        &budget,
+    )?;
     log(format!("boot: {}", files.description));
     log(format!("kernel command line: {}", files.cmdline));
     let boot = LinuxBoot {
