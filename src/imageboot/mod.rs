@@ -255,17 +255,10 @@ pub fn prepare(
         None if insp.found.initrds.is_empty() => None,
         None => {
             // All sizes from the inodes first: nothing is read when the total is too big.
-            let sizes: u64 = insp
-                .found
-                .initrds
-                .iter()
-                .map(|r| {
-                    insp.fss[r.fs]
-                        .file_len(&r.path)
-                        .unwrap_or(0)
-                        .saturating_add(3)
-                })
-                .fold(0, u64::saturating_add);
+            let sizes = insp.found.initrds.iter().fold(0u64, |total, r| {
+                let len = insp.fss[r.fs].file_len(&r.path).unwrap_or(0);
+                total.next_multiple_of(4).saturating_add(len)
+            });
             if sizes > budget.initrd_bytes {
                 let names: Vec<&str> = insp.found.initrds.iter().map(|r| r.path.as_str()).collect();
                 return Err(fail(format!(

@@ -7,6 +7,7 @@
 //!
 //! cargo test --test imageboot
 
+mod budget;
 mod cases;
 mod fuzz;
 mod util;

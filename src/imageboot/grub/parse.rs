@@ -61,8 +61,8 @@ fn plain_is(w: &Word, s: &str) -> bool {
     matches!(w.as_slice(), [Seg::Plain(p)] if p == s)
 }
 
-/// Splits `src` into tokens, charging each (its text, twice: the statement keeps a copy of
-/// its words) to `meter`.
+/// Splits `src` into tokens, charging each to `meter` (twice its text and a fixed overhead per
+/// piece: the heap blocks of a token come near that, and blocks hold their own copies).
 fn lex(src: &str, meter: &Meter) -> Result<Vec<Tok>, String> {
     let mut toks = Vec::new();
     let mut chars = src.chars().peekable();
@@ -278,8 +278,10 @@ impl Parser {
             return Ok(Stmt::Loop);
         }
         let mut words = Vec::new();
-        while let Some(Tok::Word(w)) = self.peek() {
-            words.push(w.clone());
+        // Moved out of the token list (never looked at again), not copied: a command of tens
+        // of thousands of words would otherwise exist twice.
+        while let Some(Tok::Word(w)) = self.toks.get_mut(self.pos) {
+            words.push(std::mem::take(w));
             self.pos += 1;
         }
         Ok(Stmt::Cmd(words))
