@@ -2,7 +2,7 @@
 //! entry, else a Boot Loader Specification entry, else the /vmlinuz and /initrd.img symlinks,
 //! else the newest /boot/vmlinuz-* with its matching initramfs.
 
-use super::budget::Meter;
+use super::budget::{Meter, OVERHEAD};
 use super::cmdline::{split, version_cmp};
 use super::fs::{Fs, Kind, Tree};
 use super::grub::{self, Host, SearchKind};
@@ -63,13 +63,14 @@ impl GrubView<'_> {
 }
 
 impl Host for GrubView<'_> {
-    fn search(&self, kind: SearchKind, key: &str) -> Option<String> {
+    fn search(&self, kind: SearchKind, key: &str, meter: &Meter) -> Result<Option<String>, String> {
+        meter.bytes(self.fss.len() as u64 * (OVERHEAD + key.len() as u64))?;
         let fs = self.fss.iter().find(|f| match kind {
             SearchKind::FsUuid => f.uuid.eq_ignore_ascii_case(key),
             SearchKind::Label => f.label == key,
             SearchKind::File => f.is_file(key),
-        })?;
-        Some(self.device(fs))
+        });
+        Ok(fs.map(|fs| self.device(fs)))
     }
 
     fn read(&self, root: &str, path: &str, meter: &Meter) -> Result<Option<Vec<u8>>, String> {

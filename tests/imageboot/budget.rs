@@ -53,6 +53,8 @@ fn inspect_measured(image: &Path, args: &[&str]) -> Run {
             Ok(())
         });
     }
+    // Reaped by the waitpid loop below, which must see the ptrace stops std's wait() hides.
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     let mut stderr = child.stderr.unwrap();

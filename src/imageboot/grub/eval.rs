@@ -20,7 +20,8 @@ pub enum SearchKind {
 /// The image as GRUB sees it: devices named like `hd0,gpt1`.
 pub trait Host {
     /// The device holding a file system with this UUID / label / file.
-    fn search(&self, kind: SearchKind, key: &str) -> Option<String>;
+    /// Every file system looked at is charged to `meter` (an image may hold hundreds).
+    fn search(&self, kind: SearchKind, key: &str, meter: &Meter) -> Result<Option<String>, String>;
     /// Reads a small file; `path` may start with `(device)`, else it is on device `root`.
     /// `Ok(None)` if it is not there or unreadable; before reading, its size is charged to
     /// `meter` (an error when over the budget).
@@ -437,7 +438,7 @@ impl<'h> Interp<'h> {
                 var = (*v).to_owned();
             }
         }
-        match self.host.search(kind, key) {
+        match self.host.search(kind, key, self.meter)? {
             Some(dev) => {
                 self.set(&var, &dev)?;
                 Ok(true)

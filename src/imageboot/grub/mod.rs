@@ -53,8 +53,8 @@ mod tests {
 
     struct NoDisk;
     impl Host for NoDisk {
-        fn search(&self, _: SearchKind, key: &str) -> Option<String> {
-            (key == "u1").then(|| "hd0,gpt2".into())
+        fn search(&self, _: SearchKind, key: &str, _: &Meter) -> Result<Option<String>, String> {
+            Ok((key == "u1").then(|| "hd0,gpt2".into()))
         }
         fn read(&self, _: &str, path: &str, m: &Meter) -> Result<Option<Vec<u8>>, String> {
             let text = if path.ends_with("grubenv") {
