@@ -1,33 +1,18 @@
-//! Booting stock cloud images without firmware: berth finds the kernel, initramfs and kernel
-//! arguments inside the image (GPT/MBR partitions, ext4 root or /boot, grub.cfg, BLS entries,
-//! /vmlinuz symlinks) and loads them itself. See docs/imageboot.md.
-//!
-//! The image is untrusted input: every size and offset read from it is checked, reads are
-//! capped, all work is within a [`Budget`], and a damaged or hostile image gives a one-line
-//! error that says what was found.
+//! Booting stock cloud images without firmware: the glue between the `imageboot` crate (which
+//! finds the kernel, initramfs and kernel arguments inside an image, within a [`Budget`]) and
+//! berth: opening the image through the block layer, the KERNEL/INITRD/KERNEL_CMDLINE
+//! overrides, extracting the files into memory files, and the messages. See docs/imageboot.md.
 
-mod budget;
 pub mod cmd;
-mod cmdline;
-mod disk;
-mod find;
-mod fs;
-mod grub;
-mod layout;
-mod partition;
-mod probe;
 
-use std::cell::RefCell;
 use std::fs::File;
-use std::io::{Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
-use vmm::block::{open_disk, DiskFormat, DiskOptions};
+use imageboot::{ImageRead, Inspection, Refusal};
+use vmm::block::{open_disk, BlockBackend, DiskFormat, DiskOptions};
 
-pub use budget::Budget;
-pub use cmdline::with_berth_consoles;
+pub use imageboot::Budget;
 
 /// Why an image cannot be booted.
 #[derive(Debug, thiserror::Error)]
@@ -86,52 +71,27 @@ pub struct BootFiles {
     _extracted: Vec<File>,
 }
 
-/// What an image holds (for `berth inspect-image` and for booting).
-pub struct Inspection {
-    fss: Vec<fs::Fs>,
-    found: find::Found,
-    layout: layout::Layout,
+/// The image through berth's block layer (raw, or qcow2 with its backing chain).
+struct Backend(Box<dyn BlockBackend>);
+
+impl ImageRead for Backend {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
 }
 
-impl Inspection {
-    /// The partitions, file systems and choices, several lines.
-    pub fn report(&self) -> String {
-        let mut s = self.layout.describe();
-        for h in &self.found.how {
-            s += &format!("\nfound: {h}");
-        }
-        let show = |r: &find::FileRef| format!("{} on {}", r.path, self.fss[r.fs].describe());
-        if let Some(k) = &self.found.kernel {
-            s += &format!("\nkernel: {}", show(k));
-        }
-        for i in &self.found.initrds {
-            s += &format!("\ninitrd: {}", show(i));
-        }
-        s += &format!("\ncmdline: {}", self.cmdline());
-        s
-    }
+fn how_to_supply() -> &'static str {
+    "supply the kernel yourself with KERNEL=<bzImage> INITRD=<initramfs or none> \
+     KERNEL_CMDLINE=<arguments, e.g. root=/dev/vda1 console=ttyS0> (or berth vm --kernel/--initrd/--cmdline)"
+}
 
-    /// The kernel command line: the image's arguments (or `root=UUID=<root> ro`) with
-    /// berth's consoles.
-    pub fn cmdline(&self) -> String {
-        let args = match &self.found.args {
-            Some(a) => a.clone(),
-            None => match self.layout.tree.root {
-                Some(r) => vec![format!("root=UUID={}", self.fss[r].uuid), "ro".into()],
-                None => Vec::new(),
-            },
-        };
-        with_berth_consoles(&args)
-    }
-
-    fn short(&self) -> String {
-        let k = self
-            .found
-            .kernel
-            .as_ref()
-            .map_or("?".into(), |k| k.path.clone());
-        format!("{k} ({})", self.found.how.join("; "))
-    }
+/// The one-line refusal for the image at `path`: what, what was found, how to boot anyway.
+fn refused(path: &Path, r: Refusal) -> ImageBootError {
+    ImageBootError::NotBootable(format!("{}: {r}; {}", path.display(), how_to_supply()))
 }
 
 /// Reads the image at `path` and finds what it boots, within `budget`. `format` as for
@@ -149,28 +109,7 @@ pub fn inspect(
             ..Default::default()
         },
     )?;
-    let disk = disk::Window::whole(Rc::new(RefCell::new(backend)));
-    let shown = path.display().to_string();
-    let (layout, fss) = layout::analyse(&disk)
-        .map_err(|e| ImageBootError::NotBootable(format!("{shown}: {e}; {}", how_to_supply())))?;
-    let table = match layout.table {
-        layout::TableKind::Mbr => "msdos",
-        _ => "gpt",
-    };
-    let meter = budget::Meter::new(budget.clone());
-    let found = find::find(&fss, &layout.tree, table, &meter).map_err(|e| {
-        ImageBootError::NotBootable(format!(
-            "{shown}: {e}; found {}; {}",
-            layout.summary(),
-            how_to_supply()
-        ))
-    })?;
-    Ok(Inspection { fss, found, layout })
-}
-
-fn how_to_supply() -> &'static str {
-    "supply the kernel yourself with KERNEL=<bzImage> INITRD=<initramfs or none> \
-     KERNEL_CMDLINE=<arguments, e.g. root=/dev/vda1 console=ttyS0> (or berth vm --kernel/--initrd/--cmdline)"
+    imageboot::inspect(Box::new(Backend(backend)), budget).map_err(|r| refused(path, r))
 }
 
 /// An anonymous in-memory file (memfd): no temporary files to clean up, even after a crash.
@@ -210,79 +149,44 @@ pub fn prepare(
     }
     let insp = inspect(path, format, budget)?;
     let shown = path.display();
-    let fail = |what: String| {
-        ImageBootError::NotBootable(format!(
-            "{shown}: {what}; found {}; {}",
-            insp.layout.summary(),
-            how_to_supply()
-        ))
-    };
+    let fail = |r: Refusal| refused(path, r);
     let mut extracted = Vec::new();
     let mut notes = Vec::new();
-    let kernel = match (&ov.kernel, &insp.found.kernel) {
-        (Some(k), _) => {
+    let kernel = match &ov.kernel {
+        Some(k) => {
             notes.push(format!("kernel {} (KERNEL)", k.display()));
             k.clone()
         }
-        (None, Some(r)) => {
-            // The size comes from the inode and is checked before anything is read (a sparse
-            // file costs nothing to store in the image and everything to extract).
-            let len = insp.fss[r.fs].file_len(&r.path).unwrap_or(0);
-            if len > budget.kernel_bytes {
-                return Err(fail(format!(
-                    "kernel {} is {len} bytes, more than the {} MiB berth extracts \
-                     (Budget::kernel_bytes)",
-                    r.path,
-                    budget.kernel_bytes >> 20
-                )));
-            }
+        None => {
             let mut f = memfile("berth-kernel").map_err(ImageBootError::Host)?;
-            insp.fss[r.fs]
-                .copy_to(&r.path, &mut f, budget.kernel_bytes)
-                .map_err(|e| fail(format!("kernel {} {e}", r.path)))?;
+            if insp.copy_kernel(&mut f, budget).map_err(fail)?.is_none() {
+                return Err(fail(
+                    insp.refuse(
+                        "no kernel found (no grub.cfg entry, boot loader entry, /vmlinuz or \
+                     /boot/vmlinuz-*)"
+                            .into(),
+                    ),
+                ));
+            }
             let p = fd_path(&f);
             extracted.push(f);
-            notes.push(format!("kernel {}", insp.short()));
+            notes.push(format!(
+                "kernel {}",
+                insp.kernel_description().unwrap_or_default()
+            ));
             p
         }
-        (None, None) => return Err(fail(
-            "no kernel found (no grub.cfg entry, boot loader entry, /vmlinuz or /boot/vmlinuz-*)"
-                .into(),
-        )),
     };
     let initrd = match &ov.initrd {
         Some(i) => i.clone(),
-        None if insp.found.initrds.is_empty() => None,
+        None if insp.initrd_paths().is_empty() => None,
         None => {
-            // All sizes from the inodes first: nothing is read when the total is too big.
-            let sizes = insp.found.initrds.iter().fold(0u64, |total, r| {
-                let len = insp.fss[r.fs].file_len(&r.path).unwrap_or(0);
-                total.next_multiple_of(4).saturating_add(len)
-            });
-            if sizes > budget.initrd_bytes {
-                let names: Vec<&str> = insp.found.initrds.iter().map(|r| r.path.as_str()).collect();
-                return Err(fail(format!(
-                    "initramfs {} is {} MiB, more than the {} MiB the guest can unpack (half \
-                     of its memory, at most 2 GiB; Budget::initrd_bytes): give it more memory \
-                     (IMG_RAM_MB, berth vm --memory) or another initramfs (INITRD=<file or none>)",
-                    names.join(" + "),
-                    sizes >> 20,
-                    budget.initrd_bytes >> 20
-                )));
-            }
             let mut f = memfile("berth-initrd").map_err(ImageBootError::Host)?;
-            let mut total = 0u64;
-            for r in &insp.found.initrds {
-                // GRUB loads several images 4-byte aligned, which cpio needs between archives.
-                let pad = (4 - total % 4) % 4;
-                f.write_all(&[0u8; 3][..pad as usize])
-                    .map_err(ImageBootError::Host)?;
-                total += pad;
-                total += insp.fss[r.fs]
-                    .copy_to(&r.path, &mut f, budget.initrd_bytes.saturating_sub(total))
-                    .map_err(|e| fail(format!("initrd {} {e}", r.path)))?;
-                notes.push(format!("initrd {}", r.path));
+            insp.copy_initrds(&mut f, budget).map_err(fail)?;
+            for i in insp.initrd_paths() {
+                notes.push(format!("initrd {i}"));
             }
+            use std::io::Seek;
             f.rewind().map_err(ImageBootError::Host)?;
             let p = fd_path(&f);
             extracted.push(f);
@@ -291,10 +195,10 @@ pub fn prepare(
     };
     let cmdline = match &ov.cmdline {
         Some(c) => c.clone(),
-        None if insp.found.args.is_none() && insp.layout.tree.root.is_none() => {
-            return Err(fail(
+        None if !insp.has_cmdline() => {
+            return Err(fail(insp.refuse(
                 "no kernel arguments and no root file system found".into(),
-            ))
+            )))
         }
         None => insp.cmdline(),
     };

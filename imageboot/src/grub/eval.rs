@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::parse::{parse, Seg, Stmt, Word};
-use crate::imageboot::budget::{Meter, OVERHEAD};
+use crate::budget::{Meter, OVERHEAD};
 
 /// What `search` looks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

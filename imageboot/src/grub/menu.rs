@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::eval::{Entry, Host, Interp, Item};
 use super::parse::parse;
-use crate::imageboot::budget::Meter;
+use crate::budget::Meter;
 
 /// Finds an item by number, id or title.
 fn find(items: &[Item], key: &str) -> Option<usize> {

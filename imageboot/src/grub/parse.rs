@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use crate::imageboot::budget::{Meter, OVERHEAD};
+use crate::budget::{Meter, OVERHEAD};
 
 /// One piece of a word, by how it was quoted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -317,7 +317,7 @@ pub(crate) fn parse(src: &str, meter: &Meter) -> Result<Vec<Stmt>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageboot::budget::Budget;
+    use crate::budget::Budget;
 
     fn parse(src: &str) -> Result<Vec<Stmt>, String> {
         super::parse(src, &Meter::new(Budget::default()))

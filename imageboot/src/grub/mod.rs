@@ -2,7 +2,7 @@
 //! (variables, `if`, `search`, `load_env`, `configfile`), without a firmware or a screen, and
 //! reports the chosen entry's `linux` and `initrd` commands.
 //!
-//! Work is bounded by a [`Budget`](crate::imageboot::Budget) shared by everything one search
+//! Work is bounded by a [`Budget`](crate::Budget) shared by everything one search
 //! runs: commands, bytes of all values and arguments together, nesting, file sizes; so a
 //! hostile grub.cfg ends in a one-line error, never a hang, an abort or an exhausted memory.
 
@@ -40,7 +40,7 @@ pub fn device_partition(dev: &str) -> Option<Option<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageboot::budget::{Budget, Meter};
+    use crate::budget::{Budget, Meter};
 
     fn default_entry(
         cfg: &str,

@@ -118,7 +118,7 @@ impl Meter {
     /// The one-line reason for stopping: the limit, the cause.
     pub fn over(&self, what: impl std::fmt::Display) -> String {
         format!(
-            "the image's {} goes over berth's limit of {what} (Budget in src/imageboot/budget.rs; \
+            "the image's {} goes over berth's limit of {what} (Budget in imageboot/src/budget.rs; \
              a boot configuration this costly is broken or hostile)",
             self.source.get()
         )
