@@ -157,7 +157,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
             })
         }
     };
-    // Kept alive until the kernel is loaded: extracted files live in memory files.
+    // Kept alive until the kernel is loaded: extracted files are unnamed files.
     let (boot, _from_disk) = boot_files(&args, &disks)?;
     let spec = MachineSpec {
         config: MachineConfig {

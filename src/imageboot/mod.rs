@@ -1,7 +1,8 @@
 //! Booting stock cloud images without firmware: the glue between the `imageboot` crate (which
 //! finds the kernel, initramfs and kernel arguments inside an image, within a [`Budget`]) and
 //! berth: opening the image through the block layer, the KERNEL/INITRD/KERNEL_CMDLINE
-//! overrides, extracting the files into memory files, and the messages. See docs/imageboot.md.
+//! overrides, extracting the files (unnamed files beside the image), and the messages. See
+//! docs/imageboot.md.
 
 pub mod cmd;
 
@@ -56,8 +57,8 @@ impl Overrides {
     }
 }
 
-/// The files to boot: host paths the loader reads (extracted files are anonymous memory
-/// files, named through /proc/self/fd, and vanish when this is dropped).
+/// The files to boot: host paths the loader reads (extracted files are unnamed files, named
+/// through /proc/self/fd, and vanish when this is dropped).
 #[derive(Debug)]
 pub struct BootFiles {
     /// The kernel.
@@ -124,6 +125,29 @@ fn memfile(name: &str) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Where an extracted file goes: an unnamed file (O_TMPFILE) in the image's directory, else a
+/// memory file. The pod keeps the extracted files for its whole life (every reboot loads them
+/// again), and a memory file counts against the pod's memory limit beside the guest's RAM: an
+/// image's 200 MiB initramfs would push a pod limited to RAM + 64 MiB over it once the guest
+/// uses its memory. An unnamed file next to the image (the pet overlay's volume) is page
+/// cache the kernel can write back and reclaim instead. Neither leaves anything behind, even
+/// after a crash.
+fn extraction_file(image: &Path, name: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match image.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir);
+    // Read-only directories and file systems without O_TMPFILE get a memory file.
+    tmp.or_else(|_| memfile(name))
+}
+
 fn fd_path(f: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
@@ -158,7 +182,7 @@ pub fn prepare(
             k.clone()
         }
         None => {
-            let mut f = memfile("berth-kernel").map_err(ImageBootError::Host)?;
+            let mut f = extraction_file(path, "berth-kernel").map_err(ImageBootError::Host)?;
             if insp.copy_kernel(&mut f, budget).map_err(fail)?.is_none() {
                 return Err(fail(
                     insp.refuse(
@@ -181,7 +205,7 @@ pub fn prepare(
         Some(i) => i.clone(),
         None if insp.initrd_paths().is_empty() => None,
         None => {
-            let mut f = memfile("berth-initrd").map_err(ImageBootError::Host)?;
+            let mut f = extraction_file(path, "berth-initrd").map_err(ImageBootError::Host)?;
             insp.copy_initrds(&mut f, budget).map_err(fail)?;
             for i in insp.initrd_paths() {
                 notes.push(format!("initrd {i}"));

@@ -113,7 +113,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         });
     }
 
-    // Kept alive as long as VMs are built: the image's kernel lives in memory files.
+    // Kept alive as long as VMs are built: the image's kernel lives in unnamed files.
     let (boot, _image_files) = kernel(&cfg, root.as_ref())?;
     {
         let mut s = status.lock().expect("status lock poisoned");
