@@ -191,3 +191,60 @@ impl Default for Budget {
         Budget::for_guest_memory(512)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initramfs_limit_is_half_the_guest_memory_up_to_2_gib() {
+        assert_eq!(Budget::for_guest_memory(512).initrd_bytes, 256 << 20);
+        assert_eq!(Budget::for_guest_memory(65).initrd_bytes, (65 << 20) / 2);
+        assert_eq!(Budget::for_guest_memory(8192).initrd_bytes, 2 << 30);
+        assert_eq!(Budget::for_guest_memory(u64::MAX).initrd_bytes, 2 << 30);
+        assert_eq!(Budget::for_guest_memory(0).initrd_bytes, 0);
+        // Nothing else depends on the memory.
+        let (a, b) = (Budget::for_guest_memory(64), Budget::for_guest_memory(4096));
+        assert_eq!(
+            Budget {
+                initrd_bytes: 0,
+                ..a
+            },
+            Budget {
+                initrd_bytes: 0,
+                ..b
+            }
+        );
+    }
+
+    #[test]
+    fn the_meter_counts_every_kind_of_work_across_calls() {
+        let m = Meter::new(Budget {
+            steps: 2,
+            total_bytes: 100,
+            read_bytes: 50,
+            file_bytes: 40,
+            ..Budget::default()
+        });
+        m.reading("grub.cfg");
+        assert!(m.step().is_ok() && m.step().is_ok());
+        assert!(m.step().unwrap_err().contains("2 commands run"));
+        assert!(m
+            .read("/a", 41)
+            .unwrap_err()
+            .contains("40 bytes per file (/a is 41 bytes)"));
+        assert!(m.read("/a", 30).is_ok());
+        let e = m.read("/b", 30).unwrap_err();
+        assert!(
+            e.contains("50 bytes of configuration files read in total"),
+            "{e}"
+        );
+        // The read that was let in counts as bytes made too: 30 so far.
+        assert!(m.bytes(70).is_ok());
+        let e = m.bytes(1).unwrap_err();
+        assert!(
+            e.starts_with("the image's grub.cfg goes over berth's limit of 100 bytes"),
+            "{e}"
+        );
+    }
+}

@@ -194,3 +194,19 @@ impl Inspection {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_without_a_file_system_is_refused_in_one_line() {
+        let r = match inspect(Box::new(vec![0u8; 1 << 20]), &Budget::default()) {
+            Err(r) => r,
+            Ok(_) => panic!("an empty image gave a boot plan"),
+        };
+        let line = r.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("ext4"), "{line}");
+    }
+}
