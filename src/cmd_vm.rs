@@ -180,7 +180,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
             })
         }
     };
-    // Kept alive until the kernel is loaded: extracted files live in memory files.
+    // Kept alive until the kernel is loaded: extracted files are unnamed files.
     let (boot, _from_disk) = boot_files(&args, &disks)?;
     let spec = MachineSpec {
         config: MachineConfig {
@@ -258,7 +258,8 @@ fn boot_files(
     if let Some(c) = &args.cmdline {
         ov.cmdline = Some(c.clone());
     }
-    let files = imageboot::prepare(&first.path, first.format, &ov)?;
+    let budget = imageboot::Budget::for_guest_memory(args.memory);
+    let files = imageboot::prepare(&first.path, first.format, &ov, &budget)?;
     eprintln!("berth: boot from disk: {}", files.description);
     eprintln!("berth: kernel command line: {}", files.cmdline);
     let boot = LinuxBoot {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use vmm::block::DiskFormat;
 
-use super::{inspect, prepare, ImageBootError, Overrides};
+use super::{inspect, prepare, Budget, ImageBootError, Overrides};
 
 /// Arguments of `berth inspect-image`.
 #[derive(clap::Args)]
@@ -24,6 +24,10 @@ pub struct InspectArgs {
     /// `kernel`, `initrd`, `cmdline`).
     #[arg(long, value_name = "DIR", requires = "boot")]
     extract: Option<PathBuf>,
+    /// The guest memory in MiB to size the limits for (the initramfs may take half of it), as
+    /// IMG_RAM_MB or `berth vm --memory` would give it.
+    #[arg(long, value_name = "MIB", default_value_t = crate::pod::config::DEFAULT_RAM_MB)]
+    memory: u64,
 }
 
 /// Runs `berth inspect-image`: the report on stdout, errors as one `berth:` line on stderr
@@ -34,8 +38,9 @@ pub fn run(args: InspectArgs) -> ExitCode {
         Some("qcow2") => Some(DiskFormat::Qcow2),
         _ => None,
     };
+    let budget = Budget::for_guest_memory(args.memory);
     let result = if args.boot {
-        prepare(&args.image, format, &Overrides::from_env()).and_then(|b| {
+        prepare(&args.image, format, &Overrides::from_env(), &budget).and_then(|b| {
             if let Some(dir) = &args.extract {
                 let io = ImageBootError::Host;
                 std::fs::create_dir_all(dir).map_err(io)?;
@@ -58,7 +63,7 @@ pub fn run(args: InspectArgs) -> ExitCode {
             ))
         })
     } else {
-        inspect(&args.image, format).map(|i| i.report())
+        inspect(&args.image, format, &budget).map(|i| i.report())
     };
     match result {
         Ok(report) => {

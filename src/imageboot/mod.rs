@@ -1,35 +1,19 @@
-//! Booting stock cloud images without firmware: berth finds the kernel, initramfs and kernel
-//! arguments inside the image (GPT/MBR partitions, ext4 root or /boot, grub.cfg, BLS entries,
-//! /vmlinuz symlinks) and loads them itself. See docs/imageboot.md.
-//!
-//! The image is untrusted input: every size and offset read from it is checked, reads are
-//! capped, and a damaged image gives an error that says what was found.
+//! Booting stock cloud images without firmware: the glue between the `imageboot` crate (which
+//! finds the kernel, initramfs and kernel arguments inside an image, within a [`Budget`]) and
+//! berth: opening the image through the block layer, the KERNEL/INITRD/KERNEL_CMDLINE
+//! overrides, extracting the files (unnamed files beside the image), and the messages. See
+//! docs/imageboot.md.
 
 pub mod cmd;
-mod cmdline;
-mod disk;
-mod find;
-mod fs;
-mod grub;
-mod layout;
-mod partition;
-mod probe;
 
-use std::cell::RefCell;
 use std::fs::File;
-use std::io::{Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
-use vmm::block::{open_disk, DiskFormat, DiskOptions};
+use imageboot::{ImageRead, Inspection, Refusal};
+use vmm::block::{open_disk, BlockBackend, DiskFormat, DiskOptions};
 
-pub use cmdline::with_berth_consoles;
-
-/// Largest kernel berth extracts.
-const MAX_KERNEL: u64 = 256 << 20;
-/// Largest total of initramfs images berth extracts.
-const MAX_INITRD: u64 = 2 << 30;
+pub use imageboot::Budget;
 
 /// Why an image cannot be booted.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +57,8 @@ impl Overrides {
     }
 }
 
-/// The files to boot: host paths the loader reads (extracted files are anonymous memory
-/// files, named through /proc/self/fd, and vanish when this is dropped).
+/// The files to boot: host paths the loader reads (extracted files are unnamed files, named
+/// through /proc/self/fd, and vanish when this is dropped).
 #[derive(Debug)]
 pub struct BootFiles {
     /// The kernel.
@@ -88,57 +72,36 @@ pub struct BootFiles {
     _extracted: Vec<File>,
 }
 
-/// What an image holds (for `berth inspect-image` and for booting).
-pub struct Inspection {
-    fss: Vec<fs::Fs>,
-    found: find::Found,
-    layout: layout::Layout,
-}
+/// The image through berth's block layer (raw, or qcow2 with its backing chain).
+struct Backend(Box<dyn BlockBackend>);
 
-impl Inspection {
-    /// The partitions, file systems and choices, several lines.
-    pub fn report(&self) -> String {
-        let mut s = self.layout.describe();
-        for h in &self.found.how {
-            s += &format!("\nfound: {h}");
-        }
-        let show = |r: &find::FileRef| format!("{} on {}", r.path, self.fss[r.fs].describe());
-        if let Some(k) = &self.found.kernel {
-            s += &format!("\nkernel: {}", show(k));
-        }
-        for i in &self.found.initrds {
-            s += &format!("\ninitrd: {}", show(i));
-        }
-        s += &format!("\ncmdline: {}", self.cmdline());
-        s
+impl ImageRead for Backend {
+    fn size(&self) -> u64 {
+        self.0.size()
     }
 
-    /// The kernel command line: the image's arguments (or `root=UUID=<root> ro`) with
-    /// berth's consoles.
-    pub fn cmdline(&self) -> String {
-        let args = match &self.found.args {
-            Some(a) => a.clone(),
-            None => match self.layout.tree.root {
-                Some(r) => vec![format!("root=UUID={}", self.fss[r].uuid), "ro".into()],
-                None => Vec::new(),
-            },
-        };
-        with_berth_consoles(&args)
-    }
-
-    fn short(&self) -> String {
-        let k = self
-            .found
-            .kernel
-            .as_ref()
-            .map_or("?".into(), |k| k.path.clone());
-        format!("{k} ({})", self.found.how.join("; "))
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
     }
 }
 
-/// Reads the image at `path` and finds what it boots. `format` as for `open_disk`: `None`
-/// probes (only for images the guest cannot write).
-pub fn inspect(path: &Path, format: Option<DiskFormat>) -> Result<Inspection, ImageBootError> {
+fn how_to_supply() -> &'static str {
+    "supply the kernel yourself with KERNEL=<bzImage> INITRD=<initramfs or none> \
+     KERNEL_CMDLINE=<arguments, e.g. root=/dev/vda1 console=ttyS0> (or berth vm --kernel/--initrd/--cmdline)"
+}
+
+/// The one-line refusal for the image at `path`: what, what was found, how to boot anyway.
+fn refused(path: &Path, r: Refusal) -> ImageBootError {
+    ImageBootError::NotBootable(format!("{}: {r}; {}", path.display(), how_to_supply()))
+}
+
+/// Reads the image at `path` and finds what it boots, within `budget`. `format` as for
+/// `open_disk`: `None` probes (only for images the guest cannot write).
+pub fn inspect(
+    path: &Path,
+    format: Option<DiskFormat>,
+    budget: &Budget,
+) -> Result<Inspection, ImageBootError> {
     let backend = open_disk(
         path,
         DiskOptions {
@@ -147,27 +110,7 @@ pub fn inspect(path: &Path, format: Option<DiskFormat>) -> Result<Inspection, Im
             ..Default::default()
         },
     )?;
-    let disk = disk::Window::whole(Rc::new(RefCell::new(backend)));
-    let shown = path.display().to_string();
-    let (layout, fss) = layout::analyse(&disk)
-        .map_err(|e| ImageBootError::NotBootable(format!("{shown}: {e}; {}", how_to_supply())))?;
-    let table = match layout.table {
-        layout::TableKind::Mbr => "msdos",
-        _ => "gpt",
-    };
-    let found = find::find(&fss, &layout.tree, table).map_err(|e| {
-        ImageBootError::NotBootable(format!(
-            "{shown}: {e}; found {}; {}",
-            layout.summary(),
-            how_to_supply()
-        ))
-    })?;
-    Ok(Inspection { fss, found, layout })
-}
-
-fn how_to_supply() -> &'static str {
-    "supply the kernel yourself with KERNEL=<bzImage> INITRD=<initramfs or none> \
-     KERNEL_CMDLINE=<arguments, e.g. root=/dev/vda1 console=ttyS0> (or berth vm --kernel/--initrd/--cmdline)"
+    imageboot::inspect(Box::new(Backend(backend)), budget).map_err(|r| refused(path, r))
 }
 
 /// An anonymous in-memory file (memfd): no temporary files to clean up, even after a crash.
@@ -182,16 +125,41 @@ fn memfile(name: &str) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Where an extracted file goes: an unnamed file (O_TMPFILE) in the image's directory, else a
+/// memory file. The pod keeps the extracted files for its whole life (every reboot loads them
+/// again), and a memory file counts against the pod's memory limit beside the guest's RAM: an
+/// image's 200 MiB initramfs would push a pod limited to RAM + 64 MiB over it once the guest
+/// uses its memory. An unnamed file next to the image (the pet overlay's volume) is page
+/// cache the kernel can write back and reclaim instead. Neither leaves anything behind, even
+/// after a crash.
+fn extraction_file(image: &Path, name: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match image.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir);
+    // Read-only directories and file systems without O_TMPFILE get a memory file.
+    tmp.or_else(|_| memfile(name))
+}
+
 fn fd_path(f: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
 /// Finds (or takes from `ov`) the kernel, initramfs and command line for booting the image at
-/// `path`, extracting the files from the image.
+/// `path`, extracting the files from the image within `budget` (see
+/// [`Budget::for_guest_memory`]: the initramfs limit depends on the guest's memory).
 pub fn prepare(
     path: &Path,
     format: Option<DiskFormat>,
     ov: &Overrides,
+    budget: &Budget,
 ) -> Result<BootFiles, ImageBootError> {
     if ov.complete() {
         return Ok(BootFiles {
@@ -203,54 +171,46 @@ pub fn prepare(
             _extracted: Vec::new(),
         });
     }
-    let insp = inspect(path, format)?;
+    let insp = inspect(path, format, budget)?;
     let shown = path.display();
-    let fail = |what: String| {
-        ImageBootError::NotBootable(format!(
-            "{shown}: {what}; found {}; {}",
-            insp.layout.summary(),
-            how_to_supply()
-        ))
-    };
+    let fail = |r: Refusal| refused(path, r);
     let mut extracted = Vec::new();
     let mut notes = Vec::new();
-    let kernel = match (&ov.kernel, &insp.found.kernel) {
-        (Some(k), _) => {
+    let kernel = match &ov.kernel {
+        Some(k) => {
             notes.push(format!("kernel {} (KERNEL)", k.display()));
             k.clone()
         }
-        (None, Some(r)) => {
-            let mut f = memfile("berth-kernel").map_err(ImageBootError::Host)?;
-            insp.fss[r.fs]
-                .copy_to(&r.path, &mut f, MAX_KERNEL)
-                .map_err(|e| fail(format!("kernel {} {e}", r.path)))?;
+        None => {
+            let mut f = extraction_file(path, "berth-kernel").map_err(ImageBootError::Host)?;
+            if insp.copy_kernel(&mut f, budget).map_err(fail)?.is_none() {
+                return Err(fail(
+                    insp.refuse(
+                        "no kernel found (no grub.cfg entry, boot loader entry, /vmlinuz or \
+                     /boot/vmlinuz-*)"
+                            .into(),
+                    ),
+                ));
+            }
             let p = fd_path(&f);
             extracted.push(f);
-            notes.push(format!("kernel {}", insp.short()));
+            notes.push(format!(
+                "kernel {}",
+                insp.kernel_description().unwrap_or_default()
+            ));
             p
         }
-        (None, None) => return Err(fail(
-            "no kernel found (no grub.cfg entry, boot loader entry, /vmlinuz or /boot/vmlinuz-*)"
-                .into(),
-        )),
     };
     let initrd = match &ov.initrd {
         Some(i) => i.clone(),
-        None if insp.found.initrds.is_empty() => None,
+        None if insp.initrd_paths().is_empty() => None,
         None => {
-            let mut f = memfile("berth-initrd").map_err(ImageBootError::Host)?;
-            let mut total = 0u64;
-            for r in &insp.found.initrds {
-                // GRUB loads several images 4-byte aligned, which cpio needs between archives.
-                let pad = (4 - total % 4) % 4;
-                f.write_all(&[0u8; 3][..pad as usize])
-                    .map_err(ImageBootError::Host)?;
-                total += pad;
-                total += insp.fss[r.fs]
-                    .copy_to(&r.path, &mut f, MAX_INITRD.saturating_sub(total))
-                    .map_err(|e| fail(format!("initrd {} {e}", r.path)))?;
-                notes.push(format!("initrd {}", r.path));
+            let mut f = extraction_file(path, "berth-initrd").map_err(ImageBootError::Host)?;
+            insp.copy_initrds(&mut f, budget).map_err(fail)?;
+            for i in insp.initrd_paths() {
+                notes.push(format!("initrd {i}"));
             }
+            use std::io::Seek;
             f.rewind().map_err(ImageBootError::Host)?;
             let p = fd_path(&f);
             extracted.push(f);
@@ -259,10 +219,10 @@ pub fn prepare(
     };
     let cmdline = match &ov.cmdline {
         Some(c) => c.clone(),
-        None if insp.found.args.is_none() && insp.layout.tree.root.is_none() => {
-            return Err(fail(
+        None if !insp.has_cmdline() => {
+            return Err(fail(insp.refuse(
                 "no kernel arguments and no root file system found".into(),
-            ))
+            )))
         }
         None => insp.cmdline(),
     };

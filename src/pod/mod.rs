@@ -123,7 +123,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         });
     }
 
-    // Kept alive as long as VMs are built: the image's kernel lives in memory files.
+    // Kept alive as long as VMs are built: the image's kernel lives in unnamed files.
     let (boot, _image_files) = kernel(&cfg, root.as_ref())?;
     {
         let mut s = status.lock().expect("status lock poisoned");
@@ -355,7 +355,13 @@ fn kernel(
         };
         return Ok((boot, None));
     };
-    let files = imageboot::prepare(&root.path, root.format, &imageboot::Overrides::from_env())?;
+    let budget = imageboot::Budget::for_guest_memory(cfg.ram_mb);
+    let files = imageboot::prepare(
+        &root.path,
+        root.format,
+        &imageboot::Overrides::from_env(),
+        &budget,
+    )?;
     log(format!("boot: {}", files.description));
     log(format!("kernel command line: {}", files.cmdline));
     let boot = LinuxBoot {

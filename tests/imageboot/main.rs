@@ -1,4 +1,4 @@
-//! Integration tests of booting an image's own kernel (src/imageboot): small disk images built
+//! Integration tests of booting an image's own kernel (the imageboot crate and src/imageboot): small disk images built
 //! here with sfdisk and `mkfs.ext4 -d` hold fake kernels, initramfs images, symlinks and
 //! grub.cfg / BLS variants; `berth inspect-image --boot --extract` must pick the right files
 //! and command line, honour KERNEL/INITRD/KERNEL_CMDLINE, and refuse what it cannot boot with
@@ -7,6 +7,7 @@
 //!
 //! cargo test --test imageboot
 
+mod budget;
 mod cases;
 mod fuzz;
 mod util;

@@ -2,14 +2,10 @@
 //! entry, else a Boot Loader Specification entry, else the /vmlinuz and /initrd.img symlinks,
 //! else the newest /boot/vmlinuz-* with its matching initramfs.
 
+use super::budget::{Meter, OVERHEAD};
 use super::cmdline::{split, version_cmp};
 use super::fs::{Fs, Kind, Tree};
 use super::grub::{self, Host, SearchKind};
-
-/// Largest grub.cfg, grubenv, BLS entry or fstab read.
-const MAX_CONFIG: u64 = 1 << 20;
-/// Directory entries looked at in /boot or loader/entries.
-const MAX_DIR_ENTRIES: usize = 4096;
 
 /// A file in one of the image's file systems.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,18 +63,21 @@ impl GrubView<'_> {
 }
 
 impl Host for GrubView<'_> {
-    fn search(&self, kind: SearchKind, key: &str) -> Option<String> {
+    fn search(&self, kind: SearchKind, key: &str, meter: &Meter) -> Result<Option<String>, String> {
+        meter.bytes(self.fss.len() as u64 * (OVERHEAD + key.len() as u64))?;
         let fs = self.fss.iter().find(|f| match kind {
             SearchKind::FsUuid => f.uuid.eq_ignore_ascii_case(key),
             SearchKind::Label => f.label == key,
             SearchKind::File => f.is_file(key),
-        })?;
-        Some(self.device(fs))
+        });
+        Ok(fs.map(|fs| self.device(fs)))
     }
 
-    fn read(&self, root: &str, path: &str) -> Option<Vec<u8>> {
-        let r = self.locate(root, path)?;
-        self.fss[r.fs].read_small(&r.path, MAX_CONFIG).ok()
+    fn read(&self, root: &str, path: &str, meter: &Meter) -> Result<Option<Vec<u8>>, String> {
+        let Some(r) = self.locate(root, path) else {
+            return Ok(None);
+        };
+        read_config(&self.fss[r.fs], &r.path, meter)
     }
 
     fn test(&self, root: &str, path: &str, op: &str) -> bool {
@@ -92,6 +91,19 @@ impl Host for GrubView<'_> {
             _ => fs.kind(&r.path).is_some(),
         }
     }
+}
+
+/// Reads the configuration file `path` (following symlinks in `fs`), its size from the inode
+/// charged to `meter` before anything is read. `Ok(None)` if it is not a readable file.
+fn read_config(fs: &Fs, path: &str, meter: &Meter) -> Result<Option<Vec<u8>>, String> {
+    if !fs.is_file(path) {
+        return Ok(None);
+    }
+    let Some(len) = fs.file_len(path) else {
+        return Ok(None);
+    };
+    meter.read(path, len)?;
+    Ok(fs.read_small(path, len).ok())
 }
 
 /// A file GRUB names, resolved in its file system; if it is not there (a `search` that did
@@ -118,7 +130,9 @@ fn from_grub(
     tree: &Tree,
     table: &'static str,
     found: &mut Found,
+    meter: &Meter,
 ) -> Result<(), String> {
+    meter.reading("grub.cfg");
     let view = GrubView { fss, table };
     let mut places: Vec<(usize, &str)> = Vec::new();
     for i in tree
@@ -143,14 +157,17 @@ fn from_grub(
         if !fss[i].is_file(p) {
             continue;
         }
+        let at = |e: String| format!("{p} on {}: {e}", fss[i].describe());
         let text = fss[i]
-            .read_small(p, MAX_CONFIG)
-            .map_err(|e| format!("{p} on {} {e}", fss[i].describe()))?;
+            .file_len(p)
+            .ok_or_else(|| "cannot be read".to_owned())
+            .and_then(|len| meter.read(p, len).map(|()| len))
+            .and_then(|len| fss[i].read_small(p, len))
+            .map_err(at)?;
         let dev = view.device(&fss[i]);
         let prefix = format!("({dev}){}", p.trim_end_matches("/grub.cfg"));
         let text = String::from_utf8_lossy(&text);
-        let entry = grub::default_entry(&text, &dev, &prefix, &view)
-            .map_err(|e| format!("{p} on {}: {e}", fss[i].describe()))?;
+        let entry = grub::default_entry(&text, &dev, &prefix, &view, meter).map_err(at)?;
         let Some(e) = entry else {
             found
                 .how
@@ -197,7 +214,8 @@ fn bls_field<'a>(text: &'a str, key: &str) -> impl Iterator<Item = &'a str> + 'a
     })
 }
 
-fn from_bls(fss: &[Fs], tree: &Tree, found: &mut Found) {
+fn from_bls(fss: &[Fs], tree: &Tree, found: &mut Found, meter: &Meter) -> Result<(), String> {
+    meter.reading("boot loader entries");
     // Entries live on the partition holding /boot (paths relative to it) or in the root fs.
     let mut dirs = Vec::new();
     if let Some(b) = tree.boot {
@@ -208,11 +226,14 @@ fn from_bls(fss: &[Fs], tree: &Tree, found: &mut Found) {
     }
     let mut best: Option<(String, String, usize, &str, String)> = None;
     for (fs, dir, base) in dirs {
-        for (name, kind) in fss[fs].list_dir(dir, MAX_DIR_ENTRIES) {
+        for (name, kind) in fss[fs].list_dir(dir, meter.budget().dir_entries) {
             if kind != Kind::File || !name.ends_with(".conf") {
                 continue;
             }
-            let Ok(t) = fss[fs].read_small(&format!("{dir}/{name}"), MAX_CONFIG) else {
+            let path = format!("{dir}/{name}");
+            let Some(t) = read_config(&fss[fs], &path, meter)
+                .map_err(|e| format!("{path} on {}: {e}", fss[fs].describe()))?
+            else {
                 continue;
             };
             let text = String::from_utf8_lossy(&t).into_owned();
@@ -231,7 +252,7 @@ fn from_bls(fss: &[Fs], tree: &Tree, found: &mut Found) {
         }
     }
     let Some((_, name, fs, base, text)) = best else {
-        return;
+        return Ok(());
     };
     let locate = |p: &str| {
         let p = if p.starts_with('/') {
@@ -253,9 +274,10 @@ fn from_bls(fss: &[Fs], tree: &Tree, found: &mut Found) {
     found.initrds = bls_field(&text, "initrd").filter_map(locate).collect();
     let opts: Vec<String> = bls_field(&text, "options").flat_map(split).collect();
     found.args = Some(opts);
+    Ok(())
 }
 
-fn from_links(fss: &[Fs], tree: &Tree, found: &mut Found) {
+fn from_links(fss: &[Fs], tree: &Tree, found: &mut Found, meter: &Meter) {
     for (k, i) in [
         ("/vmlinuz", "/initrd.img"),
         ("/boot/vmlinuz", "/boot/initrd.img"),
@@ -270,7 +292,7 @@ fn from_links(fss: &[Fs], tree: &Tree, found: &mut Found) {
     let Some((fs, boot)) = tree.resolve(fss, "/boot") else {
         return;
     };
-    let names = fss[fs].list_dir(&boot, MAX_DIR_ENTRIES);
+    let names = fss[fs].list_dir(&boot, meter.budget().dir_entries);
     let newest = names
         .iter()
         .filter(|(n, k)| *k != Kind::Dir && n.starts_with("vmlinuz-") && !n.ends_with(".sig"))
@@ -294,13 +316,14 @@ fn from_links(fss: &[Fs], tree: &Tree, found: &mut Found) {
     .collect();
 }
 
-/// Looks for the kernel, initramfs and arguments in the file systems `fss` arranged as `tree`.
-pub fn find(fss: &[Fs], tree: &Tree, table: &'static str) -> Result<Found, String> {
+/// Looks for the kernel, initramfs and arguments in the file systems `fss` arranged as `tree`,
+/// all of it within the budget of `meter`.
+pub fn find(fss: &[Fs], tree: &Tree, table: &'static str, meter: &Meter) -> Result<Found, String> {
     let mut found = Found::default();
-    from_grub(fss, tree, table, &mut found)?;
+    from_grub(fss, tree, table, &mut found, meter)?;
     if found.kernel.is_none() {
         let mut bls = Found::default();
-        from_bls(fss, tree, &mut bls);
+        from_bls(fss, tree, &mut bls, meter)?;
         if bls.kernel.is_some() || found.args.is_none() {
             found.how.append(&mut bls.how);
             found.kernel = bls.kernel;
@@ -311,7 +334,7 @@ pub fn find(fss: &[Fs], tree: &Tree, table: &'static str) -> Result<Found, Strin
         }
     }
     if found.kernel.is_none() {
-        from_links(fss, tree, &mut found);
+        from_links(fss, tree, &mut found, meter);
     }
     Ok(found)
 }

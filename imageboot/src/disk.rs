@@ -1,14 +1,38 @@
-//! Byte-level access to a guest image: a window (the whole disk or one partition) over a
-//! [`BlockBackend`], shared by the partition parser, the file system probes and ext4-view.
+//! Byte-level access to a guest image: a window (the whole disk or one partition) over an
+//! [`ImageRead`], shared by the partition parser, the file system probes and ext4-view.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::rc::Rc;
 
-use vmm::block::BlockBackend;
+/// The image's bytes, as the disk the guest sees (a raw file, or a qcow2 chain read through
+/// the block layer). The only input this crate has.
+pub trait ImageRead {
+    /// Size of the disk in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`; the caller keeps `offset + buf.len()` within `size()`.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+/// An image held in memory (tests, small images).
+impl ImageRead for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
 
 /// A shared handle to the opened image; every [`Window`] reads through it.
-pub type SharedDisk = Rc<RefCell<Box<dyn BlockBackend>>>;
+pub type SharedDisk = Rc<RefCell<Box<dyn ImageRead>>>;
 
 /// A byte range `[start, start + len)` of the image, read with bounds checks: the image is
 /// user-supplied, so every offset computed from its contents is checked before use.
@@ -122,40 +146,12 @@ impl ext4_view::Ext4Read for Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmm::block::raw::RawDisk;
-
-    fn disk_of(bytes: &[u8]) -> (tempfile_path::TempPath, SharedDisk) {
-        let p = tempfile_path::TempPath::new(bytes);
-        let f = std::fs::File::open(&p.0).unwrap();
-        let d: Box<dyn BlockBackend> = Box::new(RawDisk::from_file(f, true).unwrap());
-        (p, Rc::new(RefCell::new(d)))
-    }
-
-    mod tempfile_path {
-        pub struct TempPath(pub std::path::PathBuf);
-        impl TempPath {
-            pub fn new(bytes: &[u8]) -> Self {
-                let p = std::env::temp_dir().join(format!(
-                    "berth-window-test-{}-{:?}",
-                    std::process::id(),
-                    std::thread::current().id()
-                ));
-                std::fs::write(&p, bytes).unwrap();
-                TempPath(p)
-            }
-        }
-        impl Drop for TempPath {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-    }
 
     #[test]
     fn windows_are_bounded() {
         let data: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
-        let (_p, d) = disk_of(&data);
-        let w = Window::whole(d);
+        let d: Box<dyn ImageRead> = Box::new(data.clone());
+        let w = Window::whole(Rc::new(RefCell::new(d)));
         assert_eq!(w.len(), 4096);
         let s = w.sub(1000, 100).unwrap();
         assert_eq!(s.read_vec(0, 4).unwrap(), data[1000..1004]);

@@ -4,13 +4,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::parse::{parse, Seg, Stmt, Word};
-
-/// Commands run per configuration before giving up.
-const MAX_STEPS: u32 = 100_000;
-/// Longest variable value or expanded word.
-const MAX_VALUE: usize = 64 * 1024;
-/// Deepest nesting of function calls, `source` and `configfile`.
-const MAX_CALL_DEPTH: u32 = 16;
+use crate::budget::{Meter, OVERHEAD};
 
 /// What `search` looks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,9 +20,12 @@ pub enum SearchKind {
 /// The image as GRUB sees it: devices named like `hd0,gpt1`.
 pub trait Host {
     /// The device holding a file system with this UUID / label / file.
-    fn search(&self, kind: SearchKind, key: &str) -> Option<String>;
+    /// Every file system looked at is charged to `meter` (an image may hold hundreds).
+    fn search(&self, kind: SearchKind, key: &str, meter: &Meter) -> Result<Option<String>, String>;
     /// Reads a small file; `path` may start with `(device)`, else it is on device `root`.
-    fn read(&self, root: &str, path: &str) -> Option<Vec<u8>>;
+    /// `Ok(None)` if it is not there or unreadable; before reading, its size is charged to
+    /// `meter` (an error when over the budget).
+    fn read(&self, root: &str, path: &str, meter: &Meter) -> Result<Option<Vec<u8>>, String>;
     /// `test -e/-f/-d/-s path`.
     fn test(&self, root: &str, path: &str, op: &str) -> bool;
 }
@@ -70,10 +67,11 @@ pub(super) struct Item {
 /// The interpreter's state: variables, functions, the menu defined so far, the work done.
 pub(super) struct Interp<'h> {
     pub(super) host: &'h dyn Host,
+    /// The budget, shared with every other interpreter of the same search.
+    pub(super) meter: &'h Meter,
     pub(super) vars: HashMap<String, String>,
     pub(super) funcs: HashMap<String, Rc<Vec<Stmt>>>,
     pub(super) menu: Vec<Item>,
-    pub(super) steps: u32,
     pub(super) depth: u32,
     pub(super) capture: Option<Entry>,
 }
@@ -85,16 +83,31 @@ fn is_name(s: &str) -> bool {
 }
 
 impl<'h> Interp<'h> {
-    pub(super) fn child(&self) -> Interp<'h> {
-        Interp {
+    /// A copy to run a menu entry or submenu in (GRUB runs them in a new context); the copy of
+    /// the variables is charged, as it is the biggest thing a grub.cfg can make repeatedly.
+    pub(super) fn child(&self) -> Result<Interp<'h>, String> {
+        let vars: u64 = self
+            .vars
+            .iter()
+            .map(|(k, v)| OVERHEAD + (k.len() + v.len()) as u64)
+            .sum();
+        self.meter
+            .bytes(vars + OVERHEAD * self.funcs.len() as u64)?;
+        if self.depth >= self.meter.budget().call_depth {
+            return Err(self.meter.over(format_args!(
+                "{} nested calls, sourced files and submenus",
+                self.meter.budget().call_depth
+            )));
+        }
+        Ok(Interp {
             host: self.host,
+            meter: self.meter,
             vars: self.vars.clone(),
             funcs: self.funcs.clone(),
             menu: Vec::new(),
-            steps: self.steps,
-            depth: self.depth,
+            depth: self.depth + 1,
             capture: None,
-        }
+        })
     }
 
     pub(super) fn var(&self, name: &str) -> &str {
@@ -102,9 +115,9 @@ impl<'h> Interp<'h> {
     }
 
     pub(super) fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        if value.len() > MAX_VALUE {
-            return Err(format!("variable {name} grows beyond {MAX_VALUE} bytes"));
-        }
+        self.meter.value(value.len())?;
+        self.meter
+            .bytes(OVERHEAD + (name.len() + value.len()) as u64)?;
         self.vars.insert(name.to_owned(), value.to_owned());
         Ok(())
     }
@@ -132,12 +145,13 @@ impl<'h> Interp<'h> {
                     n => rest.split_at(n),
                 }
             };
-            out.push_str(self.var(name));
+            // Checked before growing, so a word never exceeds the limit even briefly.
+            let v = self.var(name);
+            self.meter.value(out.len() + v.len())?;
+            out.push_str(v);
             rest = after;
-            if out.len() > MAX_VALUE {
-                return Err(format!("a word grows beyond {MAX_VALUE} bytes"));
-            }
         }
+        self.meter.value(out.len() + rest.len())?;
         out.push_str(rest);
         Ok(())
     }
@@ -157,10 +171,13 @@ impl<'h> Interp<'h> {
                     }
                     Seg::Literal(t) => {
                         quoted = true;
+                        self.meter.value(s.len() + t.len())?;
                         s.push_str(t)
                     }
                 }
             }
+            // The word, and its pieces when split: every argument of every command counts.
+            self.meter.bytes(OVERHEAD + 2 * s.len() as u64)?;
             if quoted {
                 argv.push(s);
             } else {
@@ -179,10 +196,7 @@ impl<'h> Interp<'h> {
     }
 
     fn exec(&mut self, stmt: &Stmt) -> Result<bool, String> {
-        self.steps += 1;
-        if self.steps > MAX_STEPS {
-            return Err(format!("runs more than {MAX_STEPS} commands"));
-        }
+        self.meter.step()?;
         match stmt {
             Stmt::Cmd(words) => {
                 let argv = self.argv(words)?;
@@ -206,6 +220,8 @@ impl<'h> Interp<'h> {
             } => {
                 let argv = self.argv(args)?;
                 let (title, id) = menu_title(&argv);
+                let len = title.len() + id.as_ref().map_or(0, String::len);
+                self.meter.bytes(OVERHEAD + len as u64)?;
                 self.menu.push(Item {
                     title,
                     id,
@@ -215,6 +231,7 @@ impl<'h> Interp<'h> {
                 Ok(true)
             }
             Stmt::Func(name, body) => {
+                self.meter.bytes(OVERHEAD + name.len() as u64)?;
                 self.funcs.insert(name.clone(), body.clone());
                 Ok(true)
             }
@@ -223,8 +240,11 @@ impl<'h> Interp<'h> {
     }
 
     fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, String>) -> Result<T, String> {
-        if self.depth >= MAX_CALL_DEPTH {
-            return Err(format!("calls nest deeper than {MAX_CALL_DEPTH} levels"));
+        let max = self.meter.budget().call_depth;
+        if self.depth >= max {
+            return Err(self.meter.over(format_args!(
+                "{max} nested calls, sourced files and submenus"
+            )));
         }
         self.depth += 1;
         let r = f(self);
@@ -256,9 +276,9 @@ impl<'h> Interp<'h> {
             "false" | "keystatus" => return Ok(false),
             "[" => {
                 let inner = args.strip_suffix(&["]".to_owned()]).unwrap_or(args);
-                return Ok(self.test(inner));
+                return self.test(inner);
             }
-            "test" => return Ok(self.test(args)),
+            "test" => return self.test(args),
             "search" | "search.fs_uuid" | "search.fs_label" | "search.file" => {
                 return self.search(&argv[0], args)
             }
@@ -267,10 +287,13 @@ impl<'h> Interp<'h> {
                 let Some(path) = args.first() else {
                     return Ok(false);
                 };
-                let Some(text) = self.host.read(&root, path) else {
+                if !self.path_ok(path)? {
+                    return Ok(false);
+                }
+                let Some(text) = self.host.read(&root, path, self.meter)? else {
                     return Ok(false);
                 };
-                let stmts = parse(&String::from_utf8_lossy(&text))?;
+                let stmts = parse(&String::from_utf8_lossy(&text), self.meter)?;
                 if argv[0] == "configfile" {
                     self.menu.clear();
                 }
@@ -278,6 +301,9 @@ impl<'h> Interp<'h> {
             }
             "linux" | "linux16" | "linuxefi" => {
                 if let (Some(c), Some(path)) = (self.capture.as_mut(), args.first()) {
+                    let len: usize = args.iter().map(String::len).sum();
+                    self.meter
+                        .bytes(OVERHEAD * args.len() as u64 + len as u64)?;
                     c.linux = Some(Loaded {
                         root,
                         path: path.clone(),
@@ -287,6 +313,9 @@ impl<'h> Interp<'h> {
             }
             "initrd" | "initrd16" | "initrdefi" => {
                 if let Some(c) = self.capture.as_mut() {
+                    let len: usize = args.iter().map(|a| a.len() + root.len()).sum();
+                    self.meter
+                        .bytes(OVERHEAD * args.len() as u64 + len as u64)?;
                     c.initrds = args
                         .iter()
                         .map(|p| Loaded {
@@ -316,22 +345,43 @@ impl<'h> Interp<'h> {
         Ok(true)
     }
 
-    fn test(&self, a: &[String]) -> bool {
-        if let Some(i) = a.iter().position(|x| x == "-o") {
-            return self.test(&a[..i]) || self.test(&a[i + 1..]);
+    /// Charges a path about to be looked up in the image; `false` if it is longer than any
+    /// path can be (it is then "not found", as Linux says ENAMETOOLONG).
+    fn path_ok(&self, path: &str) -> Result<bool, String> {
+        self.meter.bytes(OVERHEAD + path.len() as u64)?;
+        Ok(path.len() <= self.meter.budget().path_bytes)
+    }
+
+    /// `test`/`[`: `-o` binds looser than `-a`, `!` applies to one primary. Evaluated in a
+    /// loop, not by recursion, so a line of thousands of `-o` or `!` cannot exhaust the stack.
+    fn test(&self, a: &[String]) -> Result<bool, String> {
+        for any in a.split(|x| x == "-o") {
+            let mut all = true;
+            for primary in any.split(|x| x == "-a") {
+                let nots = primary.iter().take_while(|x| *x == "!").count();
+                if self.primary(&primary[nots..])? == nots.is_multiple_of(2) {
+                    continue;
+                }
+                all = false;
+                break;
+            }
+            if all {
+                return Ok(true);
+            }
         }
-        if let Some(i) = a.iter().position(|x| x == "-a") {
-            return self.test(&a[..i]) && self.test(&a[i + 1..]);
-        }
+        Ok(false)
+    }
+
+    /// One test without `!`, `-a` or `-o`.
+    fn primary(&self, a: &[String]) -> Result<bool, String> {
         let root = self.var("root");
-        match a {
+        Ok(match a {
             [] => false,
-            [not, rest @ ..] if not == "!" => !self.test(rest),
             [s] => !s.is_empty(),
             [op, s] => match op.as_str() {
                 "-n" => !s.is_empty(),
                 "-z" => s.is_empty(),
-                "-e" | "-f" | "-d" | "-s" => self.host.test(root, s, op),
+                "-e" | "-f" | "-d" | "-s" => self.path_ok(s)? && self.host.test(root, s, op),
                 _ => false,
             },
             [x, op, y] => {
@@ -351,7 +401,7 @@ impl<'h> Interp<'h> {
                 }
             }
             _ => false,
-        }
+        })
     }
 
     fn search(&mut self, cmd: &str, args: &[String]) -> Result<bool, String> {
@@ -380,12 +430,15 @@ impl<'h> Interp<'h> {
         let Some(key) = positional.first() else {
             return Ok(false);
         };
+        if !self.path_ok(key)? {
+            return Ok(false);
+        }
         if cmd != "search" {
             if let Some(v) = positional.get(1) {
                 var = (*v).to_owned();
             }
         }
-        match self.host.search(kind, key) {
+        match self.host.search(kind, key, self.meter)? {
             Some(dev) => {
                 self.set(&var, &dev)?;
                 Ok(true)
@@ -406,7 +459,10 @@ impl<'h> Interp<'h> {
             }
         }
         let root = self.var("root").to_owned();
-        let Some(text) = self.host.read(&root, &file) else {
+        if !self.path_ok(&file)? {
+            return Ok(());
+        }
+        let Some(text) = self.host.read(&root, &file, self.meter)? else {
             return Ok(());
         };
         for line in String::from_utf8_lossy(&text).lines() {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::eval::{Entry, Host, Interp, Item};
 use super::parse::parse;
+use crate::budget::Meter;
 
 /// Finds an item by number, id or title.
 fn find(items: &[Item], key: &str) -> Option<usize> {
@@ -20,15 +21,14 @@ fn find(items: &[Item], key: &str) -> Option<usize> {
 impl Interp<'_> {
     /// Runs a submenu's body to list its entries.
     fn submenu_items(&mut self, item: &Item) -> Result<Vec<Item>, String> {
-        let mut sub = self.child();
+        let mut sub = self.child()?;
         sub.run(&item.body)?;
-        self.steps = sub.steps;
         Ok(sub.menu)
     }
 
     /// Runs an entry's body and records its linux/initrd commands.
     fn run_entry(&mut self, item: &Item, why: String) -> Result<Entry, String> {
-        let mut e = self.child();
+        let mut e = self.child()?;
         e.set("chosen", &item.title)?;
         e.capture = Some(Entry {
             title: item.title.clone(),
@@ -36,7 +36,6 @@ impl Interp<'_> {
             ..Entry::default()
         });
         e.run(&item.body)?;
-        self.steps = e.steps;
         Ok(e.capture.unwrap_or_default())
     }
 
@@ -44,7 +43,7 @@ impl Interp<'_> {
     fn first_with_kernel(&mut self, items: &[Item], depth: u32) -> Result<Option<Entry>, String> {
         for item in items {
             if item.submenu {
-                if depth < 4 {
+                if depth < self.meter.budget().submenu_depth {
                     let sub = self.submenu_items(item)?;
                     if let Some(e) = self.first_with_kernel(&sub, depth + 1)? {
                         return Ok(Some(e));
@@ -63,13 +62,15 @@ impl Interp<'_> {
 
 /// Runs `cfg` (found on device `root`, with `prefix` like `(hd0,gpt1)/boot/grub`) and returns
 /// the entry GRUB would boot, or the first one that loads a kernel when the default does not.
+/// All work is charged to `meter`; going over its budget is an error.
 pub fn default_entry(
     cfg: &str,
     root: &str,
     prefix: &str,
     host: &dyn Host,
+    meter: &Meter,
 ) -> Result<Option<Entry>, String> {
-    let stmts = parse(cfg)?;
+    let stmts = parse(cfg, meter)?;
     let mut vars = HashMap::new();
     for f in [
         "menuentry_id",
@@ -86,10 +87,10 @@ pub fn default_entry(
     vars.insert("prefix".into(), prefix.to_owned());
     let mut it = Interp {
         host,
+        meter,
         vars,
         funcs: HashMap::new(),
         menu: Vec::new(),
-        steps: 0,
         depth: 0,
         capture: None,
     };

@@ -1,12 +1,12 @@
 //! A parser for the GRUB script subset found in generated grub.cfg files: commands, quoting
 //! and escapes, `if`/`elif`/`else`/`fi`, `menuentry` and `submenu` blocks, `function`
-//! definitions, and loops (parsed, never run). The input is untrusted: nesting is limited and
-//! nothing is allocated beyond what the input's size implies.
+//! definitions, and loops (parsed, never run). The input is untrusted: nesting is limited
+//! (`Budget::block_depth`) and every token is charged to the [`Meter`] as it is made, so the
+//! syntax tree of a large file stops at the budget instead of growing with it.
 
 use std::rc::Rc;
 
-/// Deepest nesting of blocks accepted.
-const MAX_DEPTH: usize = 64;
+use crate::budget::{Meter, OVERHEAD};
 
 /// One piece of a word, by how it was quoted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +61,9 @@ fn plain_is(w: &Word, s: &str) -> bool {
     matches!(w.as_slice(), [Seg::Plain(p)] if p == s)
 }
 
-fn lex(src: &str) -> Vec<Tok> {
+/// Splits `src` into tokens, charging each to `meter` (twice its text and a fixed overhead per
+/// piece: the heap blocks of a token come near that, and blocks hold their own copies).
+fn lex(src: &str, meter: &Meter) -> Result<Vec<Tok>, String> {
     let mut toks = Vec::new();
     let mut chars = src.chars().peekable();
     let mut word: Word = Vec::new();
@@ -75,6 +77,8 @@ fn lex(src: &str) -> Vec<Tok> {
         flush_plain(word, plain);
         if !word.is_empty() {
             let w = std::mem::take(word);
+            let text: usize = w.iter().map(|s| seg_text(s).len()).sum();
+            meter.bytes(2 * (OVERHEAD * w.len() as u64 + text as u64))?;
             toks.push(if plain_is(&w, "{") {
                 Tok::Open
             } else if plain_is(&w, "}") {
@@ -83,6 +87,12 @@ fn lex(src: &str) -> Vec<Tok> {
                 Tok::Word(w)
             });
         }
+        Ok::<(), String>(())
+    };
+    let sep = |toks: &mut Vec<Tok>| {
+        meter.bytes(OVERHEAD)?;
+        toks.push(Tok::Sep);
+        Ok::<(), String>(())
     };
     while let Some(c) = chars.next() {
         match c {
@@ -92,13 +102,13 @@ fn lex(src: &str) -> Vec<Tok> {
                         break;
                     }
                 }
-                end_word(&mut toks, &mut word, &mut plain);
-                toks.push(Tok::Sep);
+                end_word(&mut toks, &mut word, &mut plain)?;
+                sep(&mut toks)?;
             }
-            ' ' | '\t' | '\r' => end_word(&mut toks, &mut word, &mut plain),
+            ' ' | '\t' | '\r' => end_word(&mut toks, &mut word, &mut plain)?,
             '\n' | ';' => {
-                end_word(&mut toks, &mut word, &mut plain);
-                toks.push(Tok::Sep);
+                end_word(&mut toks, &mut word, &mut plain)?;
+                sep(&mut toks)?;
             }
             '\\' => match chars.next() {
                 Some('\n') | None => {}
@@ -135,14 +145,15 @@ fn lex(src: &str) -> Vec<Tok> {
             c => plain.push(c),
         }
     }
-    end_word(&mut toks, &mut word, &mut plain);
-    toks
+    end_word(&mut toks, &mut word, &mut plain)?;
+    Ok(toks)
 }
 
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
-    depth: usize,
+    depth: u32,
+    max_depth: u32,
 }
 
 /// What ended a list of statements.
@@ -162,8 +173,8 @@ impl Parser {
     /// `close` is allowed) or the end.
     fn list(&mut self, stop: &[&'static str], close: bool) -> Result<(Vec<Stmt>, End), String> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(format!("blocks nest deeper than {MAX_DEPTH} levels"));
+        if self.depth > self.max_depth {
+            return Err(format!("blocks nest deeper than {} levels", self.max_depth));
         }
         let mut out = Vec::new();
         let end = loop {
@@ -267,29 +278,34 @@ impl Parser {
             return Ok(Stmt::Loop);
         }
         let mut words = Vec::new();
-        while let Some(Tok::Word(w)) = self.peek() {
-            words.push(w.clone());
+        // Moved out of the token list (never looked at again), not copied: a command of tens
+        // of thousands of words would otherwise exist twice.
+        while let Some(Tok::Word(w)) = self.toks.get_mut(self.pos) {
+            words.push(std::mem::take(w));
             self.pos += 1;
         }
         Ok(Stmt::Cmd(words))
     }
 }
 
-/// The text of a word with no expansion (for names).
-pub fn literal_text(w: &Word) -> String {
-    w.iter()
-        .map(|s| match s {
-            Seg::Plain(t) | Seg::Quoted(t) | Seg::Literal(t) => t.as_str(),
-        })
-        .collect()
+fn seg_text(s: &Seg) -> &str {
+    match s {
+        Seg::Plain(t) | Seg::Quoted(t) | Seg::Literal(t) => t,
+    }
 }
 
-/// Parses a whole grub.cfg.
-pub fn parse(src: &str) -> Result<Vec<Stmt>, String> {
+/// The text of a word with no expansion (for names).
+pub fn literal_text(w: &Word) -> String {
+    w.iter().map(seg_text).collect()
+}
+
+/// Parses a whole grub.cfg, charging its syntax to `meter`.
+pub(crate) fn parse(src: &str, meter: &Meter) -> Result<Vec<Stmt>, String> {
     let mut p = Parser {
-        toks: lex(src),
+        toks: lex(src, meter)?,
         pos: 0,
         depth: 0,
+        max_depth: meter.budget().block_depth,
     };
     let (stmts, end) = p.list(&[], false)?;
     match end {
@@ -301,6 +317,11 @@ pub fn parse(src: &str) -> Result<Vec<Stmt>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::Budget;
+
+    fn parse(src: &str) -> Result<Vec<Stmt>, String> {
+        super::parse(src, &Meter::new(Budget::default()))
+    }
 
     #[test]
     fn words_quotes_and_blocks() {

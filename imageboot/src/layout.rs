@@ -6,6 +6,7 @@ use super::fs::{Fs, Kind, Tree};
 use super::partition::read_table;
 pub use super::partition::TableKind;
 use super::probe::{probe, FsKind};
+use super::Budget;
 
 /// One partition (or the whole disk) and what it holds.
 pub struct Part {
@@ -99,8 +100,8 @@ impl Layout {
 }
 
 /// Where /etc/fstab says /boot comes from (`UUID=...`, `LABEL=...`), if anywhere.
-fn fstab_boot(root: &Fs) -> Option<String> {
-    let text = root.read_small("/etc/fstab", 1 << 20).ok()?;
+fn fstab_boot(root: &Fs, budget: &Budget) -> Option<String> {
+    let text = root.read_small("/etc/fstab", budget.file_bytes).ok()?;
     let text = String::from_utf8_lossy(&text);
     text.lines().find_map(|l| {
         let mut f = l.split_whitespace();
@@ -127,7 +128,7 @@ fn is_boot(fs: &Fs) -> bool {
 }
 
 /// Reads the partition table and opens every ext4 file system.
-pub fn analyse(disk: &Window) -> Result<(Layout, Vec<Fs>), String> {
+pub fn analyse(disk: &Window, budget: &Budget) -> Result<(Layout, Vec<Fs>), String> {
     let table = read_table(disk).map_err(|e| format!("unreadable partition table: {e}"))?;
     let mut notes = table.notes;
     let mut windows = Vec::new();
@@ -171,7 +172,7 @@ pub fn analyse(disk: &Window) -> Result<(Layout, Vec<Fs>), String> {
         .find(|&i| root_typed[i])
         .or(roots.first().copied());
     if let Some(r) = tree.root {
-        if let Some(spec) = fstab_boot(&fss[r]) {
+        if let Some(spec) = fstab_boot(&fss[r], budget) {
             let (key, value) = spec.split_once('=').unwrap_or(("", &spec));
             tree.boot = fss.iter().position(|f| match key {
                 "UUID" => f.uuid.eq_ignore_ascii_case(value),
