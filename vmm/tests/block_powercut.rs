@@ -125,7 +125,14 @@ fn run_layout(l: &Layout, seed: u64) {
         false => tempfile::tempdir(),
     }
     .unwrap();
-    let d = dir.path();
+    // BERTH_POWERCUT_KEEP=1 keeps the directory (base, images, log.txt) for a post-mortem.
+    let keep = std::env::var_os("BERTH_POWERCUT_KEEP").is_some();
+    let d = dir.path().to_path_buf();
+    let d = d.as_path();
+    if keep {
+        eprintln!("keeping {}", d.display());
+        std::mem::forget(dir);
+    }
     let base = d.join("base.raw");
     // The base's sectors that the workload's regions cover carry a pattern; the rest of the
     // sparse file reads as zeroes and is never looked at.
@@ -204,6 +211,23 @@ fn run_layout(l: &Layout, seed: u64) {
         }
     } // closed cleanly: flush, fsync, dirty bit cleared
     let log = rec.0.lock().unwrap().clone();
+    if keep {
+        let text: String = log
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match e {
+                Ev::Write(o, data) => format!(
+                    "{i} W {o:#x} {} {:02x?}\n",
+                    data.len(),
+                    &data[..data.len().min(24)]
+                ),
+                Ev::Zero(o, n) => format!("{i} Z {o:#x} {n}\n"),
+                Ev::Sync => format!("{i} S\n"),
+                Ev::Flushed { n, sync } => format!("{i} F {n} {sync}\n"),
+            })
+            .collect();
+        std::fs::write(d.join("log.txt"), text).unwrap();
+    }
     let syncs = log.iter().filter(|e| matches!(e, Ev::Sync)).count();
     let writes = log.iter().filter(|e| matches!(e, Ev::Write(..))).count();
     eprintln!(
@@ -248,11 +272,10 @@ fn run_layout(l: &Layout, seed: u64) {
             .max()
             .unwrap_or(0);
         // The image as the cut left it, kept for a look when a check fails.
-        let kept = d
-            .parent()
-            .unwrap()
-            .join(format!("berth-powercut-{}.qcow2", l.cluster_size));
-        std::fs::write(&kept, &img).unwrap();
+        let kept = d.join(format!("cut-{cut}.qcow2"));
+        if keep {
+            std::fs::write(&kept, &img).unwrap();
+        }
         let what = format!(
             "{} seed {seed} cut {cut}/{} (durable ops < {durable}; the image as cut: {})",
             l.name,
