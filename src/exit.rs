@@ -45,6 +45,10 @@ pub enum Failure {
     /// The base image cannot be found or downloaded.
     #[error("{0}")]
     Fetch(String),
+    /// berth could not confine itself (seccomp, capabilities, uid switch, Landlock); the
+    /// same code ends berth when a thread makes a syscall its seccomp filter forbids.
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 impl Failure {
@@ -73,6 +77,7 @@ impl Failure {
             Failure::Network(_) => 12,
             Failure::Input(_) => 8,
             Failure::Fetch(_) => 10,
+            Failure::Sandbox(_) => sandbox::EXIT_SECCOMP as u8,
         }
     }
 }

@@ -89,9 +89,7 @@ pub fn serve(name: &str, status: SharedStatus, lc: Option<Arc<Lifecycle>>) -> st
         let _ = std::fs::remove_file(name);
     }
     let listener = UnixListener::bind_addr(&address(name)?)?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
+    sandbox::spawn("control", sandbox::ThreadKind::Control, move || {
             for conn in listener.incoming().flatten() {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = answer(conn, &status, lc.as_deref());

@@ -100,13 +100,9 @@ impl VncServer {
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
-        std::thread::Builder::new()
-            .name("vnc-accept".into())
-            .spawn(move || accept_loop(&s, &listener))?;
+        sandbox::spawn("vnc-accept", sandbox::ThreadKind::Vnc, move || accept_loop(&s, &listener))?;
         let s = shared.clone();
-        std::thread::Builder::new()
-            .name("vnc-poll".into())
-            .spawn(move || poll_loop(&s))?;
+        sandbox::spawn("vnc-poll", sandbox::ThreadKind::Vnc, move || poll_loop(&s))?;
         Ok(VncServer { shared, local_addr })
     }
 
@@ -158,9 +154,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             continue;
         }
         let s = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("vnc-client".into())
-            .spawn(move || {
+        let spawned = sandbox::spawn("vnc-client", sandbox::ThreadKind::Vnc, move || {
                 session::serve(&s, stream);
                 s.active.fetch_sub(1, Ordering::SeqCst);
             });
@@ -178,9 +172,7 @@ fn refuse(shared: &Arc<Shared>, stream: TcpStream) {
         return;
     }
     let s = shared.clone();
-    let _ = std::thread::Builder::new()
-        .name("vnc-refuse".into())
-        .spawn(move || {
+    let _ = sandbox::spawn("vnc-refuse", sandbox::ThreadKind::Vnc, move || {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let _ = proto::refuse(&mut &stream, &mut &stream, "too many VNC connections");
             s.refusing.fetch_sub(1, Ordering::SeqCst);
