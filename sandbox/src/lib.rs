@@ -192,7 +192,7 @@ pub fn init(opts: Options) -> Result<(), String> {
         std::thread::Builder::new()
             .name("spawner".into())
             .spawn(move || {
-                enter(ThreadKind::Spawner);
+                // The first job (sent once the state is set) confines this thread.
                 for job in rx {
                     job();
                 }
@@ -208,6 +208,10 @@ pub fn init(opts: Options) -> Result<(), String> {
             spawner,
         })
         .map_err(|_| "sandbox::init called twice".to_string())?;
+    if let Some(tx) = STATE.get().and_then(|s| s.spawner.as_ref()) {
+        let job: Job = Box::new(|| enter(ThreadKind::Spawner));
+        let _ = tx.lock().expect("spawner lock poisoned").send(job);
+    }
     if opts.mode == Mode::Log {
         eprintln!(
             "berth: seccomp: log mode (BERTH_SECCOMP=log): syscalls outside a thread's \
