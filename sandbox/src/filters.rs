@@ -16,21 +16,29 @@ use seccompiler::{
 
 use crate::ThreadKind;
 
-/// `ioctl` requests are allowed by their type byte (bits 8..16): 0xAE for KVM, b'T' (0x54) for
-/// the tun driver and the terminal (TCGETS/TCSETS).
+/// `ioctl` requests are allowed by their type byte (bits 8..16) where a whole driver's set is
+/// fine: 0xAE for KVM (on the fds berth holds), 0x12 for block devices (size, discard).
 const IOCTL_KVM: u64 = 0xAE;
-const IOCTL_T: u64 = 0x54;
+const IOCTL_BLOCK: u64 = 0x12;
+/// Single requests from drivers whose other requests must stay out (b'T' also holds TIOCSTI).
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+const TCGETS: u64 = 0x5401;
+const TCSETS: u64 = 0x5402;
+const FIONBIO: u64 = 0x5421;
 
 /// One syscall, either unconditionally or with a rule on its arguments.
 enum Allow {
     Any(i64),
     /// `ioctl` whose request's type byte is one of these.
     Ioctl(&'static [u64]),
+    /// `ioctl` with exactly one of these requests.
+    IoctlReq(&'static [u64]),
     /// `socket` in one of these address families.
     Socket(&'static [u64]),
 }
 
-use Allow::{Any, Ioctl, Socket};
+use Allow::{Any, Ioctl, IoctlReq, Socket};
 
 /// What every thread does: the Rust runtime and glibc (allocation, locks, thread exit,
 /// logging to stderr, panics), and the SIGSYS handler's own report.
@@ -86,6 +94,8 @@ fn base() -> Vec<Allow> {
 fn vcpu() -> Vec<Allow> {
     vec![
         Ioctl(&[IOCTL_KVM]),
+        // virtio-net activation tells the tap which offloads the driver took.
+        IoctlReq(&[TUNSETOFFLOAD]),
         Any(libc::SYS_read),
         Any(libc::SYS_epoll_create1),
         Any(libc::SYS_epoll_ctl),
@@ -102,8 +112,11 @@ fn vcpu() -> Vec<Allow> {
 /// virtio-blk workers: the disk I/O of raw and qcow2 images (imago), OFD locks, flushes.
 fn block() -> Vec<Allow> {
     vec![
+        // BLKDISCARD / BLKZEROOUT on block-device disks.
+        Ioctl(&[IOCTL_BLOCK]),
         Any(libc::SYS_epoll_wait),
         Any(libc::SYS_epoll_pwait),
+        Any(libc::SYS_epoll_ctl),
         Any(libc::SYS_read),
         Any(libc::SYS_pread64),
         Any(libc::SYS_pwrite64),
@@ -218,7 +231,11 @@ fn console() -> Vec<Allow> {
 /// listener by connecting to it.
 fn main_thread() -> Vec<Allow> {
     vec![
-        Ioctl(&[IOCTL_KVM, IOCTL_T]),
+        Ioctl(&[IOCTL_KVM, IOCTL_BLOCK]),
+        // The tap of each new VM; the terminal restored at the end (`berth vm`); the
+        // non-blocking connect that wakes the VNC listener at the end.
+        IoctlReq(&[TUNSETVNETHDRSZ, TUNSETOFFLOAD, TCGETS, TCSETS, FIONBIO]),
+        Any(libc::SYS_shutdown),
         Socket(&[libc::AF_INET as u64, libc::AF_INET6 as u64]),
         Any(libc::SYS_connect),
         Any(libc::SYS_setsockopt),
@@ -307,7 +324,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
         .iter()
         .map(|a| match a {
             Any(n) => *n,
-            Ioctl(_) => libc::SYS_ioctl,
+            Ioctl(_) | IoctlReq(_) => libc::SYS_ioctl,
             Socket(_) => libc::SYS_socket,
         })
         .collect();
@@ -332,6 +349,11 @@ pub(crate) fn build(kind: ThreadKind, mismatch: SeccompAction) -> seccompiler::B
                 types.iter().map(|t| {
                     SeccompRule::new(vec![cond(1, SeccompCmpOp::MaskedEq(0xff00), t << 8)])
                         .expect("one condition")
+                }),
+            ),
+            IoctlReq(reqs) => rules.entry(libc::SYS_ioctl).or_default().extend(
+                reqs.iter().map(|r| {
+                    SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *r)]).expect("one condition")
                 }),
             ),
             Socket(families) => rules.entry(libc::SYS_socket).or_default().extend(

@@ -267,8 +267,13 @@ where
     let thread = match spawner {
         None => builder.spawn(body)?,
         Some(tx) => {
+            // A new thread inherits its creator's signal mask: give it the caller's, as a
+            // plain spawn would (the lifecycle blocks SIGTERM/SIGINT everywhere but in the
+            // thread that waits for them).
+            let mask = SigMask::current();
             let (rtx, rrx) = mpsc::channel();
             let job: Job = Box::new(move || {
+                mask.set();
                 let _ = rtx.send(builder.spawn(body));
             });
             tx.lock()
@@ -280,6 +285,28 @@ where
         }
     };
     Ok(Handle { thread, result })
+}
+
+/// A thread's signal mask.
+struct SigMask(libc::sigset_t);
+
+// SAFETY: a sigset_t is plain data.
+unsafe impl Send for SigMask {}
+
+impl SigMask {
+    fn current() -> SigMask {
+        // SAFETY: reads this thread's mask into a zeroed set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+            SigMask(set)
+        }
+    }
+
+    fn set(&self) {
+        // SAFETY: sets this thread's mask from an initialised set.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
 }
 
 /// Confines the calling thread as `kind`: drops its capabilities (keeping CAP_SETUID and

@@ -155,6 +155,9 @@ pub fn run() -> Result<ExitReason, Failure> {
             &env,
         )?)
     };
+    // No netlink after the drop: close the sockets, keep the plumbing (the tap fd is ours).
+    pod_net.leave_in_place();
+    drop(pod_net);
     confine(&cfg, &spec, base.as_deref())?;
     let result = run_vm(
         &spec,
@@ -165,9 +168,6 @@ pub fn run() -> Result<ExitReason, Failure> {
     );
     status.lock().expect("status lock poisoned").state = State::Stopping;
     drop(dhcp);
-    // Without CAP_NET_ADMIN (dropped before the VM ran) berth cannot remove the bridge, tap
-    // and nftables table; they live in the pod's network namespace and go with it.
-    let _ = &mut pod_net;
     result
 }
 
