@@ -104,12 +104,12 @@ impl Lifecycle {
             if first {
                 let me = self.clone();
                 let _ = sandbox::spawn("shutdown-timer", sandbox::ThreadKind::Signals, move || {
-                        std::thread::sleep(me.timeout);
-                        let current = me.current.lock().expect("lifecycle lock poisoned").clone();
-                        if let Some((_, c)) = current {
-                            c.request_exit(ExitReason::Stopped(TIMEOUT_REASON.into()));
-                        }
-                    });
+                    std::thread::sleep(me.timeout);
+                    let current = me.current.lock().expect("lifecycle lock poisoned").clone();
+                    if let Some((_, c)) = current {
+                        c.request_exit(ExitReason::Stopped(TIMEOUT_REASON.into()));
+                    }
+                });
             }
         }
     }

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
         Command::Pod => confine(None, pod::DEFAULT_IDS).and_then(|()| pod::run()),
         Command::Status { json } => return pod::status_command(json),
         Command::Control { action } => return pod::control_command(&action),
-        Command::Vm(args) => confine(args.seccomp.as_deref(), None).and_then(|()| cmd_vm::run(args)),
+        Command::Vm(args) => {
+            confine(args.seccomp.as_deref(), None).and_then(|()| cmd_vm::run(args))
+        }
         Command::Seed(args) => return cmd_seed::run(args),
         Command::Overlay(args) => return cmd_overlay::run(args),
         Command::Fetch(args) => return fetch::cmd::run(args),

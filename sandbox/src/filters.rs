@@ -213,10 +213,7 @@ fn control() -> Vec<Allow> {
 
 /// Signal handling (SIGTERM/SIGINT) and the shutdown timer.
 fn signals() -> Vec<Allow> {
-    vec![
-        Any(libc::SYS_rt_sigtimedwait),
-        Any(libc::SYS_read),
-    ]
+    vec![Any(libc::SYS_rt_sigtimedwait), Any(libc::SYS_read)]
 }
 
 /// The serial console's standard input (`berth vm`).
@@ -334,8 +331,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
 }
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
-        .expect("argument index below 6")
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("argument index below 6")
 }
 
 /// The compiled filter: the allow-list, everything else `mismatch`.
@@ -345,22 +341,28 @@ pub(crate) fn build(kind: ThreadKind, mismatch: SeccompAction) -> seccompiler::B
     for a in list(kind) {
         match a {
             Any(n) => plain.push(n),
-            Ioctl(types) => rules.entry(libc::SYS_ioctl).or_default().extend(
-                types.iter().map(|t| {
+            Ioctl(types) => rules
+                .entry(libc::SYS_ioctl)
+                .or_default()
+                .extend(types.iter().map(|t| {
                     SeccompRule::new(vec![cond(1, SeccompCmpOp::MaskedEq(0xff00), t << 8)])
                         .expect("one condition")
-                }),
-            ),
-            IoctlReq(reqs) => rules.entry(libc::SYS_ioctl).or_default().extend(
-                reqs.iter().map(|r| {
+                })),
+            IoctlReq(reqs) => rules
+                .entry(libc::SYS_ioctl)
+                .or_default()
+                .extend(reqs.iter().map(|r| {
                     SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *r)]).expect("one condition")
-                }),
-            ),
-            Socket(families) => rules.entry(libc::SYS_socket).or_default().extend(
-                families.iter().map(|f| {
-                    SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, *f)]).expect("one condition")
-                }),
-            ),
+                })),
+            Socket(families) => {
+                rules
+                    .entry(libc::SYS_socket)
+                    .or_default()
+                    .extend(families.iter().map(|f| {
+                        SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, *f)])
+                            .expect("one condition")
+                    }))
+            }
         }
     }
     for n in plain {

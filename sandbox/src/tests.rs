@@ -57,15 +57,31 @@ fn vcpu_filter_allows_kvm_ioctls_and_nothing_of_the_sort_of_sockets_or_files() {
     });
     assert_eq!(ok, Ok(0));
     for (what, call) in [
-        ("socket", Box::new(|| unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) })
-            as Box<dyn FnOnce() -> i32>),
-        ("open", Box::new(|| unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) })),
-        ("TIOCSTI", Box::new(|| unsafe { libc::ioctl(0, TIOCSTI as _, c"x".as_ptr()) })),
-        ("execve", Box::new(|| unsafe {
-            libc::execve(c"/bin/true".as_ptr(), std::ptr::null(), std::ptr::null())
-        })),
+        (
+            "socket",
+            Box::new(|| unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) })
+                as Box<dyn FnOnce() -> i32>,
+        ),
+        (
+            "open",
+            Box::new(|| unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) }),
+        ),
+        (
+            "TIOCSTI",
+            Box::new(|| unsafe { libc::ioctl(0, TIOCSTI as _, c"x".as_ptr()) }),
+        ),
+        (
+            "execve",
+            Box::new(|| unsafe {
+                libc::execve(c"/bin/true".as_ptr(), std::ptr::null(), std::ptr::null())
+            }),
+        ),
     ] {
-        assert_eq!(under_filter(ThreadKind::Vcpu, call), Err(libc::SIGSYS), "{what}");
+        assert_eq!(
+            under_filter(ThreadKind::Vcpu, call),
+            Err(libc::SIGSYS),
+            "{what}"
+        );
     }
 }
 

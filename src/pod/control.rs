@@ -90,11 +90,11 @@ pub fn serve(name: &str, status: SharedStatus, lc: Option<Arc<Lifecycle>>) -> st
     }
     let listener = UnixListener::bind_addr(&address(name)?)?;
     sandbox::spawn("control", sandbox::ThreadKind::Control, move || {
-            for conn in listener.incoming().flatten() {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = answer(conn, &status, lc.as_deref());
-            }
-        })?;
+        for conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = answer(conn, &status, lc.as_deref());
+        }
+    })?;
     Ok(())
 }
 

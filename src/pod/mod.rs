@@ -174,7 +174,11 @@ pub fn run() -> Result<ExitReason, Failure> {
 /// Drops what set-up needed before the first boot (docs/security.md): /dev/kvm stays open,
 /// the disks (and the base image an overlay reads) are handed to the unprivileged uid, and
 /// only the disks, /image, /tmp and the kernel files stay reachable.
-fn confine(cfg: &PodConfig, spec: &MachineSpec, base: Option<&std::path::Path>) -> Result<(), Failure> {
+fn confine(
+    cfg: &PodConfig,
+    spec: &MachineSpec,
+    base: Option<&std::path::Path>,
+) -> Result<(), Failure> {
     vmm::keep_kvm_open()?;
     let mut l = sandbox::Lockdown::default();
     l.read_write.push(cfg.path("/image"));

@@ -84,18 +84,25 @@ fn berth_vm(dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> Child {
     let disk = dir.join("disk.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(["vm", "--memory", "64", "--shutdown-timeout", "1", "--kernel"])
-        .arg(&kernel)
-        .arg("--disk")
-        .arg(format!("{},format=raw", disk.display()))
-        .args(extra)
-        .env_remove("BERTH_SECCOMP")
-        .env_remove("BERTH_UID")
-        .env_remove("BERTH_GID")
-        .env_remove("BERTH_SECCOMP_SELFTEST")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "vm",
+        "--memory",
+        "64",
+        "--shutdown-timeout",
+        "1",
+        "--kernel",
+    ])
+    .arg(&kernel)
+    .arg("--disk")
+    .arg(format!("{},format=raw", disk.display()))
+    .args(extra)
+    .env_remove("BERTH_SECCOMP")
+    .env_remove("BERTH_UID")
+    .env_remove("BERTH_GID")
+    .env_remove("BERTH_SECCOMP_SELFTEST")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -114,10 +121,12 @@ fn finish(mut child: Child) -> (Option<i32>, String) {
         }
         let _ = tx.send(s);
     });
-    let text = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-        let _ = child.kill();
-        panic!("berth did not exit within 60 s");
-    });
+    let text = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("berth did not exit within 60 s");
+        });
     (child.wait().unwrap().code(), text)
 }
 
@@ -218,7 +227,10 @@ fn confined_threads(env: &[(&str, &str)], uid: &str) {
             Ok(l) => seen.push(l),
             Err(_) => {
                 let _ = child.kill();
-                panic!("berth never said it is confined; stderr:\n{}", seen.join("\n"));
+                panic!(
+                    "berth never said it is confined; stderr:\n{}",
+                    seen.join("\n")
+                );
             }
         }
     }

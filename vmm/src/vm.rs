@@ -487,9 +487,10 @@ impl Vm {
                 mmio: self.mmio.clone(),
                 control: self.control.clone(),
             };
-            let spawned = sandbox::spawn(format!("vcpu{id}"), sandbox::ThreadKind::Vcpu, move || {
-                vcpu::run(fd, ctx)
-            });
+            let spawned =
+                sandbox::spawn(format!("vcpu{id}"), sandbox::ThreadKind::Vcpu, move || {
+                    vcpu::run(fd, ctx)
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {

@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-
 use super::{DhcpConfig, LeaseState, Responder};
 use crate::error::{Error, Result};
 use crate::MacAddr;
@@ -129,7 +128,7 @@ impl DhcpServer {
         let thread = sandbox::spawn("berth-dhcp", sandbox::ThreadKind::Dhcp, move || {
             serve(sock, ifindex, stop_rd, responder, &bound2)
         })
-            .map_err(|e| Error::io("dhcp: spawn thread", e))?;
+        .map_err(|e| Error::io("dhcp: spawn thread", e))?;
         log::info!("dhcp: serving on {iface} ({mac})");
         Ok(DhcpServer {
             stop,

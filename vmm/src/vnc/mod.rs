@@ -100,7 +100,9 @@ impl VncServer {
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
-        sandbox::spawn("vnc-accept", sandbox::ThreadKind::Vnc, move || accept_loop(&s, &listener))?;
+        sandbox::spawn("vnc-accept", sandbox::ThreadKind::Vnc, move || {
+            accept_loop(&s, &listener)
+        })?;
         let s = shared.clone();
         sandbox::spawn("vnc-poll", sandbox::ThreadKind::Vnc, move || poll_loop(&s))?;
         Ok(VncServer { shared, local_addr })
@@ -155,9 +157,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         }
         let s = shared.clone();
         let spawned = sandbox::spawn("vnc-client", sandbox::ThreadKind::Vnc, move || {
-                session::serve(&s, stream);
-                s.active.fetch_sub(1, Ordering::SeqCst);
-            });
+            session::serve(&s, stream);
+            s.active.fetch_sub(1, Ordering::SeqCst);
+        });
         if spawned.is_err() {
             shared.active.fetch_sub(1, Ordering::SeqCst);
         }
@@ -173,10 +175,10 @@ fn refuse(shared: &Arc<Shared>, stream: TcpStream) {
     }
     let s = shared.clone();
     let _ = sandbox::spawn("vnc-refuse", sandbox::ThreadKind::Vnc, move || {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = proto::refuse(&mut &stream, &mut &stream, "too many VNC connections");
-            s.refusing.fetch_sub(1, Ordering::SeqCst);
-        });
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = proto::refuse(&mut &stream, &mut &stream, "too many VNC connections");
+        s.refusing.fetch_sub(1, Ordering::SeqCst);
+    });
 }
 
 /// Reads the framebuffer's dirty log while some client waits, and hands the changed lines to

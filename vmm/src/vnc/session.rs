@@ -243,7 +243,9 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream) {
         .push(client.clone());
 
     let (c, f) = (client.clone(), fb.clone());
-    let writer = sandbox::spawn("vnc-writer", sandbox::ThreadKind::Vnc, move || write_loop(&c, &f, &mut &writer_stream));
+    let writer = sandbox::spawn("vnc-writer", sandbox::ThreadKind::Vnc, move || {
+        write_loop(&c, &f, &mut &writer_stream)
+    });
     if writer.is_ok() {
         let mut keys = Keys::default();
         let mut reader = io::BufReader::new(&stream);
