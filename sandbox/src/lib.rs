@@ -565,11 +565,20 @@ impl Line {
     }
 }
 
+/// si_code of a SIGSYS raised by a seccomp filter (SECCOMP_RET_TRAP).
+const SYS_SECCOMP: libc::c_int = 1;
+
 /// The SIGSYS handler: one line naming the syscall, its number and the thread type, then
 /// exit [`EXIT_SECCOMP`]. Only async-signal-safe work: a stack buffer, write, _exit.
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // siginfo_t for SIGSYS (x86_64): si_call_addr at byte 16, si_syscall (int) at 24.
     // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    if code != SYS_SECCOMP {
+        // Sent by kill(2) or the like, not by a filter: not ours to report; ignore it.
+        return;
+    }
+    // siginfo_t for SIGSYS (x86_64): si_call_addr at byte 16, si_syscall (int) at 24.
+    // SAFETY: as above; a SYS_SECCOMP siginfo carries these fields.
     let nr = unsafe { *(info.cast::<u8>().add(24).cast::<i32>()) };
     let kind = KIND.with(|k| k.get());
     let kind_name = ThreadKind::ALL

@@ -47,6 +47,9 @@ def scenarios() -> dict[str, dict[str, Any]]:
     return s
 
 
+SWITCH_CAPS = ["CHOWN", "SETGID", "SETUID"]
+
+
 def assert_secure_pod(tc: unittest.TestCase, sts: dict[str, Any], no_dhcp: bool = False) -> None:
     """The security model of chart/berth/README.md, for one VM's pod."""
     spec = sts["spec"]["template"]["spec"]
@@ -63,7 +66,8 @@ def assert_secure_pod(tc: unittest.TestCase, sts: dict[str, Any], no_dhcp: bool 
         tc.assertEqual(sc["seccompProfile"], {"type": "RuntimeDefault"}, name)
         tc.assertEqual(sc["capabilities"]["drop"], ["ALL"], name)
         want = ["NET_ADMIN"] if no_dhcp else ["NET_ADMIN", "NET_RAW"]
-        tc.assertEqual(sc["capabilities"]["add"], want, name)
+        # CHOWN, SETGID, SETUID: the switch to sandbox.uid after set-up (docs/security.md).
+        tc.assertEqual(sc["capabilities"]["add"], want + SWITCH_CAPS, name)
         tc.assertEqual(sc["runAsUser"], 0, name)
     # hostPath volumes: only the two device nodes, as character devices; nothing of /dev or /sys.
     for vol in spec.get("volumes", []):
@@ -287,9 +291,11 @@ class FullValues(unittest.TestCase):
         self.assertEqual(self.pod["terminationGracePeriodSeconds"], 150)
 
     def test_no_dhcp_drops_net_raw(self) -> None:
-        self.assertEqual(self.c["securityContext"]["capabilities"]["add"], ["NET_ADMIN"])
+        self.assertEqual(self.c["securityContext"]["capabilities"]["add"],
+                         ["NET_ADMIN"] + SWITCH_CAPS)
         legacy = container(find(self.objs, "StatefulSet", "legacy"))
-        self.assertEqual(legacy["securityContext"]["capabilities"]["add"], ["NET_ADMIN", "NET_RAW"])
+        self.assertEqual(legacy["securityContext"]["capabilities"]["add"],
+                         ["NET_ADMIN", "NET_RAW"] + SWITCH_CAPS)
 
     def test_resources_with_custom_overhead_and_cpu_limit(self) -> None:
         self.assertEqual(self.c["resources"], {
