@@ -36,9 +36,11 @@ enum Allow {
     IoctlReq(&'static [u64]),
     /// `socket` in one of these address families.
     Socket(&'static [u64]),
+    /// `fcntl` with one of these commands.
+    Fcntl(&'static [u64]),
 }
 
-use Allow::{Any, Ioctl, IoctlReq, Socket};
+use Allow::{Any, Fcntl, Ioctl, IoctlReq, Socket};
 
 /// What every thread does: the Rust runtime and glibc (allocation, locks, thread exit,
 /// logging to stderr, panics), and the SIGSYS handler's own report.
@@ -71,6 +73,8 @@ fn base() -> Vec<Allow> {
         Any(libc::SYS_exit),
         Any(libc::SYS_exit_group),
         Any(libc::SYS_close),
+        // Debug builds of std check that an fd is open before closing it.
+        Fcntl(&[libc::F_GETFD as u64]),
         // abort() on a panic (panic=abort) raises SIGABRT at itself.
         Any(libc::SYS_getpid),
         Any(libc::SYS_gettid),
@@ -133,6 +137,10 @@ fn block() -> Vec<Allow> {
         Any(libc::SYS_fstat),
         Any(libc::SYS_newfstatat),
         Any(libc::SYS_statx),
+        // imago: the file system's block size, and backing-file names relative to the image.
+        Any(libc::SYS_fstatfs),
+        Any(libc::SYS_readlink),
+        Any(libc::SYS_getcwd),
         // The qcow2 layer may open a backing file on first access; Landlock limits where.
         Any(libc::SYS_openat),
         Any(libc::SYS_openat2),
@@ -251,6 +259,10 @@ fn main_thread() -> Vec<Allow> {
         Any(libc::SYS_fstat),
         Any(libc::SYS_newfstatat),
         Any(libc::SYS_statx),
+        // imago (see block).
+        Any(libc::SYS_fstatfs),
+        Any(libc::SYS_readlink),
+        Any(libc::SYS_getcwd),
         Any(libc::SYS_fcntl),
         Any(libc::SYS_flock),
         Any(libc::SYS_dup),
@@ -322,6 +334,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
         .map(|a| match a {
             Any(n) => *n,
             Ioctl(_) | IoctlReq(_) => libc::SYS_ioctl,
+            Fcntl(_) => libc::SYS_fcntl,
             Socket(_) => libc::SYS_socket,
         })
         .collect();
@@ -353,6 +366,12 @@ pub(crate) fn build(kind: ThreadKind, mismatch: SeccompAction) -> seccompiler::B
                 .or_default()
                 .extend(reqs.iter().map(|r| {
                     SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *r)]).expect("one condition")
+                })),
+            Fcntl(cmds) => rules
+                .entry(libc::SYS_fcntl)
+                .or_default()
+                .extend(cmds.iter().map(|c| {
+                    SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *c)]).expect("one condition")
                 })),
             Socket(families) => {
                 rules

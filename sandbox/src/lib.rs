@@ -488,14 +488,23 @@ mod landlock {
     pub(crate) fn restrict(l: &Lockdown) -> Result<String, String> {
         let abi = ABI::V5;
         let err = |e: landlock::RulesetError| format!("landlock: {e}");
+        // Files named through /proc/self/fd are memfds (the image's kernel and initramfs):
+        // Landlock takes no rule for them (EBADFD) and does not restrict them either.
+        let visible = |v: &[std::path::PathBuf]| -> Vec<std::path::PathBuf> {
+            v.iter()
+                .filter(|p| !p.starts_with("/proc"))
+                .cloned()
+                .collect()
+        };
+        let (read_write, read_only) = (visible(&l.read_write), visible(&l.read_only));
         let status = Ruleset::default()
             .handle_access(AccessFs::from_all(abi))
             .map_err(err)?
             .create()
             .map_err(err)?
-            .add_rules(path_beneath_rules(&l.read_write, AccessFs::from_all(abi)))
+            .add_rules(path_beneath_rules(&read_write, AccessFs::from_all(abi)))
             .map_err(err)?
-            .add_rules(path_beneath_rules(&l.read_only, AccessFs::from_read(abi)))
+            .add_rules(path_beneath_rules(&read_only, AccessFs::from_read(abi)))
             .map_err(err)?
             .restrict_self()
             .map_err(err)?;
