@@ -171,6 +171,10 @@ class Cirros(unittest.TestCase):
             "IMG_VCPU": "1",
             "IMG_RAM_MB": "256",
             "BERTH_SHUTDOWN_TIMEOUT": "60",
+            # The confinement after set-up (docs/security.md), from sandbox.*.
+            "BERTH_UID": "65534",
+            "BERTH_GID": "65534",
+            "BERTH_SECCOMP": "on",
         })
 
     def test_ports_and_probes(self) -> None:
@@ -274,6 +278,9 @@ class FullValues(unittest.TestCase):
             "IMG_VCPU": "2",
             "IMG_RAM_MB": "2048",
             "BERTH_SHUTDOWN_TIMEOUT": "120",
+            "BERTH_UID": "65534",
+            "BERTH_GID": "65534",
+            "BERTH_SECCOMP": "on",
             "IMG_SHA256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "VM_IP": "10.254.0.2",
             "VM_GW": "10.254.0.1",
@@ -289,6 +296,21 @@ class FullValues(unittest.TestCase):
 
     def test_grace_follows_shutdown_timeout(self) -> None:
         self.assertEqual(self.pod["terminationGracePeriodSeconds"], 150)
+
+    def test_sandbox_uid_zero_adds_no_switch_capabilities(self) -> None:
+        objs, _ = render({**cirros(), "sandbox": {"uid": 0, "gid": 0, "seccomp": "log"}})
+        c = container(find(objs, "StatefulSet", "cirros-test"))
+        self.assertEqual(c["securityContext"]["capabilities"]["add"], ["NET_ADMIN", "NET_RAW"])
+        env = env_of(c)
+        self.assertEqual((env["BERTH_UID"], env["BERTH_SECCOMP"]), ("0", "log"))
+
+    def test_host_users_false_gives_a_user_namespace(self) -> None:
+        objs, _ = render({**cirros(), "hostUsers": False})
+        pod = find(objs, "StatefulSet", "cirros-test")["spec"]["template"]["spec"]
+        self.assertIs(pod["hostUsers"], False)
+        objs, _ = render(cirros())
+        pod = find(objs, "StatefulSet", "cirros-test")["spec"]["template"]["spec"]
+        self.assertNotIn("hostUsers", pod)
 
     def test_no_dhcp_drops_net_raw(self) -> None:
         self.assertEqual(self.c["securityContext"]["capabilities"]["add"],
