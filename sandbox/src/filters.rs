@@ -347,10 +347,48 @@ fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("argument index below 6")
 }
 
-/// The compiled filter: the allow-list, everything else `mismatch`.
-pub(crate) fn build(kind: ThreadKind, mismatch: SeccompAction) -> seccompiler::BpfProgram {
+/// Whether a thread type may open files.
+fn opens_files(kind: ThreadKind) -> bool {
+    allowed(kind).contains(&libc::SYS_openat)
+}
+
+/// The compiled filters of a thread type, to install in order: for thread types that may not
+/// open files, one that makes `openat` fail with EACCES instead of trapping, then the
+/// allow-list (everything else `mismatch`). glibc's malloc opens
+/// /proc/sys/vm/overcommit_memory once, from whichever thread first trims its arena, and
+/// copes with a failure; the kernel takes the strictest answer of all filters, so `openat`
+/// fails there and every other syscall is decided by the allow-list.
+pub(crate) fn build(kind: ThreadKind, mismatch: SeccompAction) -> Vec<seccompiler::BpfProgram> {
+    let deny_open = !opens_files(kind) && mismatch != SeccompAction::Log;
+    let mut progs = Vec::new();
+    // The EACCES filter goes first: installing a filter takes prctl and seccomp, which it
+    // allows and the allow-list does not.
+    if deny_open {
+        let rules = BTreeMap::from([(libc::SYS_openat, Vec::new())]);
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EACCES as u32),
+            seccompiler::TargetArch::x86_64,
+        )
+        .expect("allow differs from errno");
+        progs.push(filter.try_into().expect("the filter compiles"));
+    }
+    progs.push(allow_list(kind, mismatch, deny_open));
+    progs
+}
+
+fn allow_list(
+    kind: ThreadKind,
+    mismatch: SeccompAction,
+    pass_open: bool,
+) -> seccompiler::BpfProgram {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut plain = Vec::new();
+    if pass_open {
+        // Decided by the second filter (EACCES), see `build`.
+        plain.push(libc::SYS_openat);
+    }
     for a in list(kind) {
         match a {
             Any(n) => plain.push(n),

@@ -346,8 +346,10 @@ fn confine(st: &State, kind: ThreadKind) -> Result<(), String> {
         Mode::Log => SeccompAction::Log,
         Mode::Kill => SeccompAction::Trap,
     };
-    let prog = filters::build(kind, mismatch);
-    seccompiler::apply_filter(&prog).map_err(|e| format!("seccomp: {e}"))
+    for prog in filters::build(kind, mismatch) {
+        seccompiler::apply_filter(&prog).map_err(|e| format!("seccomp: {e}"))?;
+    }
+    Ok(())
 }
 
 fn set_no_new_privs() -> Result<(), String> {
