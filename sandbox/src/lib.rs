@@ -389,8 +389,10 @@ pub struct Lockdown {
     pub read_write: Vec<PathBuf>,
     /// Files and directories it only reads (kernel, initramfs, read-only disks).
     pub read_only: Vec<PathBuf>,
-    /// Files handed to the unprivileged uid before the switch (the disks berth writes, and
-    /// the images it reopens on a reboot).
+    /// Files the unprivileged gid gets access to before the switch (the disks berth writes,
+    /// and the images it reopens on a reboot): their group becomes that gid, with read access,
+    /// and write access for those in `read_write`. The owner stays, so a berth restarted as
+    /// root without CAP_DAC_OVERRIDE (the chart drops it) can still open them.
     pub chown: Vec<PathBuf>,
 }
 
@@ -412,7 +414,7 @@ pub fn lockdown(l: &Lockdown) -> Result<String, String> {
             // SAFETY: getuid has no failure mode.
             said.push(format!("uid {}", unsafe { libc::getuid() }));
         }
-        Some((uid, gid)) => match switch_ids(uid, gid, &l.chown) {
+        Some((uid, gid)) => match switch_ids(uid, gid, l) {
             Ok(()) => said.push(format!("uid {uid} gid {gid}")),
             Err(e) => {
                 eprintln!(
@@ -455,10 +457,20 @@ pub fn lockdown(l: &Lockdown) -> Result<String, String> {
     Ok(said.join(", "))
 }
 
-fn switch_ids(uid: u32, gid: u32, chown: &[PathBuf]) -> Result<(), String> {
-    for p in chown {
-        std::os::unix::fs::chown(p, Some(uid), Some(gid))
+fn switch_ids(uid: u32, gid: u32, l: &Lockdown) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for p in &l.chown {
+        std::os::unix::fs::chown(p, None, Some(gid))
             .map_err(|e| format!("chown {}: {e}", p.display()))?;
+        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let grant = if l.read_write.contains(p) {
+            0o060
+        } else {
+            0o040
+        };
+        let mut perm = meta.permissions();
+        perm.set_mode(perm.mode() | grant);
+        std::fs::set_permissions(p, perm).map_err(|e| format!("chmod {}: {e}", p.display()))?;
     }
     let last = |what: &str| format!("{what}: {}", io::Error::last_os_error());
     // glibc applies these to every thread of the process (the setxid broadcast), so the
