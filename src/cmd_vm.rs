@@ -48,6 +48,11 @@ pub struct VmArgs {
     /// pressed) before the VM is stopped. Default: BERTH_SHUTDOWN_TIMEOUT, else 60.
     #[arg(long, value_name = "SECONDS")]
     shutdown_timeout: Option<u64>,
+    /// seccomp filters per thread: on (the default: a forbidden syscall is reported on one
+    /// line and ends berth with exit code 14), log (allowed and logged by the kernel), or off.
+    /// Default: BERTH_SECCOMP, else on. See docs/security.md.
+    #[arg(long, value_name = "on|log|off")]
+    pub seccomp: Option<String>,
     /// Serve the guest's screen (a 1024x768 framebuffer, its console with console=tty0) and
     /// keyboard over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -193,6 +198,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         net,
     };
     let (mut vm, kernel) = machine::build(&spec)?;
+    vmm::keep_kvm_open()?;
     let _vnc = match vnc_config {
         None => None,
         Some(config) => {
@@ -218,6 +224,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         spec.disks.len(),
         if spec.net.is_some() { ", 1 NIC" } else { "" }
     );
+    lockdown(&spec)?;
     lc.set_current(Some((vm.power_button(), vm.control())));
     let _terminal = console::attach_stdin(vm.serial_input(), vm.control());
     match vm.run()? {
@@ -230,6 +237,31 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         }
         other => Ok(other),
     }
+}
+
+/// Drops what set-up needed before the guest runs (docs/security.md): `berth vm` keeps its
+/// uid unless BERTH_UID asks for another (then the disks are handed to it).
+fn lockdown(spec: &MachineSpec) -> Result<(), Failure> {
+    let mut l = sandbox::Lockdown::default();
+    l.read_write.push("/tmp".into());
+    l.read_write.push("/dev/kvm".into());
+    for d in &spec.disks {
+        if d.read_only {
+            l.read_only.push(d.path.clone());
+        } else {
+            l.read_write.push(d.path.clone());
+        }
+        l.chown.push(d.path.clone());
+    }
+    l.read_only.push(spec.boot.kernel.clone());
+    l.read_only.extend(spec.boot.initrd.clone());
+    let said = sandbox::lockdown(&l).map_err(|e| {
+        Failure::Sandbox(format!(
+            "cannot drop privileges: {e}; set BERTH_SECCOMP=off and BERTH_UID=0 to debug"
+        ))
+    })?;
+    eprintln!("berth: confined: {said}");
+    Ok(())
 }
 
 /// The kernel to boot: `--kernel`, or the first disk's own (see `imageboot`).

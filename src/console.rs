@@ -48,9 +48,9 @@ pub fn attach_stdin(input: SerialInput, control: Arc<VmControl>) -> Terminal {
     if interactive {
         eprintln!("berth: console attached; type Ctrl-A x to stop the VM\r");
     }
-    let _ = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || pump(input, control, interactive));
+    let _ = sandbox::spawn("stdin", sandbox::ThreadKind::Console, move || {
+        pump(input, control, interactive)
+    });
     Terminal { saved }
 }
 

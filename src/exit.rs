@@ -52,6 +52,10 @@ pub enum Failure {
     /// override is not given).
     #[error("{0}")]
     InsecureConsole(String),
+    /// berth could not confine itself (seccomp, capabilities, uid switch, Landlock); the
+    /// same code ends berth when a thread makes a syscall its seccomp filter forbids.
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 impl Failure {
@@ -82,6 +86,7 @@ impl Failure {
             Failure::Fetch(_) => 10,
             Failure::DiskInUse(_) => 13,
             Failure::InsecureConsole(_) => 15,
+            Failure::Sandbox(_) => sandbox::EXIT_SECCOMP as u8,
         }
     }
 }

@@ -35,9 +35,7 @@ impl Lifecycle {
             timeout,
         });
         let me = lc.clone();
-        let _ = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || me.watch());
+        let _ = sandbox::spawn("signals", sandbox::ThreadKind::Signals, move || me.watch());
         lc
     }
 
@@ -105,15 +103,13 @@ impl Lifecycle {
             }
             if first {
                 let me = self.clone();
-                let _ = std::thread::Builder::new()
-                    .name("shutdown-timer".into())
-                    .spawn(move || {
-                        std::thread::sleep(me.timeout);
-                        let current = me.current.lock().expect("lifecycle lock poisoned").clone();
-                        if let Some((_, c)) = current {
-                            c.request_exit(ExitReason::Stopped(TIMEOUT_REASON.into()));
-                        }
-                    });
+                let _ = sandbox::spawn("shutdown-timer", sandbox::ThreadKind::Signals, move || {
+                    std::thread::sleep(me.timeout);
+                    let current = me.current.lock().expect("lifecycle lock poisoned").clone();
+                    if let Some((_, c)) = current {
+                        c.request_exit(ExitReason::Stopped(TIMEOUT_REASON.into()));
+                    }
+                });
             }
         }
     }

@@ -59,15 +59,34 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Pod) {
-        Command::Pod => pod::run(),
+        Command::Pod => confine(None, pod::DEFAULT_IDS).and_then(|()| pod::run()),
         Command::Status { json } => return pod::status_command(json),
         Command::Control { action } => return pod::control_command(&action),
-        Command::Vm(args) => cmd_vm::run(args),
+        Command::Vm(args) => {
+            confine(args.seccomp.as_deref(), None).and_then(|()| cmd_vm::run(args))
+        }
         Command::Seed(args) => return cmd_seed::run(args),
         Command::Overlay(args) => return cmd_overlay::run(args),
         Command::Fetch(args) => return fetch::cmd::run(args),
         Command::InspectImage(args) => return imageboot::cmd::run(args),
     };
+    finish(result)
+}
+
+/// Sets the sandbox up (docs/security.md) before any thread starts: the seccomp mode from
+/// `flag` or BERTH_SECCOMP, the uid/gid to switch to from BERTH_UID/BERTH_GID (or
+/// `default_ids` when running as root).
+fn confine(flag: Option<&str>, default_ids: Option<(u32, u32)>) -> Result<(), exit::Failure> {
+    let mode = match flag {
+        Some(f) => sandbox::Mode::parse(f),
+        None => sandbox::Mode::from_env(),
+    }
+    .map_err(exit::Failure::Usage)?;
+    let switch = sandbox::switch_from_env(default_ids).map_err(exit::Failure::Usage)?;
+    sandbox::init(sandbox::Options { mode, switch }).map_err(exit::Failure::Sandbox)
+}
+
+fn finish(result: Result<vmm::ExitReason, exit::Failure>) -> ExitCode {
     match result {
         Ok(reason) => {
             eprintln!("berth: {reason}");

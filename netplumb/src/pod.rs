@@ -206,6 +206,14 @@ impl PodNetwork {
         DhcpConfig::new(&self.cfg, &self.info)
     }
 
+    /// Leaves the bridge, tap and NAT table in place when this is dropped: berth drops
+    /// CAP_NET_ADMIN before the VM runs, so it could not remove them later; they live in the
+    /// pod's network namespace and go with it, and [`PodNetwork::setup`] replaces leftovers.
+    /// Dropping this then only closes the netlink sockets.
+    pub fn leave_in_place(&mut self) {
+        self.active = false;
+    }
+
     /// Removes the NAT table, the tap and the bridge. Safe to call more than once.
     pub fn teardown(&mut self) -> Result<()> {
         if !self.active {

@@ -153,9 +153,7 @@ pub fn serve(
     }
     let listener = UnixListener::bind_addr(&address(name)?)?;
     let active = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
+    sandbox::spawn("control", sandbox::ThreadKind::Control, move || {
             for conn in listener.incoming().flatten() {
                 let uid = match peer_uid(&conn) {
                     Ok(uid) => uid,
@@ -170,17 +168,20 @@ pub fn serve(
                     continue; // dropped: closed at once
                 }
                 let (status, lc, active2) = (status.clone(), lc.clone(), active.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("control-client".into())
-                    .spawn(move || {
+                // Through the spawner: this thread's filter does not let it create threads.
+                let spawned = sandbox::spawn(
+                    "control-client",
+                    sandbox::ThreadKind::Control,
+                    move || {
                         let _ = answer(conn, &status, lc.as_deref());
                         active2.fetch_sub(1, Ordering::SeqCst);
-                    });
+                    },
+                );
                 if spawned.is_err() {
                     active.fetch_sub(1, Ordering::SeqCst);
                 }
             }
-        })?;
+    })?;
     Ok(())
 }
 

@@ -30,6 +30,10 @@ use crate::machine::{self, DiskSpec, MachineSpec, NetSpec};
 use config::PodConfig;
 use control::{State, Status};
 
+/// The uid and gid the entrypoint switches to after set-up when it runs as root and
+/// BERTH_UID/BERTH_GID do not say otherwise: nobody/nogroup (docs/security.md).
+pub const DEFAULT_IDS: Option<(u32, u32)> = Some((65534, 65534));
+
 /// Kernel command line when KERNEL is given without KERNEL_CMDLINE.
 pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0 panic=1";
 
@@ -71,7 +75,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         ))
     })?;
 
-    let root = root_disk(&cfg)?;
+    let (root, base) = root_disk(&cfg)?;
     let mut disks: Vec<DiskSpec> = root.iter().cloned().collect();
     for extra in extra_disks(&cfg.root).map_err(|e| Failure::Disk(e.to_string()))? {
         log(format!("extra disk {}", extra.display()));
@@ -163,6 +167,10 @@ pub fn run() -> Result<ExitReason, Failure> {
             cfg.vnc_insecure,
         )?)
     };
+    // No netlink after the drop: close the sockets, keep the plumbing (the tap fd is ours).
+    pod_net.leave_in_place();
+    drop(pod_net);
+    confine(&cfg, &spec, base.as_deref())?;
     let result = run_vm(
         &spec,
         &lc,
@@ -172,10 +180,43 @@ pub fn run() -> Result<ExitReason, Failure> {
     );
     status.lock().expect("status lock poisoned").state = State::Stopping;
     drop(dhcp);
-    if let Err(e) = pod_net.teardown() {
-        log(format!("network teardown: {e}"));
-    }
     result
+}
+
+/// Drops what set-up needed before the first boot (docs/security.md): /dev/kvm stays open,
+/// the disks (and the base image an overlay reads) are handed to the unprivileged uid, and
+/// only the disks, /image, /tmp and the kernel files stay reachable.
+fn confine(
+    cfg: &PodConfig,
+    spec: &MachineSpec,
+    base: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    vmm::keep_kvm_open()?;
+    let mut l = sandbox::Lockdown::default();
+    l.read_write.push(cfg.path("/image"));
+    l.read_write.push("/tmp".into());
+    l.read_write.push("/dev/kvm".into());
+    for d in &spec.disks {
+        if d.read_only {
+            l.read_only.push(d.path.clone());
+        } else {
+            l.read_write.push(d.path.clone());
+        }
+        l.chown.push(d.path.clone());
+    }
+    if let Some(b) = base {
+        l.read_only.push(b.to_path_buf());
+        l.chown.push(b.to_path_buf());
+    }
+    l.read_only.push(spec.boot.kernel.clone());
+    l.read_only.extend(spec.boot.initrd.clone());
+    let said = sandbox::lockdown(&l).map_err(|e| {
+        Failure::Sandbox(format!(
+            "cannot drop privileges: {e}; set BERTH_SECCOMP=off and BERTH_UID=0 to debug"
+        ))
+    })?;
+    log(format!("confined: {said}"));
+    Ok(())
 }
 
 /// The VNC console's port on the pod IP.
@@ -286,21 +327,21 @@ fn raw_disk(path: PathBuf, read_only: bool) -> DiskSpec {
 }
 
 /// The root disk: /dev/vm/root (raw) if present, else the pet overlay on the base image
-/// (fetched first if needed), else none (only with KERNEL).
-fn root_disk(cfg: &PodConfig) -> Result<Option<DiskSpec>, Failure> {
+/// (fetched first if needed), else none (only with KERNEL); with the base image's path.
+fn root_disk(cfg: &PodConfig) -> Result<(Option<DiskSpec>, Option<PathBuf>), Failure> {
     if let Some(dev) = root_device(&cfg.root) {
         log(format!(
             "root disk {} (raw, from /dev/vm/root)",
             dev.display()
         ));
-        return Ok(Some(raw_disk(dev, false)));
+        return Ok((Some(raw_disk(dev, false)), None));
     }
     let mut req = FetchRequest::from_env().map_err(|e| Failure::Fetch(e.to_string()))?;
     req.image_dir = cfg.path("/image");
     if req.target.is_none() {
         if cfg.kernel.is_some() {
             log("no IMG_TARGET and no /dev/vm/root: booting KERNEL without a root disk");
-            return Ok(None);
+            return Ok((None, None));
         }
         return Err(Failure::Config(
             "nothing to boot: set IMG_SOURCE and IMG_TARGET (a cloud image), provide \
@@ -322,13 +363,16 @@ fn root_disk(cfg: &PodConfig) -> Result<Option<DiskSpec>, Failure> {
         overlay.display(),
         base.display()
     ));
-    Ok(Some(DiskSpec {
-        path: overlay,
-        read_only: false,
-        format: Some(DiskFormat::Qcow2),
-        serial: Some("berth-root".into()),
-        confine_backing: true,
-    }))
+    Ok((
+        Some(DiskSpec {
+            path: overlay,
+            read_only: false,
+            format: Some(DiskFormat::Qcow2),
+            serial: Some("berth-root".into()),
+            confine_backing: true,
+        }),
+        Some(base),
+    ))
 }
 
 /// The image's own kernel, initramfs and command line (read through the root disk), with

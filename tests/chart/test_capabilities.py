@@ -1,5 +1,6 @@
-"""Why the chart grants exactly CAP_NET_ADMIN and CAP_NET_RAW (chart/berth/README.md, "Security
-model"): each operation berth does in the pod, run as root in a fresh network namespace with
+"""Why the chart grants exactly CAP_NET_ADMIN, CAP_NET_RAW, CAP_CHOWN, CAP_SETGID and CAP_SETUID
+(chart/berth/README.md, "Security model"; the last three for the switch to the unprivileged uid
+after set-up, docs/security.md): each operation berth does in the pod, run as root in a fresh network namespace with
 only the given capabilities (setpriv --bounding-set), succeeds with the chart's set and fails
 when the capability it needs is taken away. Opening /dev/kvm and creating a VM needs none."""
 
@@ -27,6 +28,21 @@ try:
         subprocess.run(["nft", "add", "table", "ip", "berth"], check=True, capture_output=True)
     elif op == "af_packet":
         socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800)).close()
+    elif op == "chown":
+        probe = f"/tmp/berth-cap-probe-{os.getpid()}"
+        open(probe, "w").close()
+        try:
+            os.chown(probe, 65534, 65534)
+        finally:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+    elif op == "setgid":
+        os.setgroups([65534])
+        os.setresgid(65534, 65534, 65534)
+    elif op == "setuid":
+        os.setresuid(65534, 65534, 65534)
     elif op == "kvm":
         fd = os.open("/dev/kvm", os.O_RDWR)
         assert fcntl.ioctl(fd, 0xAE00) == 12          # KVM_GET_API_VERSION
@@ -41,7 +57,7 @@ except Exception as e:
 
 # operation -> the capability it needs (None: no capability).
 NEEDS = {"bridge": "NET_ADMIN", "tap": "NET_ADMIN", "nftables": "NET_ADMIN", "af_packet": "NET_RAW",
-         "kvm": None}
+         "chown": "CHOWN", "setgid": "SETGID", "setuid": "SETUID", "kvm": None}
 
 
 def run_with_caps(op: str, caps: list[str]) -> subprocess.CompletedProcess[str]:
@@ -67,8 +83,8 @@ class Capabilities(unittest.TestCase):
         sc = container(find(objs, "StatefulSet", "cirros-test"))["securityContext"]
         cls.chart_caps = sc["capabilities"]["add"]
 
-    def test_chart_grants_net_admin_and_net_raw(self) -> None:
-        self.assertEqual(self.chart_caps, ["NET_ADMIN", "NET_RAW"])
+    def test_chart_grants_net_admin_net_raw_and_the_uid_switch(self) -> None:
+        self.assertEqual(self.chart_caps, ["NET_ADMIN", "NET_RAW", "CHOWN", "SETGID", "SETUID"])
 
     def test_each_operation_works_with_the_chart_capabilities(self) -> None:
         for op in NEEDS:

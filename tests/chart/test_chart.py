@@ -48,6 +48,9 @@ def scenarios() -> dict[str, dict[str, Any]]:
     return s
 
 
+SWITCH_CAPS = ["CHOWN", "SETGID", "SETUID"]
+
+
 def assert_secure_pod(tc: unittest.TestCase, sts: dict[str, Any], no_dhcp: bool = False) -> None:
     """The security model of chart/berth/README.md, for one VM's pod."""
     spec = sts["spec"]["template"]["spec"]
@@ -64,7 +67,8 @@ def assert_secure_pod(tc: unittest.TestCase, sts: dict[str, Any], no_dhcp: bool 
         tc.assertEqual(sc["seccompProfile"], {"type": "RuntimeDefault"}, name)
         tc.assertEqual(sc["capabilities"]["drop"], ["ALL"], name)
         want = ["NET_ADMIN"] if no_dhcp else ["NET_ADMIN", "NET_RAW"]
-        tc.assertEqual(sc["capabilities"]["add"], want, name)
+        # CHOWN, SETGID, SETUID: the switch to sandbox.uid after set-up (docs/security.md).
+        tc.assertEqual(sc["capabilities"]["add"], want + SWITCH_CAPS, name)
         tc.assertEqual(sc["runAsUser"], 0, name)
     # hostPath volumes: only the two device nodes, as character devices; nothing of /dev or /sys.
     for vol in spec.get("volumes", []):
@@ -171,6 +175,10 @@ class Cirros(unittest.TestCase):
             "IMG_RAM_MB": "256",
             "BERTH_SHUTDOWN_TIMEOUT": "60",
             "VNC_PASSWORD": {"secretKeyRef": {"name": f"{RELEASE}-berth-vnc", "key": "password"}},
+            # The confinement after set-up (docs/security.md), from sandbox.*.
+            "BERTH_UID": "65534",
+            "BERTH_GID": "65534",
+            "BERTH_SECCOMP": "on",
         })
 
     def test_ports_and_probes(self) -> None:
@@ -327,6 +335,9 @@ class FullValues(unittest.TestCase):
             "IMG_VCPU": "2",
             "IMG_RAM_MB": "2048",
             "BERTH_SHUTDOWN_TIMEOUT": "120",
+            "BERTH_UID": "65534",
+            "BERTH_GID": "65534",
+            "BERTH_SECCOMP": "on",
             "IMG_SHA256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "VM_IP": "10.254.0.2",
             "VM_GW": "10.254.0.1",
@@ -343,10 +354,27 @@ class FullValues(unittest.TestCase):
     def test_grace_follows_shutdown_timeout(self) -> None:
         self.assertEqual(self.pod["terminationGracePeriodSeconds"], 150)
 
+    def test_sandbox_uid_zero_adds_no_switch_capabilities(self) -> None:
+        objs, _ = render({**cirros(), "sandbox": {"uid": 0, "gid": 0, "seccomp": "log"}})
+        c = container(find(objs, "StatefulSet", "cirros-test"))
+        self.assertEqual(c["securityContext"]["capabilities"]["add"], ["NET_ADMIN", "NET_RAW"])
+        env = env_of(c)
+        self.assertEqual((env["BERTH_UID"], env["BERTH_SECCOMP"]), ("0", "log"))
+
+    def test_host_users_false_gives_a_user_namespace(self) -> None:
+        objs, _ = render({**cirros(), "hostUsers": False})
+        pod = find(objs, "StatefulSet", "cirros-test")["spec"]["template"]["spec"]
+        self.assertIs(pod["hostUsers"], False)
+        objs, _ = render(cirros())
+        pod = find(objs, "StatefulSet", "cirros-test")["spec"]["template"]["spec"]
+        self.assertNotIn("hostUsers", pod)
+
     def test_no_dhcp_drops_net_raw(self) -> None:
-        self.assertEqual(self.c["securityContext"]["capabilities"]["add"], ["NET_ADMIN"])
+        self.assertEqual(self.c["securityContext"]["capabilities"]["add"],
+                         ["NET_ADMIN"] + SWITCH_CAPS)
         legacy = container(find(self.objs, "StatefulSet", "legacy"))
-        self.assertEqual(legacy["securityContext"]["capabilities"]["add"], ["NET_ADMIN", "NET_RAW"])
+        self.assertEqual(legacy["securityContext"]["capabilities"]["add"],
+                         ["NET_ADMIN", "NET_RAW"] + SWITCH_CAPS)
 
     def test_resources_with_custom_overhead_and_cpu_limit(self) -> None:
         self.assertEqual(self.c["resources"], {

@@ -25,4 +25,4 @@ pub mod vnc;
 
 pub use arch::boot::{KernelFormat, LinuxBoot, LoadedKernel};
 pub use devices::serial::SerialInput;
-pub use vm::{ExitReason, MachineConfig, ResetSource, Vm, VmControl, VmError};
+pub use vm::{keep_kvm_open, ExitReason, MachineConfig, ResetSource, Vm, VmControl, VmError};

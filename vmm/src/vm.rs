@@ -2,8 +2,8 @@
 //! ends with the reason the VM stopped.
 
 use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
@@ -183,6 +183,39 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+/// /dev/kvm, opened once per process: every VM (a reboot builds a new one) gets a duplicate,
+/// so berth can still create VMs after it dropped the rights to open the device again.
+static KVM: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Opens /dev/kvm (once) and keeps it for every later VM; call before giving up the rights
+/// to open it (sandbox::lockdown). [`Vm::new`] calls it too.
+pub fn keep_kvm_open() -> Result<(), VmError> {
+    open_kvm().map(drop)
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    let mut kept = KVM.lock().expect("KVM lock poisoned");
+    if kept.is_none() {
+        let fd = Kvm::open_with_cloexec(true).map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENODEV => VmError::NoKvm,
+            libc::EACCES | libc::EPERM => VmError::KvmPermission,
+            _ => VmError::Kvm {
+                what: "open /dev/kvm",
+                source: e,
+            },
+        })?;
+        // SAFETY: `fd` is a fresh descriptor of /dev/kvm that nothing else owns.
+        *kept = Some(unsafe { std::fs::File::from_raw_fd(fd) });
+    }
+    let dup = kept
+        .as_ref()
+        .expect("opened above")
+        .try_clone()
+        .map_err(|e| VmError::Device(format!("cannot duplicate the /dev/kvm fd: {e}")))?;
+    // SAFETY: `dup` is a fresh descriptor of /dev/kvm that the new Kvm owns.
+    Ok(unsafe { Kvm::from_raw_fd(dup.into_raw_fd()) })
+}
+
 /// A configured VM, ready to run.
 pub struct Vm {
     fd: Arc<VmFd>,
@@ -211,14 +244,7 @@ impl Vm {
         if config.memory_mib < MIN_MEMORY_MIB {
             return Err(VmError::MemoryTooSmall(config.memory_mib));
         }
-        let kvm = Kvm::new().map_err(|e| match e.errno() {
-            libc::ENOENT | libc::ENODEV => VmError::NoKvm,
-            libc::EACCES | libc::EPERM => VmError::KvmPermission,
-            _ => VmError::Kvm {
-                what: "open /dev/kvm",
-                source: e,
-            },
-        })?;
+        let kvm = open_kvm()?;
         let max = kvm.get_max_vcpus();
         if usize::from(config.vcpus) > max {
             return Err(VmError::KvmVcpuLimit {
@@ -453,7 +479,7 @@ impl Vm {
         register_signal_handler(SIGRTMIN(), noop)
             .map_err(|e| VmError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
 
-        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
+        let mut threads: Vec<sandbox::Handle<()>> = Vec::with_capacity(self.vcpus.len());
         for (id, fd) in self.vcpus.into_iter().enumerate() {
             let ctx = vcpu::VcpuContext {
                 id: id as u8,
@@ -461,9 +487,10 @@ impl Vm {
                 mmio: self.mmio.clone(),
                 control: self.control.clone(),
             };
-            let spawned = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || vcpu::run(fd, ctx));
+            let spawned =
+                sandbox::spawn(format!("vcpu{id}"), sandbox::ThreadKind::Vcpu, move || {
+                    vcpu::run(fd, ctx)
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -488,10 +515,10 @@ impl Vm {
 
 /// Kicks vCPU threads until they have all left KVM_RUN and ended. The kick repeats because a
 /// signal that lands just before a thread enters KVM_RUN is consumed without interrupting it.
-fn stop_threads(threads: Vec<JoinHandle<()>>) {
+fn stop_threads(threads: Vec<sandbox::Handle<()>>) {
     while threads.iter().any(|t| !t.is_finished()) {
         for t in threads.iter().filter(|t| !t.is_finished()) {
-            let _ = t.kill(SIGRTMIN());
+            let _ = t.join_handle().kill(SIGRTMIN());
         }
         std::thread::sleep(Duration::from_millis(2));
     }

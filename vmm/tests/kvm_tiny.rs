@@ -78,7 +78,24 @@ impl Asm {
     }
 }
 
+/// Under kvm_tiny_seccomp (this file as a module of that test), every VM thread runs under
+/// berth's seccomp filters in kill mode: a syscall outside a vCPU's allow-list ends the test
+/// process with the syscall named (the test thread itself plays the unfiltered host).
+fn sandboxed() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if module_path!().starts_with("kvm_tiny_seccomp") {
+        ONCE.call_once(|| {
+            sandbox::init(sandbox::Options {
+                mode: sandbox::Mode::Kill,
+                switch: None,
+            })
+            .expect("sandbox init")
+        });
+    }
+}
+
 fn vm(vcpus: u8) -> (Vm, CaptureOutput) {
+    sandboxed();
     assert!(
         std::path::Path::new("/dev/kvm").exists(),
         "THESE TESTS NEED /dev/kvm: run them on a host with KVM"

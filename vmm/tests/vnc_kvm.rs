@@ -100,8 +100,22 @@ fn vncdo_capture(vncdo: &str, port: u16, dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Under vnc_kvm_seccomp (this file as a module of that test) the VNC and vCPU threads run
+/// under berth's seccomp filters in kill mode: a forbidden syscall ends the test process with
+/// the syscall named.
+fn sandboxed() {
+    if module_path!().starts_with("vnc_kvm_seccomp") {
+        sandbox::init(sandbox::Options {
+            mode: sandbox::Mode::Kill,
+            switch: None,
+        })
+        .expect("sandbox init");
+    }
+}
+
 #[test]
 fn tiny_guest_screen_and_keyboard_over_vnc() {
+    sandboxed();
     assert!(
         Path::new("/dev/kvm").exists(),
         "THIS TEST NEEDS /dev/kvm: run it on a host with KVM"

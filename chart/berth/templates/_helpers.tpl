@@ -84,10 +84,15 @@ netlink); NET_RAW for the DHCP responder's AF_PACKET socket, unless netconfig.no
 Argument: a VM. Prints a YAML list.
 */}}
 {{- define "berth.capabilities" -}}
-{{- $net := .netconfig | default dict -}}
+{{- $net := .vm.netconfig | default dict -}}
 - NET_ADMIN
 {{- if not $net.no_dhcp }}
 - NET_RAW
+{{- end }}
+{{- if ne (int (.root.Values.sandbox | default dict).uid) 0 }}
+- CHOWN
+- SETGID
+- SETUID
 {{- end }}
 {{- end -}}
 

@@ -9,7 +9,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use super::{DhcpConfig, LeaseState, Responder};
 use crate::error::{Error, Result};
@@ -20,7 +19,7 @@ const ETH_P_IP: u16 = 0x0800;
 /// A running DHCP responder. [`DhcpServer::stop`] (or dropping it) stops the thread.
 pub struct DhcpServer {
     stop: OwnedFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<sandbox::Handle<()>>,
     bound: Arc<AtomicBool>,
 }
 
@@ -126,10 +125,10 @@ impl DhcpServer {
         let responder = Responder::new(cfg, mac);
         let bound = Arc::new(AtomicBool::new(false));
         let bound2 = bound.clone();
-        let thread = std::thread::Builder::new()
-            .name("berth-dhcp".into())
-            .spawn(move || serve(sock, ifindex, stop_rd, responder, &bound2))
-            .map_err(|e| Error::io("dhcp: spawn thread", e))?;
+        let thread = sandbox::spawn("berth-dhcp", sandbox::ThreadKind::Dhcp, move || {
+            serve(sock, ifindex, stop_rd, responder, &bound2)
+        })
+        .map_err(|e| Error::io("dhcp: spawn thread", e))?;
         log::info!("dhcp: serving on {iface} ({mac})");
         Ok(DhcpServer {
             stop,

@@ -1,6 +1,6 @@
 #!/bin/sh
-# description: the Berth acceptance test: berth started as the chart starts it, in a pod network namespace with its own resolv.conf, /userdata, /metadata and /image, fetches the unmodified Debian cloud image over HTTP, makes the pet overlay, boots the image's own kernel; cloud-init applies the user data; SSH answers at the pod IP and a login with the user-data key runs a command; a file written over SSH survives SIGTERM and a second berth on the same /image, which cloud-init treats as the same instance
-# timeout: 1100
+# description: the Berth acceptance test: berth started as the chart starts it, in a pod network namespace with its own resolv.conf, /userdata, /metadata and /image, fetches the unmodified Debian cloud image over HTTP, makes the pet overlay, boots the image's own kernel; cloud-init applies the user data; SSH answers at the pod IP and a login with the user-data key runs a command; a file written over SSH survives SIGTERM and a second berth on the same /image, which cloud-init treats as the same instance; berth runs confined (uid 65534, no capabilities, no_new_privs, a seccomp filter on every thread, checked in /proc after each boot), and a guest reboot inside the confined berth gets its lease and SSH back
+# timeout: 1400
 # needs: berth
 # l1-disk: debian-cloud:file
 # expect: berth: downloaded http://10\.78\.0\.1:8080/
@@ -9,16 +9,24 @@
 # expect: BERTH-GATE-USERDATA-OK
 # expect: GATE-BANNER SSH-2\.0-OpenSSH
 # expect: GATE-LOGIN-OK gate-0
+# expect: berth: confined: uid 65534 gid 65534, no capabilities, no_new_privs, landlock .*seccomp on
+# expect: GATE-CONFINED-1 threads=
 # expect: GATE-EXIT1 rc=0
 # expect: root disk .*gate-0\.qcow2 \(Reused
 # expect: GATE-PERSISTED berth-persist
 # expect: GATE-SAME-INSTANCE
+# expect: restarting the VM on the same disks and network
+# expect: GATE-REBOOTED state=running .*boots=2 lease_given=true
+# expect: GATE-BANNER3 SSH-2\.0-OpenSSH
+# expect: GATE-CONFINED-2 threads=
 # expect: GATE-EXIT2 rc=0
 # reject: Kernel panic
 # reject: KVM internal error
 # reject: (?i)emergency mode
 # reject: soft lockup
 # reject: rcu_preempt detected stalls
+# reject: GATE-NOT-CONFINED
+# reject: berth: seccomp: the
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
 . "$LAB_LIB/podnet.sh"
 if [ "$LAB_MODE" = l1 ]; then
@@ -98,6 +106,18 @@ banner() {
         sleep 2
     done
 }
+# Every thread of the running berth: uid 65534, CapEff 0, NoNewPrivs 1, Seccomp 2 (filter).
+check_confined() {  # n
+    pid=$(pidof berth)
+    bad="" n=0
+    for t in /proc/$pid/task/*; do
+        st=$(awk '/^Uid:/{u=$2} /^CapEff:/{c=$2} /^NoNewPrivs:/{p=$2} /^Seccomp:/{s=$2}
+                  END{print u"/"c"/"p"/"s}' "$t/status")
+        n=$((n + 1))
+        [ "$st" = 65534/0000000000000000/1/2 ] || bad="$bad $(cat "$t/comm"):$st"
+    done
+    [ "$n" -gt 3 ] && [ -z "$bad" ] && echo "GATE-CONFINED-$1 threads=$n" || echo "GATE-NOT-CONFINED-$1 threads=$n$bad"
+}
 stop_berth() {  # n
     kill -TERM $(pidof berth)
     wait "$BERTH_PID"; echo "GATE-EXIT$1 rc=$?"
@@ -112,6 +132,7 @@ echo "GATE-TIME ssh_banner=$(at)s"
 out=$(ssh_run 'echo GATE-LOGIN-OK $(hostname); echo berth-persist | sudo tee /var/tmp/gate-persist >/dev/null; sync; sudo cloud-init query instance_id')
 echo "$out" | grep GATE-LOGIN-OK
 iid1=$(echo "$out" | tail -n1)
+check_confined 1
 stop_berth 1
 
 # Boot 2: the same /image: the overlay is reused, the file is there, same cloud-init instance.
@@ -121,6 +142,19 @@ out=$(ssh_run 'cat /var/tmp/gate-persist; sudo cloud-init query instance_id')
 echo "GATE-PERSISTED $(echo "$out" | head -n1)"
 iid2=$(echo "$out" | tail -n1)
 [ -n "$iid1" ] && [ "$iid1" = "$iid2" ] && echo "GATE-SAME-INSTANCE $iid1" || echo "GATE-NEW-INSTANCE $iid1 -> $iid2"
+# A guest reboot rebuilds the VM inside the confined berth (KVM kept open, disks reopened as
+# uid 65534 under Landlock, new vCPU and worker threads under their filters).
+ssh_run 'sudo systemctl reboot' >/dev/null
+st=""
+for i in $(seq 1 400); do
+    st=$(inpod env BERTH_CONTROL_SOCKET=@berth-gate "$BERTH" status 2>/dev/null)
+    case "$st" in *boots=2*lease_given=true*) break ;; esac
+    kill -0 "$BERTH_PID" 2>/dev/null || break
+    sleep 1
+done
+echo "GATE-REBOOTED $st"
+echo "GATE-BANNER3 $(banner)"
+check_confined 2
 stop_berth 2
 echo "GATE-TIME total=$(at)s"
 kill "$POD" "$CLIENT" 2>/dev/null

@@ -157,13 +157,11 @@ impl VncServer {
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
-        std::thread::Builder::new()
-            .name("vnc-accept".into())
-            .spawn(move || accept_loop(&s, &listener))?;
+        sandbox::spawn("vnc-accept", sandbox::ThreadKind::Vnc, move || {
+            accept_loop(&s, &listener)
+        })?;
         let s = shared.clone();
-        std::thread::Builder::new()
-            .name("vnc-poll".into())
-            .spawn(move || poll_loop(&s))?;
+        sandbox::spawn("vnc-poll", sandbox::ThreadKind::Vnc, move || poll_loop(&s))?;
         Ok(VncServer { shared, local_addr })
     }
 
@@ -224,13 +222,11 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             continue;
         }
         let s = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("vnc-client".into())
-            .spawn(move || {
-                session::serve(&s, stream, source, deadline);
-                s.sources.close(source);
-                s.active.fetch_sub(1, Ordering::SeqCst);
-            });
+        let spawned = sandbox::spawn("vnc-client", sandbox::ThreadKind::Vnc, move || {
+            session::serve(&s, stream, source, deadline);
+            s.sources.close(source);
+            s.active.fetch_sub(1, Ordering::SeqCst);
+        });
         if spawned.is_err() {
             shared.active.fetch_sub(1, Ordering::SeqCst);
             shared.sources.close(source);
@@ -246,16 +242,14 @@ fn refuse(shared: &Arc<Shared>, stream: TcpStream, reason: &'static str) {
         return;
     }
     let s = shared.clone();
-    let _ = std::thread::Builder::new()
-        .name("vnc-refuse".into())
-        .spawn(move || {
-            // A total deadline here too: a refused peer cannot trickle this thread alive.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mut io = limits::DeadlineStream::new(&stream, deadline);
-            let mut io2 = limits::DeadlineStream::new(&stream, deadline);
-            let _ = proto::refuse(&mut io, &mut io2, reason);
-            s.refusing.fetch_sub(1, Ordering::SeqCst);
-        });
+    let _ = sandbox::spawn("vnc-refuse", sandbox::ThreadKind::Vnc, move || {
+        // A total deadline here too: a refused peer cannot trickle this thread alive.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut io = limits::DeadlineStream::new(&stream, deadline);
+        let mut io2 = limits::DeadlineStream::new(&stream, deadline);
+        let _ = proto::refuse(&mut io, &mut io2, reason);
+        s.refusing.fetch_sub(1, Ordering::SeqCst);
+    });
 }
 
 /// Reads the framebuffer's dirty log while some client waits, and hands the changed lines to

@@ -324,9 +324,9 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, 
         last: None,
         last_full: None,
     };
-    let writer = std::thread::Builder::new()
-        .name("vnc-writer".into())
-        .spawn(move || write_loop(&c, &f, &mut &writer_stream, pacing));
+    let writer = sandbox::spawn("vnc-writer", sandbox::ThreadKind::Vnc, move || {
+        write_loop(&c, &f, &mut &writer_stream, pacing)
+    });
     if writer.is_ok() {
         let mut keys = Keys::default();
         let mut reader = io::BufReader::new(&stream);

@@ -152,6 +152,7 @@ impl NetWorker {
 impl QueueHandler for NetWorker {
     type Backend = Box<dyn NetBackend>;
     const QUEUES: usize = 2;
+    const THREAD: sandbox::ThreadKind = sandbox::ThreadKind::Net;
 
     fn sources(&self) -> Vec<RawFd> {
         vec![self.backend.as_raw_fd()]

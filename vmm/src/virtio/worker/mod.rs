@@ -10,7 +10,6 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -27,6 +26,8 @@ pub trait QueueHandler: Send + 'static {
     /// How many queues the handler serves (queue `i` is the driver's queue `i`); starting
     /// with fewer fails.
     const QUEUES: usize;
+    /// The seccomp allow-list its thread runs under (see the sandbox crate).
+    const THREAD: sandbox::ThreadKind = sandbox::ThreadKind::Block;
 
     /// File descriptors besides the queue notifications that wake the worker when readable,
     /// known as sources 0, 1, ... in [`Wakeup::source`] and [`WorkerIo::watch_source`]. All
@@ -154,7 +155,7 @@ enum State<B> {
     Idle(B),
     Running {
         stop: EventFd,
-        thread: JoinHandle<B>,
+        thread: sandbox::Handle<B>,
     },
     /// The backend went down with a panicked worker (or a thread that could not start).
     Lost,
@@ -228,9 +229,7 @@ impl<H: QueueHandler> Worker<H> {
             }
         };
         // A failed spawn drops the closure and the backend with it: the state stays Lost.
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || run(handler, io, events, stop))
+        let thread = sandbox::spawn(name, H::THREAD, move || run(handler, io, events, stop))
             .map_err(|e| ActivateError(format!("{name}: {e}")))?;
         self.state = State::Running {
             stop: stop_here,
