@@ -54,7 +54,10 @@ pub fn run(prog: &str, args: &[&str]) -> String {
 /// `qemu-img check` exit status and output: 0 clean, 2 corruptions, 3 leaks only.
 pub fn qemu_img_check(img: &Path) -> (i32, String) {
     let out = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2", img.to_str().unwrap()])
+        // -U: no locks. Tests check images nobody writes at that moment; a test running in
+        // parallel that forks holds copies of this process's descriptors (and with them their
+        // OFD locks) until its child execs.
+        .args(["check", "-U", "-f", "qcow2", img.to_str().unwrap()])
         .output()
         .expect("run qemu-img check");
     let text = format!(
@@ -84,6 +87,7 @@ pub fn to_raw(img: &Path, fmt: &str, dir: &Path) -> Vec<u8> {
     let out: PathBuf = dir.join("converted.raw");
     qemu_img(&[
         "convert",
+        "-U",
         "-f",
         fmt,
         "-O",
