@@ -74,7 +74,8 @@ fn crash_child() {
     let seed: u64 = std::env::var("BERTH_CRASH_SEED").unwrap().parse().unwrap();
     let mut disk = open(Path::new(&image), DiskFormat::Qcow2, false);
     let mut out = std::io::stdout().lock();
-    writeln!(out, "O").unwrap();
+    // libtest has printed "test crash_child ... " without a newline: markers end lines.
+    writeln!(out, "OPENED").unwrap();
     out.flush().unwrap();
     for op in ops(seed).take(1_000_000) {
         let (off, len) = (op.sector * SECTOR as u64, op.count * SECTOR as u64);
@@ -145,7 +146,7 @@ fn storms(name: &str, iterations: u64, make_overlay: impl Fn(&Path, &Path)) {
             if let Some(n) = line.strip_prefix("F ") {
                 flushed = n.parse().unwrap();
                 seen += 1;
-            } else if line != "O" {
+            } else if !line.ends_with("OPENED") {
                 continue;
             }
             if !killed && seen == kill_after {
@@ -274,7 +275,7 @@ fn killed_before_first_flush_then_reused() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while let Some(Ok(line)) = lines.next() {
-        if line == "W" {
+        if line.ends_with("WRITTEN") {
             break;
         }
     }
@@ -305,7 +306,7 @@ fn kill_victim() {
     };
     let mut disk = open(Path::new(&image), DiskFormat::Qcow2, false);
     disk.write_at(&[0x55; 4096], 0).unwrap();
-    println!("W");
+    println!("WRITTEN");
     std::io::stdout().flush().unwrap();
     std::thread::sleep(Duration::from_secs(60));
 }

@@ -150,6 +150,20 @@ impl Qcow2Disk {
         self.inner.sync()
     }
 
+    /// `[offset, offset + len)` cut where one L2 table's reach ends and the next begins.
+    fn per_l2_table(&self, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        // An L2 table holds cluster_size / 8 entries of one cluster each.
+        let reach = 1u64 << (2 * self.cluster_bits - 3);
+        let mut out = Vec::new();
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let n = ((at / reach + 1) * reach).min(end) - at;
+            out.push((at, n));
+            at += n;
+        }
+        out
+    }
+
     /// Whether `[offset, offset + len)` touches a compressed cluster, forgetting those it does
     /// (they will not be compressed after the write).
     fn touches_compressed(&mut self, offset: u64, len: u64) -> bool {
@@ -588,10 +602,13 @@ impl BlockBackend for Qcow2Disk {
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, buf.len() as u64)?;
-        let frees = self.touches_compressed(offset, buf.len() as u64);
-        self.inner.write(buf, offset)?;
-        if frees {
-            // Overwriting a compressed cluster frees its host space: see write_zeroes.
+        if !self.touches_compressed(offset, buf.len() as u64) {
+            return self.inner.write(buf, offset);
+        }
+        // Overwriting a compressed cluster frees its host space: see write_zeroes.
+        for (at, n) in self.per_l2_table(offset, buf.len() as u64) {
+            let from = (at - offset) as usize;
+            self.inner.write(&buf[from..from + n as usize], at)?;
             self.flush_and_sync()?;
         }
         Ok(())
@@ -615,17 +632,22 @@ impl BlockBackend for Qcow2Disk {
     fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, len)?;
         self.touches_compressed(offset, len);
-        if may_unmap {
-            self.inner.discard_to_zero(offset, len)?;
-        } else {
-            self.inner.write_zeroes(offset, len)?;
-        }
-        // imago may have freed clusters, and frees them in its cache at once: the next
+        // imago may free clusters here, and frees them in its cache at once: the next
         // allocation could hand one out again while the L2 entry that still points to it is
-        // only in the cache. After a crash that cluster would belong to two places. Writing
-        // the L2 tables out and fsyncing before returning makes the unlinking durable before
-        // any reuse.
-        self.flush_and_sync()
+        // only in the cache, and after a crash that cluster would belong to two places.
+        // Writing the L2 tables out and fsyncing before any allocation makes the unlinking
+        // durable first. An allocation can happen inside the same imago call (a new L2 table
+        // for a range that had none), so the range goes one L2 table's reach at a time: a
+        // range with an L2 table only frees, a range without one only allocates that table.
+        for (at, n) in self.per_l2_table(offset, len) {
+            if may_unmap {
+                self.inner.discard_to_zero(at, n)?;
+            } else {
+                self.inner.write_zeroes(at, n)?;
+            }
+            self.flush_and_sync()?;
+        }
+        Ok(())
     }
 
     fn take_notes(&mut self) -> Vec<String> {
