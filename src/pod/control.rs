@@ -154,33 +154,30 @@ pub fn serve(
     let listener = UnixListener::bind_addr(&address(name)?)?;
     let active = Arc::new(AtomicUsize::new(0));
     sandbox::spawn("control", sandbox::ThreadKind::Control, move || {
-            for conn in listener.incoming().flatten() {
-                let uid = match peer_uid(&conn) {
-                    Ok(uid) => uid,
-                    Err(_) => continue,
-                };
-                if !access.uids.contains(&uid) {
-                    refuse(&conn, uid, &access);
-                    continue;
-                }
-                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                    continue; // dropped: closed at once
-                }
-                let (status, lc, active2) = (status.clone(), lc.clone(), active.clone());
-                // Through the spawner: this thread's filter does not let it create threads.
-                let spawned = sandbox::spawn(
-                    "control-client",
-                    sandbox::ThreadKind::Control,
-                    move || {
-                        let _ = answer(conn, &status, lc.as_deref());
-                        active2.fetch_sub(1, Ordering::SeqCst);
-                    },
-                );
-                if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                }
+        for conn in listener.incoming().flatten() {
+            let uid = match peer_uid(&conn) {
+                Ok(uid) => uid,
+                Err(_) => continue,
+            };
+            if !access.uids.contains(&uid) {
+                refuse(&conn, uid, &access);
+                continue;
             }
+            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                active.fetch_sub(1, Ordering::SeqCst);
+                continue; // dropped: closed at once
+            }
+            let (status, lc, active2) = (status.clone(), lc.clone(), active.clone());
+            // Through the spawner: this thread's filter does not let it create threads.
+            let spawned =
+                sandbox::spawn("control-client", sandbox::ThreadKind::Control, move || {
+                    let _ = answer(conn, &status, lc.as_deref());
+                    active2.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     })?;
     Ok(())
 }

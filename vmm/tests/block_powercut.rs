@@ -181,10 +181,13 @@ fn run_layout(l: &Layout, seed: u64) {
         let mut disk = Qcow2Disk::open_with(&over, &opts).unwrap();
         for seq in 0..l.ops {
             let region = rng.below(l.regions);
-            let count = 1 + rng.below(48);
+            let kind = rng.below(12);
+            // Writes up to 24 KiB; write-zeroes and discards up to 256 KiB, so that they
+            // span several L2 tables of the small layout, some of which do not exist yet.
+            let count = 1 + rng.below(if kind < 2 { 512 } else { 48 });
             let sector = (region * stride + rng.below(l.region_len - count * 512)) / 512;
             let (off, len) = (sector * 512, count * 512);
-            let content = match rng.below(12) {
+            let content = match kind {
                 0 => {
                     disk.write_zeroes(off, len, true).unwrap();
                     Content::Zero
