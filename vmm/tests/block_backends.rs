@@ -91,6 +91,7 @@ fn exercise(name: &str, disk: &mut dyn BlockBackend, mut model: Vec<u8>) -> Vec<
 
 #[test]
 fn random_io_matches_model() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let raw_base = dir.path().join("base.raw");
     for (name, path, fmt, init) in images(dir.path()) {
@@ -124,6 +125,7 @@ impl Drop for Loop {
 /// skipped where loop devices cannot be set up.
 #[test]
 fn raw_block_device() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backing.img");
     let init = pattern(4, SIZE as usize);
@@ -149,6 +151,7 @@ fn raw_block_device() {
 
 #[test]
 fn out_of_range_is_an_error() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     for (name, path, fmt, _) in images(dir.path()) {
         let mut disk = open(&path, fmt, false);
@@ -172,6 +175,7 @@ fn out_of_range_is_an_error() {
 
 #[test]
 fn read_only_refuses_writes_and_leaves_file_alone() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     for (name, path, fmt, _) in images(dir.path()) {
         let before = std::fs::read(&path).unwrap();
@@ -216,6 +220,7 @@ fn open_access_modes(path: &Path) -> Vec<i32> {
 /// Every image below the top of a chain is opened O_RDONLY, even when the top is writable.
 #[test]
 fn backing_chain_is_opened_read_only() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let raw = d.join("bottom.raw");
@@ -244,6 +249,7 @@ fn backing_chain_is_opened_read_only() {
 
 #[test]
 fn open_errors_name_the_problem() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let msg = |p: &Path, f: Option<DiskFormat>| {
@@ -335,6 +341,7 @@ fn open_errors_name_the_problem() {
 /// file must still be served raw when declared raw.
 #[test]
 fn declared_raw_is_never_probed() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let secret = d.join("secret");

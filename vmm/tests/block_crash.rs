@@ -21,7 +21,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use block_util::{open, qcow2_base, qemu_img, qemu_img_check, s, to_raw};
+use block_util::{
+    open, qcow2_base, qemu_img_check, qemu_img_overlay_clusters, shm_tempdir, to_raw,
+};
 use common::Rng;
 use vmm::block::overlay::ensure_overlay;
 use vmm::block::qcow2::Qcow2Disk;
@@ -105,19 +107,9 @@ enum Content {
     Written(u64),
 }
 
-/// A working directory on tmpfs when there is one: each iteration writes and syncs images, and
-/// a SIGKILL does not drop the page cache, so tmpfs tests the same thing faster.
-fn workdir() -> tempfile::TempDir {
-    match Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm"),
-        false => tempfile::tempdir(),
-    }
-    .unwrap()
-}
-
 /// Kills `iterations` storms on overlays made by `make_overlay`, each at a random point.
 fn storms(name: &str, iterations: u64, make_overlay: impl Fn(&Path, &Path)) {
-    let dir = workdir();
+    let dir = shm_tempdir();
     let d = dir.path();
     let base = qcow2_base(d, SIZE);
     let base_data = to_raw(&base, "qcow2", d);
@@ -229,6 +221,7 @@ fn reopen_and_write(over: &Path, rng: &mut Rng, what: &str) {
 
 #[test]
 fn sigkill_mid_storm_loses_no_flushed_write() {
+    let _serial = block_util::serial();
     storms("64 KiB clusters", 160, |base, over| {
         ensure_overlay(base, over, None).unwrap();
     });
@@ -236,20 +229,9 @@ fn sigkill_mid_storm_loses_no_flushed_write() {
 
 #[test]
 fn sigkill_mid_storm_small_clusters() {
+    let _serial = block_util::serial();
     storms("512-byte clusters", 100, |base, over| {
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=512",
-            "-b",
-            s(base),
-            "-F",
-            "qcow2",
-            s(over),
-        ]);
+        qemu_img_overlay_clusters(base, "qcow2", over, 512);
     });
 }
 
@@ -259,7 +241,8 @@ fn sigkill_mid_storm_small_clusters() {
 /// (`refcount=1 reference=2`) and flushed data read back as zeroes.
 #[test]
 fn killed_before_first_flush_then_reused() {
-    let dir = workdir();
+    let _serial = block_util::serial();
+    let dir = shm_tempdir();
     let d = dir.path();
     let base = d.join("base.raw");
     std::fs::write(&base, vec![0x11u8; 8 << 20]).unwrap();

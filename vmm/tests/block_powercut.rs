@@ -21,11 +21,10 @@
 mod block_util;
 mod common;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use block_util::{qemu_img, qemu_img_check, s};
+use block_util::{qemu_img, qemu_img_check, qemu_img_overlay_clusters, s, shm_tempdir};
 use common::Rng;
 use vmm::block::qcow2::{IoObserver, Qcow2Disk, Qcow2Options};
 use vmm::block::BlockBackend;
@@ -120,11 +119,7 @@ type History = std::collections::HashMap<u64, Vec<(u64, Content)>>;
 fn run_layout(l: &Layout, seed: u64) {
     // Each cut rewrites and fsyncs the image several times: on tmpfs that costs memory
     // copies, not disk writes.
-    let dir = match Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm"),
-        false => tempfile::tempdir(),
-    }
-    .unwrap();
+    let dir = shm_tempdir();
     // BERTH_POWERCUT_KEEP=1 keeps the directory (base, images, log.txt) for a post-mortem.
     let keep = std::env::var_os("BERTH_POWERCUT_KEEP").is_some();
     let d = dir.path().to_path_buf();
@@ -148,19 +143,7 @@ fn run_layout(l: &Layout, seed: u64) {
     }
     drop(f);
     let over = d.join("pet.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &format!("cluster_size={}", l.cluster_size),
-        "-b",
-        s(&base),
-        "-F",
-        "raw",
-        s(&over),
-    ]);
+    qemu_img_overlay_clusters(&base, "raw", &over, l.cluster_size);
     let image0 = std::fs::read(&over).unwrap();
 
     // The workload, recorded.
@@ -441,6 +424,7 @@ fn verify(img: &[u8], history: &History, durable: u64, what: &str) {
 
 #[test]
 fn power_cut_pet_layout() {
+    let _serial = block_util::serial();
     run_layout(
         &Layout {
             name: "64 KiB clusters",
@@ -458,6 +442,7 @@ fn power_cut_pet_layout() {
 
 #[test]
 fn power_cut_small_clusters() {
+    let _serial = block_util::serial();
     run_layout(
         &Layout {
             name: "512-byte clusters",

@@ -27,6 +27,7 @@ fn open_rw(path: &Path) -> Box<dyn BlockBackend> {
 
 #[test]
 fn overlay_matches_qemu_img_create() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for (fmt, base) in [("qcow2", d.join("base.qcow2")), ("raw", d.join("base.raw"))] {
@@ -92,6 +93,7 @@ fn overlay_matches_qemu_img_create() {
 /// berth writes an overlay; plain file writes build a raw reference; qemu-img compares.
 #[test]
 fn berth_writes_qemu_reads() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (base, over) = base_and_overlay(d, SIZE);
@@ -128,6 +130,7 @@ fn berth_writes_qemu_reads() {
 /// clusters; berth reads everything like qemu-img convert does.
 #[test]
 fn qemu_writes_berth_reads() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let base = qcow2_base(d, SIZE);
@@ -182,6 +185,7 @@ fn qemu_writes_berth_reads() {
 
 #[test]
 fn base_is_never_written() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let base = qcow2_base(d, SIZE);
@@ -216,6 +220,7 @@ fn base_is_never_written() {
 
 #[test]
 fn overlay_reuse_and_refusals() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (base, over) = base_and_overlay(d, SIZE);
@@ -279,6 +284,7 @@ fn overlay_reuse_and_refusals() {
 
 #[test]
 fn disk_listing_follows_the_contract() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     assert_eq!(extra_disks(root).unwrap(), Vec::<std::path::PathBuf>::new());

@@ -71,6 +71,7 @@ fn locked(r: Result<impl Sized, DiskError>) -> String {
 
 #[test]
 fn a_second_writer_is_refused_on_either_side() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let base = d.join("base.raw");
@@ -97,25 +98,15 @@ fn a_second_writer_is_refused_on_either_side() {
     // Looking without locks (-U) is QEMU's own way round.
     assert!(qemu_img_info(&pet, true).0);
     // The base is shared: another reader may use it, a writer may not.
-    let mut ro = open_disk(
-        &base,
-        DiskOptions {
-            read_only: true,
-            format: Some(DiskFormat::Raw),
-            confine_backing: false,
-        },
-    )
-    .unwrap();
+    let raw = |read_only| DiskOptions {
+        read_only,
+        format: Some(DiskFormat::Raw),
+        confine_backing: false,
+    };
+    let mut ro = open_disk(&base, raw(true)).unwrap();
     let mut b = [0u8; 512];
     ro.read_at(&mut b, 0).unwrap();
-    locked(open_disk(
-        &base,
-        DiskOptions {
-            read_only: false,
-            format: Some(DiskFormat::Raw),
-            confine_backing: false,
-        },
-    ));
+    locked(open_disk(&base, raw(false)));
     drop((disk, ro));
 
     // qemu-io writes: berth is refused as writer and as reader.
@@ -137,6 +128,7 @@ fn a_second_writer_is_refused_on_either_side() {
 /// `berth overlay create` on an overlay another process writes: one line, exit code 13.
 #[test]
 fn the_berth_command_says_in_use_with_its_exit_code() {
+    let _serial = block_util::serial();
     let Some(berth) = option_env!("CARGO_BIN_EXE_berth")
         .map(String::from)
         .or_else(|| std::env::var("BERTH_BIN").ok())
@@ -173,6 +165,7 @@ fn the_berth_command_says_in_use_with_its_exit_code() {
 /// directory still work.
 #[test]
 fn untrusted_backing_files_stay_in_their_directory() {
+    let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let secret_dir = d.join("secrets");

@@ -121,6 +121,49 @@ pub fn qemu_img_overlay(backing: &Path, backing_fmt: &str, over: &Path) {
     ]);
 }
 
+/// Like [`qemu_img_overlay`], with another cluster size (512 bytes makes a few MiB of writes
+/// need many L2 tables and refcount blocks).
+pub fn qemu_img_overlay_clusters(
+    backing: &Path,
+    backing_fmt: &str,
+    over: &Path,
+    cluster_size: u32,
+) {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("cluster_size={cluster_size}"),
+        "-b",
+        s(backing),
+        "-F",
+        backing_fmt,
+        s(over),
+    ]);
+}
+
+/// Serialises the tests of one test binary that open images and start processes. berth
+/// locks images with OFD locks, and a test that forks (qemu-img, a child berth) holds copies of
+/// every descriptor of this process, with their locks, until its child execs: a test that
+/// closes an image and opens it again could find its own old lock held by another test's
+/// child for a moment. berth itself never forks.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A temporary directory on tmpfs (`/dev/shm`) where there is one: for tests that write and
+/// fsync hundreds of images (a killed process sees the same page cache either way).
+pub fn shm_tempdir() -> tempfile::TempDir {
+    match Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm"),
+        false => tempfile::tempdir(),
+    }
+    .unwrap()
+}
+
 /// Asserts that `qemu-img check` finds the qcow2 image clean: no corruption, no leaks.
 pub fn assert_check_clean(img: &Path) {
     let (code, out) = qemu_img_check(img);

@@ -150,16 +150,41 @@ impl Qcow2Disk {
         self.inner.sync()
     }
 
-    /// `[offset, offset + len)` cut where one L2 table's reach ends and the next begins.
-    fn per_l2_table(&self, offset: u64, len: u64) -> Vec<(u64, u64)> {
-        // An L2 table holds cluster_size / 8 entries of one cluster each.
-        let reach = 1u64 << (2 * self.cluster_bits - 3);
+    /// `[offset, offset + len)` cut at every multiple of `1 << bits`.
+    fn split_at(&self, offset: u64, len: u64, bits: u32) -> Vec<(u64, u64)> {
+        let unit = 1u64 << bits;
         let mut out = Vec::new();
         let (mut at, end) = (offset, offset + len);
         while at < end {
-            let n = ((at / reach + 1) * reach).min(end) - at;
+            let n = ((at / unit + 1) * unit).min(end) - at;
             out.push((at, n));
             at += n;
+        }
+        out
+    }
+
+    /// The pieces write-zeroes and discard go in (see write_zeroes): a partial cluster at
+    /// each end on its own, the whole clusters between cut where one L2 table's reach ends.
+    fn zeroing_pieces(&self, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        let cs = 1u64 << self.cluster_bits;
+        let end = offset + len;
+        let (first_whole, last_whole) = (offset.next_multiple_of(cs), end / cs * cs);
+        if first_whole >= last_whole {
+            // Within one cluster, or two partial ones.
+            return self.split_at(offset, len, self.cluster_bits);
+        }
+        let mut out = Vec::new();
+        if offset < first_whole {
+            out.push((offset, first_whole - offset));
+        }
+        // An L2 table holds cluster_size / 8 entries of one cluster each.
+        out.extend(self.split_at(
+            first_whole,
+            last_whole - first_whole,
+            2 * self.cluster_bits - 3,
+        ));
+        if last_whole < end {
+            out.push((last_whole, end - last_whole));
         }
         out
     }
@@ -605,8 +630,10 @@ impl BlockBackend for Qcow2Disk {
         if !self.touches_compressed(offset, buf.len() as u64) {
             return self.inner.write(buf, offset);
         }
-        // Overwriting a compressed cluster frees its host space: see write_zeroes.
-        for (at, n) in self.per_l2_table(offset, buf.len() as u64) {
+        // Overwriting a compressed cluster frees its host space (after allocating the new
+        // cluster): see write_zeroes. One cluster at a time, so no allocation follows a free
+        // inside one imago call.
+        for (at, n) in self.split_at(offset, buf.len() as u64, self.cluster_bits) {
             let from = (at - offset) as usize;
             self.inner.write(&buf[from..from + n as usize], at)?;
             self.flush_and_sync()?;
@@ -636,10 +663,12 @@ impl BlockBackend for Qcow2Disk {
         // allocation could hand one out again while the L2 entry that still points to it is
         // only in the cache, and after a crash that cluster would belong to two places.
         // Writing the L2 tables out and fsyncing before any allocation makes the unlinking
-        // durable first. An allocation can happen inside the same imago call (a new L2 table
-        // for a range that had none), so the range goes one L2 table's reach at a time: a
-        // range with an L2 table only frees, a range without one only allocates that table.
-        for (at, n) in self.per_l2_table(offset, len) {
+        // durable first. An allocation can happen inside the same imago call (a partial
+        // cluster at either end is written like data, copying from the backing file into a
+        // new cluster; a range without an L2 table gets one), so the range goes in pieces
+        // that either free or allocate, never both: the partial clusters at the ends, and the
+        // whole clusters between them one L2 table's reach at a time.
+        for (at, n) in self.zeroing_pieces(offset, len) {
             if may_unmap {
                 self.inner.discard_to_zero(at, n)?;
             } else {
