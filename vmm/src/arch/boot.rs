@@ -140,6 +140,32 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Opens a kernel or initrd. berth names the files it extracts from an image (unnamed files
+/// it holds open) as `/proc/self/fd/N`; those are duplicated rather than opened again, because
+/// after berth switches to an unprivileged uid the process is no longer dumpable and its own
+/// `/proc/self/fd` can no longer be opened. The duplicate shares the file position, so it is
+/// rewound: every boot reads the file from the start.
+fn open_boot_file(path: &Path) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    let fd = path
+        .to_str()
+        .and_then(|p| p.strip_prefix("/proc/self/fd/"))
+        .and_then(|n| n.parse::<i32>().ok());
+    let Some(fd) = fd else {
+        return File::open(path);
+    };
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor number returns a new descriptor or -1; a number
+    // that is not open fails with EBADF.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: dup is a new descriptor that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(dup) };
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
+}
+
 /// Loads the kernel, initrd and command line into `mem` and writes the zero page, which points
 /// at the ACPI RSDP when there is one.
 pub fn load_linux(
@@ -148,7 +174,7 @@ pub fn load_linux(
     acpi_rsdp: Option<u64>,
 ) -> Result<LoadedKernel, BootError> {
     let path = boot.kernel.as_path();
-    let mut file = File::open(path).map_err(read_err(path))?;
+    let mut file = open_boot_file(path).map_err(read_err(path))?;
     let format = detect_format(&mut file, path)?;
     let load_err = |source| BootError::Load {
         path: path.to_owned(),
@@ -263,7 +289,7 @@ fn load_initrd(
     path: &Path,
     hdr: &setup_header,
 ) -> Result<(GuestAddress, u64), BootError> {
-    let mut file = File::open(path).map_err(read_err(path))?;
+    let mut file = open_boot_file(path).map_err(read_err(path))?;
     let size = file.metadata().map_err(read_err(path))?.len();
     let mem_size: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
     let addr = initrd_address(mem_size, size, hdr).ok_or_else(|| BootError::InitrdTooLarge {

@@ -71,8 +71,9 @@ pub struct Qcow2Disk {
     read_only: bool,
     /// log2 of the cluster size of the top image.
     cluster_bits: u32,
-    /// Compressed guest clusters of the top image, sorted: writing one frees host space.
-    compressed: Vec<u64>,
+    /// Guest clusters of the top image a write would move to a new host cluster (compressed,
+    /// preallocated zero, not COPIED), sorted: writing one frees its old host space.
+    moved_by_write: Vec<u64>,
     /// What opening did that the user should hear about (a repair).
     notes: Vec<String>,
 }
@@ -132,13 +133,13 @@ impl Qcow2Disk {
             // From here on the refcounts on disk may lag behind imago's cache.
             refcount::set_dirty(meta, g, true).map_err(|e| DiskError::io(path, e, true))?;
         }
-        layer.compressed.sort_unstable();
+        layer.moved_by_write.sort_unstable();
         Ok(Qcow2Disk {
             inner,
             size,
             read_only: opts.read_only,
             cluster_bits: layer.cluster_bits,
-            compressed: layer.compressed,
+            moved_by_write: layer.moved_by_write,
             meta: layer.meta,
             notes: layer.notes,
         })
@@ -189,19 +190,19 @@ impl Qcow2Disk {
         out
     }
 
-    /// Whether `[offset, offset + len)` touches a compressed cluster, forgetting those it does
-    /// (they will not be compressed after the write).
-    fn touches_compressed(&mut self, offset: u64, len: u64) -> bool {
-        if self.compressed.is_empty() || len == 0 {
+    /// Whether `[offset, offset + len)` touches a cluster a write would move, forgetting those
+    /// it does (they are plain data clusters after the write).
+    fn touches_moving(&mut self, offset: u64, len: u64) -> bool {
+        if self.moved_by_write.is_empty() || len == 0 {
             return false;
         }
         let (first, last) = (
             offset >> self.cluster_bits,
             (offset + len - 1) >> self.cluster_bits,
         );
-        let from = self.compressed.partition_point(|&c| c < first);
-        let to = self.compressed.partition_point(|&c| c <= last);
-        self.compressed.drain(from..to).count() > 0
+        let from = self.moved_by_write.partition_point(|&c| c < first);
+        let to = self.moved_by_write.partition_point(|&c| c <= last);
+        self.moved_by_write.drain(from..to).count() > 0
     }
 }
 
@@ -351,7 +352,7 @@ struct Layer {
     qcow2: Qcow2<ImageFile>,
     meta: Option<(ImageFile, Geometry)>,
     cluster_bits: u32,
-    compressed: Vec<u64>,
+    moved_by_write: Vec<u64>,
     notes: Vec<String>,
 }
 
@@ -377,7 +378,7 @@ fn open_qcow2_layer(
         .map_err(|e| DiskError::io(path, e, writable))?;
     let meta = ImageFile::new(imago_storage(path, dup, writable)?, observer.clone());
     let mut notes = Vec::new();
-    let (compressed, barrier) = check_refcounts(path, &meta, &header, writable, &mut notes)?;
+    let (moved_by_write, barrier) = check_refcounts(path, &meta, &header, writable, &mut notes)?;
     let mut storage = ImageFile::new(imago_storage(path, file, writable)?, observer);
     if let Some(barrier) = barrier {
         storage = storage.with_barrier(barrier);
@@ -402,14 +403,14 @@ fn open_qcow2_layer(
             (meta, g)
         }),
         cluster_bits: g.cluster_bits,
-        compressed,
+        moved_by_write,
         notes,
     })
 }
 
 /// The refcount check of one image before use: a writable image that is dirty or whose
 /// refcounts do not match its tables is repaired; a read-only one is refused. Returns the
-/// compressed guest clusters and the metadata layout of a writable image.
+/// guest clusters a write would move and the metadata layout of a writable image.
 fn check_refcounts(
     path: &Path,
     meta: &ImageFile,
@@ -461,7 +462,7 @@ fn check_refcounts(
         if scan.broken_structure {
             return Err(repair_hint("the refcount table is damaged".into()));
         }
-        return Ok((scan.compressed, None));
+        return Ok((scan.moved_by_write, None));
     }
     let cs = 1u64 << g.cluster_bits;
     let l1 = g.l1_offset..g.l1_offset + u64::from(g.l1_size) * 8;
@@ -488,7 +489,7 @@ fn check_refcounts(
         ));
     }
     let barrier = WriteBarrier::new(g.cluster_bits, l1, reftable, metadata);
-    Ok((scan.compressed, Some(barrier)))
+    Ok((scan.moved_by_write, Some(barrier)))
 }
 
 /// Opens the backing image `name` of `image` read-only, in the recorded `format` or, for
@@ -627,12 +628,12 @@ impl BlockBackend for Qcow2Disk {
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, buf.len() as u64)?;
-        if !self.touches_compressed(offset, buf.len() as u64) {
+        if !self.touches_moving(offset, buf.len() as u64) {
             return self.inner.write(buf, offset);
         }
-        // Overwriting a compressed cluster frees its host space (after allocating the new
-        // cluster): see write_zeroes. One cluster at a time, so no allocation follows a free
-        // inside one imago call.
+        // Such a write frees the old host space (after allocating the new cluster): see
+        // write_zeroes. One cluster at a time, so no allocation follows a free inside one imago
+        // call (and a single-cluster write keeps a preallocated zero cluster where it is).
         for (at, n) in self.split_at(offset, buf.len() as u64, self.cluster_bits) {
             let from = (at - offset) as usize;
             self.inner.write(&buf[from..from + n as usize], at)?;
@@ -656,9 +657,9 @@ impl BlockBackend for Qcow2Disk {
         self.write_zeroes(offset, len, true)
     }
 
-    fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+    fn write_zeroes(&mut self, offset: u64, len: u64, _may_unmap: bool) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, len)?;
-        self.touches_compressed(offset, len);
+        self.touches_moving(offset, len);
         // imago may free clusters here, and frees them in its cache at once: the next
         // allocation could hand one out again while the L2 entry that still points to it is
         // only in the cache, and after a crash that cluster would belong to two places.
@@ -668,12 +669,13 @@ impl BlockBackend for Qcow2Disk {
         // new cluster; a range without an L2 table gets one), so the range goes in pieces
         // that either free or allocate, never both: the partial clusters at the ends, and the
         // whole clusters between them one L2 table's reach at a time.
+        //
+        // Without may_unmap the guest would keep the space allocated, but a qcow2 overlay
+        // promises no space, and a preallocated zero cluster is one that imago may move (and
+        // free) when a multi-cluster write lands on it. So whole clusters are unmapped either
+        // way; they read as zeroes the same.
         for (at, n) in self.zeroing_pieces(offset, len) {
-            if may_unmap {
-                self.inner.discard_to_zero(at, n)?;
-            } else {
-                self.inner.write_zeroes(at, n)?;
-            }
+            self.inner.discard_to_zero(at, n)?;
             self.flush_and_sync()?;
         }
         Ok(())

@@ -113,8 +113,10 @@ pub struct Scan {
     /// Whether the stored refcount structure itself is unusable (misaligned, overlapping,
     /// pointing past any sane size).
     pub broken_structure: bool,
-    /// Guest cluster indices that are compressed: writing one frees host space.
-    pub compressed: Vec<u64>,
+    /// Guest clusters that a write would move to a new host cluster, freeing the old one:
+    /// compressed clusters, preallocated zero clusters (imago may reallocate them to keep a
+    /// multi-cluster write contiguous) and data clusters without the COPIED flag.
+    pub moved_by_write: Vec<u64>,
     /// Host clusters holding L2 tables and (valid) refcount blocks.
     pub metadata: Vec<u64>,
 }
@@ -209,8 +211,8 @@ fn be64_at(b: &[u8], i: usize) -> u64 {
 }
 
 /// Counts the references to every host cluster of the image and compares them with its
-/// stored refcounts. `track_compressed` lists compressed guest clusters (for writers).
-pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan, ScanError> {
+/// stored refcounts. `track_moving` lists the clusters a write would move (for writers).
+pub fn scan(io: &ImageFile, g: &Geometry, track_moving: bool) -> Result<Scan, ScanError> {
     if g.nb_snapshots > 0 {
         return Err(ScanError::Unsupported(
             "internal snapshots (delete them with `qemu-img snapshot -d`)".into(),
@@ -250,7 +252,7 @@ pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan
     let mut l1 = vec![0u8; l1_bytes as usize];
     io.read_at(&mut l1, g.l1_offset)?;
 
-    let mut compressed = Vec::new();
+    let mut moved_by_write = Vec::new();
     let mut metadata = Vec::new();
     let mut l2 = vec![0u8; cs as usize];
     let csize_shift = 62 - (g.cluster_bits - 8);
@@ -276,8 +278,8 @@ pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan
                 let sectors = ((desc >> csize_shift) & csize_mask) + 1;
                 let start = offset & !511;
                 refs.add(g, start, sectors * 512, false, "compressed data")?;
-                if track_compressed {
-                    compressed.push(i as u64 * l2_entries + j as u64);
+                if track_moving {
+                    moved_by_write.push(i as u64 * l2_entries + j as u64);
                 }
                 continue;
             }
@@ -291,11 +293,15 @@ pub fn scan(io: &ImageFile, g: &Geometry, track_compressed: bool) -> Result<Scan
                 ));
             }
             refs.add(g, offset, cs, true, "a data cluster")?;
+            // Zero flag (bit 0) with an allocation, or no COPIED flag (bit 63).
+            if track_moving && (e & 1 != 0 || e >> 63 == 0) {
+                moved_by_write.push(i as u64 * l2_entries + j as u64);
+            }
         }
     }
 
     let mut scan = Scan {
-        compressed,
+        moved_by_write,
         metadata,
         ..Scan::default()
     };
