@@ -10,7 +10,7 @@ use vmm::vnc::{VncConfig, VncServer};
 use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
 use crate::exit::Failure;
-use crate::machine::{self, MachineSpec, NetSpec};
+use crate::machine::{self, MachineSpec, NetSpec, VhostMode};
 use crate::{console, imageboot, lifecycle};
 
 /// Arguments of `berth vm`.
@@ -40,8 +40,10 @@ pub struct VmArgs {
     /// give format=raw for raw disks a guest writes.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
-    /// A virtio-net NIC on an existing tap: tap=NAME[,mac=MAC][,mtu=N]. The MAC defaults to
-    /// one derived from the tap's name (stable across runs), the MTU to 1500.
+    /// A virtio-net NIC on an existing tap: tap=NAME[,mac=MAC][,mtu=N][,vhost=auto|on|off].
+    /// The MAC defaults to one derived from the tap's name (stable across runs), the MTU to
+    /// 1500. vhost: the kernel's vhost-net serves the queues (auto: when /dev/vhost-net
+    /// opens, else berth's own datapath; on: or exit code 16; off: never).
     #[arg(long, value_name = "SPEC")]
     net: Option<String>,
     /// Seconds the guest gets to power off after SIGTERM/SIGINT (its ACPI power button is
@@ -103,12 +105,15 @@ pub struct NetArg {
     pub mac: MacAddr,
     /// MTU.
     pub mtu: u16,
+    /// The datapath.
+    pub vhost: VhostMode,
 }
 
-/// Parses `tap=NAME[,mac=MAC][,mtu=N]`.
+/// Parses `tap=NAME[,mac=MAC][,mtu=N][,vhost=auto|on|off]`.
 pub fn parse_net(spec: &str) -> Result<NetArg, String> {
-    let usage = "use --net tap=NAME[,mac=52:54:00:12:34:56][,mtu=1500]";
+    let usage = "use --net tap=NAME[,mac=52:54:00:12:34:56][,mtu=1500][,vhost=auto|on|off]";
     let (mut tap, mut mac, mut mtu) = (None, None, 1500u16);
+    let mut vhost = VhostMode::Auto;
     for opt in spec.split(',') {
         match opt.split_once('=') {
             Some(("tap", n)) if !n.is_empty() && n.len() < 16 => tap = Some(n.to_owned()),
@@ -125,6 +130,11 @@ pub fn parse_net(spec: &str) -> Result<NetArg, String> {
                     .filter(|m| (68..=65535).contains(m))
                     .ok_or_else(|| format!("--net {spec:?}: mtu must be 68 to 65535; {usage}"))?
             }
+            Some(("vhost", v)) => {
+                vhost = VhostMode::parse(v).ok_or_else(|| {
+                    format!("--net {spec:?}: vhost must be auto, on or off; {usage}")
+                })?
+            }
             _ => {
                 return Err(format!(
                     "--net {spec:?}: unknown or bad option {opt:?}; {usage}"
@@ -134,7 +144,12 @@ pub fn parse_net(spec: &str) -> Result<NetArg, String> {
     }
     let tap = tap.ok_or_else(|| format!("--net {spec:?}: no tap name; {usage}"))?;
     let mac = mac.unwrap_or_else(|| MacAddr::from_hostname(&tap));
-    Ok(NetArg { tap, mac, mtu })
+    Ok(NetArg {
+        tap,
+        mac,
+        mtu,
+        vhost,
+    })
 }
 
 /// Runs the VM until it stops.
@@ -182,6 +197,8 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
                 tap: tap.into_fd(),
                 mac: n.mac.0,
                 mtu: n.mtu,
+                vhost: machine::open_vhost(n.vhost, "vhost")?,
+                vhost_required: n.vhost == VhostMode::On,
             })
         }
     };
@@ -314,6 +331,16 @@ mod tests {
         let n = parse_net("tap=t1,mac=52:54:00:aa:bb:cc,mtu=1450").unwrap();
         assert_eq!(n.mac.0, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
         assert_eq!(n.mtu, 1450);
+        assert_eq!(n.vhost, VhostMode::Auto, "vhost defaults to auto");
+        for (v, mode) in [
+            ("auto", VhostMode::Auto),
+            ("on", VhostMode::On),
+            ("off", VhostMode::Off),
+        ] {
+            assert_eq!(parse_net(&format!("tap=t,vhost={v}")).unwrap().vhost, mode);
+        }
+        let e = parse_net("tap=t,vhost=yes").unwrap_err();
+        assert!(e.contains("vhost must be auto, on or off"), "{e}");
         for bad in [
             "",
             "mac=52:54:00:aa:bb:cc",

@@ -56,6 +56,9 @@ pub enum Failure {
     /// same code ends berth when a thread makes a syscall its seccomp filter forbids.
     #[error("{0}")]
     Sandbox(String),
+    /// vhost-net was required (`vhost=on`, BERTH_VHOST=on) and cannot serve the NIC.
+    #[error("{0}")]
+    Vhost(String),
 }
 
 impl Failure {
@@ -87,6 +90,7 @@ impl Failure {
             Failure::DiskInUse(_) => 13,
             Failure::InsecureConsole(_) => 15,
             Failure::Sandbox(_) => sandbox::EXIT_SECCOMP as u8,
+            Failure::Vhost(_) => 16,
         }
     }
 }

@@ -2,13 +2,16 @@
 //! and the pod entrypoint, which builds the VM again (same disks, same tap) when the guest
 //! reboots.
 
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
 use vmm::virtio::block::Block;
 use vmm::virtio::net::tap::Tap;
-use vmm::virtio::net::Net;
+use vmm::virtio::net::vhost::VhostNet;
+use vmm::virtio::net::{Net, NetVhost};
 use vmm::{LinuxBoot, LoadedKernel, MachineConfig, Vm};
 
 use crate::exit::Failure;
@@ -36,6 +39,73 @@ pub struct NetSpec {
     pub mac: [u8; 6],
     /// The MTU announced in the virtio-net config.
     pub mtu: u16,
+    /// vhost-net, opened during set-up ([`open_vhost`]) and reused by every VM built.
+    pub vhost: Option<Arc<Mutex<VhostNet>>>,
+    /// `vhost=on`: a VM whose NIC vhost cannot serve fails instead of falling back.
+    pub vhost_required: bool,
+}
+
+/// Which datapath serves the NIC: `vhost=` in `--net`, BERTH_VHOST in a pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VhostMode {
+    /// vhost-net when /dev/vhost-net opens, else the in-process datapath.
+    #[default]
+    Auto,
+    /// vhost-net or fail (exit code 16).
+    On,
+    /// Always the in-process datapath.
+    Off,
+}
+
+impl VhostMode {
+    /// `auto`, `on` or `off`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(VhostMode::Auto),
+            "on" => Some(VhostMode::On),
+            "off" => Some(VhostMode::Off),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            VhostMode::Auto => "auto",
+            VhostMode::On => "on",
+            VhostMode::Off => "off",
+        }
+    }
+}
+
+/// Opens vhost-net as `mode` asks (`setting` names where it came from, for the messages) and
+/// says on one line which datapath will serve the NIC and why. Call during set-up: the
+/// handle cannot be opened after the process confines itself.
+pub fn open_vhost(
+    mode: VhostMode,
+    setting: &str,
+) -> Result<Option<Arc<Mutex<VhostNet>>>, Failure> {
+    if mode == VhostMode::Off {
+        eprintln!("berth: network: in-process datapath ({setting}=off)");
+        return Ok(None);
+    }
+    match VhostNet::open() {
+        Ok(v) => {
+            eprintln!(
+                "berth: network: vhost-net datapath, the kernel serves the NIC's queues \
+                 ({setting}={})",
+                mode.name()
+            );
+            Ok(Some(Arc::new(Mutex::new(v))))
+        }
+        Err(e) if mode == VhostMode::On => Err(Failure::Vhost(format!(
+            "{setting}=on but vhost-net is unusable: {e}; load the vhost_net module and give \
+             berth /dev/vhost-net (chart: vhostNet), or set {setting}=auto or off"
+        ))),
+        Err(e) => {
+            eprintln!("berth: network: in-process datapath ({setting}=auto; {e})");
+            Ok(None)
+        }
+    }
 }
 
 /// Everything a boot needs.
@@ -106,7 +176,22 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
                 "the tap does not take a 12-byte virtio-net header ({e}); open it with IFF_VNET_HDR"
             ))
         })?;
-        vm.add_virtio(Box::new(Net::new(Box::new(tap), net.mac, net.mtu)))?;
+        let nic = match &net.vhost {
+            None => Net::new(Box::new(tap), net.mac, net.mtu),
+            Some(handle) => {
+                let backend = net
+                    .tap
+                    .try_clone()
+                    .map_err(|e| Failure::Setup(format!("cannot duplicate the tap fd: {e}")))?;
+                let vhost = NetVhost {
+                    handle: handle.clone(),
+                    tap: File::from(backend),
+                    required: net.vhost_required,
+                };
+                Net::with_vhost(Box::new(tap), net.mac, net.mtu, vhost)
+            }
+        };
+        vm.add_virtio(Box::new(nic))?;
     }
     let kernel = vm.load_linux(&spec.boot)?;
     Ok((vm, kernel))

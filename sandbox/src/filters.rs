@@ -20,6 +20,8 @@ use crate::ThreadKind;
 /// fine: 0xAE for KVM (on the fds berth holds), 0x12 for block devices (size, discard).
 const IOCTL_KVM: u64 = 0xAE;
 const IOCTL_BLOCK: u64 = 0x12;
+/// vhost (VHOST_VIRTIO, 0xAF): only ever issued on the /dev/vhost-net fd berth opened.
+const IOCTL_VHOST: u64 = 0xAF;
 /// Single requests from drivers whose other requests must stay out (b'T' also holds TIOCSTI).
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
@@ -94,10 +96,11 @@ fn base() -> Vec<Allow> {
 /// vCPU threads: KVM_RUN and the device models the guest reaches through port and MMIO
 /// exits (the serial console writes to stdout; virtio activation builds a worker's epoll set
 /// and eventfds, registers ioeventfds and irqfds, and asks the spawner for the worker thread;
-/// a device reset stops the worker and flushes its disk).
+/// a device reset stops the worker and flushes its disk; virtio-net activation and reset
+/// configure and stop vhost-net).
 fn vcpu() -> Vec<Allow> {
     vec![
-        Ioctl(&[IOCTL_KVM]),
+        Ioctl(&[IOCTL_KVM, IOCTL_VHOST]),
         // virtio-net activation tells the tap which offloads the driver took.
         IoctlReq(&[TUNSETOFFLOAD]),
         Any(libc::SYS_read),
@@ -233,10 +236,10 @@ fn console() -> Vec<Allow> {
 /// the disks, and on a guest reboot builds the next VM: KVM (the kept /dev/kvm fd), guest
 /// memory, the disks and the kernel opened again by path (Landlock limits which paths), the
 /// tap duplicated and configured (TUN ioctls), devices' eventfds; at the end, closes the VNC
-/// listener by connecting to it.
+/// listener by connecting to it. Stopping a VM stops vhost-net's queues (vhost ioctls).
 fn main_thread() -> Vec<Allow> {
     vec![
-        Ioctl(&[IOCTL_KVM, IOCTL_BLOCK]),
+        Ioctl(&[IOCTL_KVM, IOCTL_BLOCK, IOCTL_VHOST]),
         // The tap of each new VM; the terminal restored at the end (`berth vm`); the
         // non-blocking connect that wakes the VNC listener at the end.
         IoctlReq(&[TUNSETVNETHDRSZ, TUNSETOFFLOAD, TCGETS, TCSETS, FIONBIO]),

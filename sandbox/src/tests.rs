@@ -210,3 +210,26 @@ fn only_main_block_and_spawner_may_open_files() {
         assert_eq!(opens, expected, "{}", kind.name());
     }
 }
+
+/// VHOST_NET_SET_BACKEND (the last vhost ioctl a reset issues).
+const VHOST_NET_SET_BACKEND: u64 = 0x4008_AF30;
+
+/// vhost-net is configured on the vCPU thread (virtio activation and reset) and stopped on the
+/// main thread (VM shutdown, reboot); no other thread may touch it. Fails on the old filters,
+/// which killed berth at the first vhost ioctl.
+#[test]
+fn vhost_ioctls_on_vcpu_and_main_threads_only() {
+    for kind in [ThreadKind::Vcpu, ThreadKind::Main] {
+        let ok = under_filter(kind, || {
+            let r = unsafe { libc::ioctl(-1, VHOST_NET_SET_BACKEND as _, 0usize) };
+            i32::from(!(r == -1 && errno() == libc::EBADF))
+        });
+        assert_eq!(ok, Ok(0), "{}", kind.name());
+    }
+    for kind in [ThreadKind::Net, ThreadKind::Vnc, ThreadKind::Block] {
+        let r = under_filter(kind, || unsafe {
+            libc::ioctl(-1, VHOST_NET_SET_BACKEND as _, 0usize)
+        });
+        assert_eq!(r, Err(libc::SIGSYS), "{}", kind.name());
+    }
+}

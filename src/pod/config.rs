@@ -7,6 +7,7 @@ use std::time::Duration;
 use netplumb::config::Env;
 
 use crate::lifecycle;
+use crate::machine::VhostMode;
 
 /// Default vCPUs (IMG_VCPU).
 pub const DEFAULT_VCPUS: u8 = 1;
@@ -51,6 +52,8 @@ pub struct PodConfig {
     pub vnc_password: bool,
     /// VNC_INSECURE: serve the console without a password anyway.
     pub vnc_insecure: bool,
+    /// BERTH_VHOST: which datapath serves the NIC (auto, on, off).
+    pub vhost: VhostMode,
 }
 
 impl PodConfig {
@@ -140,6 +143,15 @@ impl PodConfig {
                 }
             },
         };
+        let vhost = match env.value("BERTH_VHOST") {
+            None => VhostMode::Auto,
+            Some(v) => VhostMode::parse(v.trim()).unwrap_or_else(|| {
+                errs.push(format!(
+                    "BERTH_VHOST={v:?} is not auto, on or off; set one of them or unset it (auto)"
+                ));
+                VhostMode::Auto
+            }),
+        };
         let cfg = PodConfig {
             hostname,
             vcpus,
@@ -156,6 +168,7 @@ impl PodConfig {
             nested: env.flag("BERTH_NESTED"),
             vnc_password: env.value("VNC_PASSWORD").is_some(),
             vnc_insecure: env.flag("VNC_INSECURE"),
+            vhost,
         };
         if errs.is_empty() {
             Ok(cfg)
@@ -238,6 +251,10 @@ mod tests {
         assert_eq!(c.seed_format, seed::Format::NoCloud);
         assert_eq!(c.path("/image"), PathBuf::from("/tmp/pod/image"));
         assert!(c.summary().contains("vcpus=4 memory=2048MiB"));
+        assert_eq!(c.vhost, VhostMode::Auto);
+        let c = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BERTH_VHOST", "off")]))
+            .unwrap();
+        assert_eq!(c.vhost, VhostMode::Off);
     }
 
     #[test]
@@ -269,9 +286,10 @@ mod tests {
             ("SEED_FORMAT", "iso"),
             ("BERTH_SHUTDOWN_TIMEOUT", "0"),
             ("BERTH_CONTROL_UID", "nobody"),
+            ("BERTH_VHOST", "yes"),
         ]))
         .unwrap_err();
-        assert_eq!(errs.len(), 6, "{errs:#?}");
+        assert_eq!(errs.len(), 7, "{errs:#?}");
         for (e, word) in errs.iter().zip([
             "HOSTNAME",
             "IMG_VCPU",
@@ -279,6 +297,7 @@ mod tests {
             "SEED_FORMAT",
             "BERTH_SHUTDOWN_TIMEOUT",
             "BERTH_CONTROL_UID",
+            "BERTH_VHOST",
         ]) {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));

@@ -155,6 +155,10 @@ pub fn run() -> Result<ExitReason, Failure> {
             tap,
             mac: netcfg.vm_mac.0,
             mtu: u16::try_from(info.mtu).unwrap_or(1500),
+            // Opened now, as root: after confine() /dev/vhost-net cannot be opened, and every
+            // VM a guest reboot builds reuses this handle.
+            vhost: crate::machine::open_vhost(cfg.vhost, "BERTH_VHOST")?,
+            vhost_required: cfg.vhost == crate::machine::VhostMode::On,
         }),
     };
     let vnc = if cfg.no_vnc {

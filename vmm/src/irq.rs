@@ -32,6 +32,8 @@ pub trait MsiRouter: Send + Sync {
     fn set_msi(&self, gsi: u32, msg: MsiMessage) -> std::io::Result<()>;
     /// Makes signalling `fd` raise `gsi`.
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()>;
+    /// Undoes [`MsiRouter::register_irqfd`]: signals on `fd` then wait in its counter.
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()>;
 }
 
 /// KVM's GSI routing table, owned by berth: the default ISA/IOAPIC routes plus MSI routes.
@@ -121,5 +123,9 @@ impl MsiRouter for KvmIrqRouter {
 
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()> {
         self.vm.register_irqfd(fd, gsi).map_err(io_err)
+    }
+
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()> {
+        self.vm.unregister_irqfd(fd, gsi).map_err(io_err)
     }
 }

@@ -25,6 +25,9 @@ impl MsiRouter for FakeRouter {
     fn register_irqfd(&self, _fd: &EventFd, _gsi: u32) -> io::Result<()> {
         Ok(())
     }
+    fn unregister_irqfd(&self, _fd: &EventFd, _gsi: u32) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// KVM's ioeventfd table, shared by all devices: (device, fd, address).

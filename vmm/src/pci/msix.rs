@@ -1,6 +1,13 @@
 //! MSI-X: the vector table and pending-bit array a device exposes in a BAR, and delivery of
 //! its vectors through KVM irqfds. Masking is handled here: a masked vector's interrupt is
 //! remembered in the PBA and delivered when the guest unmasks it.
+//!
+//! A vector's irqfd is attached to KVM only while the vector can fire (MSI-X enabled, neither
+//! the function nor the vector masked). The irqfd is also handed to in-kernel device backends
+//! (vhost-net signals it directly, berth never sees those interrupts): while it is detached
+//! their signals wait in the eventfd's counter, and KVM injects that waiting interrupt when the
+//! irqfd is attached again on unmask, so masking holds for them too. The PBA shows only
+//! interrupts berth itself raised while masked.
 
 use std::sync::Arc;
 
@@ -43,20 +50,19 @@ pub struct Msix {
     function_masked: bool,
     gsis: Vec<u32>,
     irqfds: Vec<EventFd>,
+    /// Whether each irqfd is attached to its GSI in KVM.
+    attached: Vec<bool>,
     router: Arc<dyn MsiRouter>,
 }
 
 impl Msix {
-    /// `vectors` vectors, each with its own GSI and irqfd.
+    /// `vectors` vectors, each with its own GSI and irqfd (attached once unmasked).
     pub fn new(vectors: u16, router: Arc<dyn MsiRouter>) -> std::io::Result<Self> {
         let mut gsis = Vec::new();
         let mut irqfds = Vec::new();
         for _ in 0..vectors {
-            let gsi = router.allocate_gsi()?;
-            let fd = EventFd::new(libc::EFD_NONBLOCK)?;
-            router.register_irqfd(&fd, gsi)?;
-            gsis.push(gsi);
-            irqfds.push(fd);
+            gsis.push(router.allocate_gsi()?);
+            irqfds.push(EventFd::new(libc::EFD_NONBLOCK)?);
         }
         Ok(Msix {
             entries: vec![Entry::default(); vectors.into()],
@@ -65,8 +71,38 @@ impl Msix {
             function_masked: false,
             gsis,
             irqfds,
+            attached: vec![false; vectors.into()],
             router,
         })
+    }
+
+    /// A handle on the irqfd of `vector`, for a backend that raises it from the kernel.
+    pub fn irqfd(&self, vector: u16) -> Option<EventFd> {
+        self.irqfds.get(usize::from(vector))?.try_clone().ok()
+    }
+
+    /// Attaches or detaches the irqfd of `v` to match whether it may fire now.
+    fn sync_irqfd(&mut self, v: usize) {
+        let want = self.enabled && !self.masked(v);
+        if want == self.attached[v] {
+            return;
+        }
+        let r = if want {
+            self.route(v);
+            self.router.register_irqfd(&self.irqfds[v], self.gsis[v])
+        } else {
+            self.router.unregister_irqfd(&self.irqfds[v], self.gsis[v])
+        };
+        // On failure the state stays as it was and the next change tries again.
+        if r.is_ok() {
+            self.attached[v] = want;
+        }
+    }
+
+    fn sync_all(&mut self) {
+        for v in 0..self.entries.len() {
+            self.sync_irqfd(v);
+        }
     }
 
     /// Number of vectors.
@@ -88,6 +124,7 @@ impl Msix {
     pub fn set_control(&mut self, ctrl: u16) {
         self.enabled = ctrl & CTRL_ENABLE != 0;
         self.function_masked = ctrl & CTRL_FUNCTION_MASK != 0;
+        self.sync_all();
         self.deliver_pending();
     }
 
@@ -97,6 +134,7 @@ impl Msix {
         self.pending.fill(false);
         self.enabled = false;
         self.function_masked = false;
+        self.sync_all();
     }
 
     fn masked(&self, v: usize) -> bool {
@@ -153,9 +191,10 @@ impl Msix {
         // writes it dword by dword while masked) never reaches KVM.
         if !self.masked(idx) {
             self.route(idx);
-            if was_masked {
-                self.deliver_pending();
-            }
+        }
+        self.sync_irqfd(idx);
+        if !self.masked(idx) && was_masked {
+            self.deliver_pending();
         }
     }
 
@@ -234,13 +273,23 @@ pub(crate) mod tests {
             self.fds.lock().unwrap().push((fd.try_clone()?, gsi));
             Ok(())
         }
+        fn unregister_irqfd(&self, _fd: &EventFd, gsi: u32) -> std::io::Result<()> {
+            self.fds.lock().unwrap().retain(|(_, g)| *g != gsi);
+            Ok(())
+        }
     }
 
     impl FakeRouter {
+        /// Interrupts KVM would have injected on `gsi` (0 while its irqfd is detached).
         pub(crate) fn fired(&self, gsi: u32) -> u64 {
             let fds = self.fds.lock().unwrap();
-            let (fd, _) = fds.iter().find(|(_, g)| *g == gsi).unwrap();
-            fd.read().unwrap_or(0)
+            fds.iter()
+                .find(|(_, g)| *g == gsi)
+                .map_or(0, |(fd, _)| fd.read().unwrap_or(0))
+        }
+
+        pub(crate) fn attached(&self, gsi: u32) -> bool {
+            self.fds.lock().unwrap().iter().any(|(_, g)| *g == gsi)
         }
     }
 
@@ -277,6 +326,44 @@ pub(crate) mod tests {
         m.set_control(CTRL_ENABLE);
         assert_eq!(r.fired(25), 1);
         assert!(!m.signal(7), "no such vector");
+    }
+
+    /// An in-kernel backend (vhost-net) writes the irqfd itself: while the vector is masked
+    /// (or MSI-X is off) the irqfd is detached from KVM, so nothing is injected; unmasking
+    /// attaches it and the waiting interrupt arrives. Fails on the old code, which attached
+    /// every irqfd at creation and never detached it.
+    #[test]
+    fn irqfd_attached_only_while_unmasked() {
+        let r = Arc::new(FakeRouter::default());
+        let mut m = Msix::new(2, r.clone()).unwrap();
+        let backend = m.irqfd(0).unwrap();
+        assert!(!r.attached(24), "masked out of reset");
+        backend.write(1).unwrap();
+        m.set_control(CTRL_ENABLE);
+        write_entry(&mut m, 0, 0xfee0_0000, 0x31, 1);
+        assert!(!r.attached(24), "still masked");
+        backend.write(1).unwrap();
+        assert_eq!(r.fired(24), 0);
+        m.table_write(12, &0u32.to_le_bytes());
+        assert!(r.attached(24));
+        assert_eq!(r.routes.lock().unwrap().last().unwrap(), &(24, MsiMessage {
+            addr_lo: 0xfee0_0000,
+            addr_hi: 0,
+            data: 0x31
+        }));
+        assert_eq!(r.fired(24), 2, "the signals held while masked arrive on unmask");
+        // The function mask and disabling MSI-X detach it again; reset too.
+        m.set_control(CTRL_ENABLE | CTRL_FUNCTION_MASK);
+        assert!(!r.attached(24));
+        m.set_control(CTRL_ENABLE);
+        assert!(r.attached(24));
+        m.set_control(0);
+        assert!(!r.attached(24));
+        m.set_control(CTRL_ENABLE);
+        assert!(r.attached(24));
+        m.reset();
+        assert!(!r.attached(24));
+        assert!(m.irqfd(2).is_none(), "no such vector");
     }
 
     #[test]

@@ -58,6 +58,13 @@ pub trait VirtioInterrupt: Send + Sync {
     fn notify_queue(&self, queue: u16);
     /// Tells the driver the configuration space changed.
     fn notify_config(&self);
+    /// An eventfd that interrupts the driver for queue `queue` when written, for a backend
+    /// that raises interrupts from the kernel (vhost-net): the irqfd of the MSI-X vector the
+    /// driver chose for the queue, masking included. `None` when there is no such fd (no
+    /// vector chosen, or a transport without irqfds).
+    fn queue_irqfd(&self, _queue: u16) -> Option<EventFd> {
+        None
+    }
 }
 
 /// What a device gets when the driver sets DRIVER_OK.

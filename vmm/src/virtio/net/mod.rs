@@ -1,13 +1,18 @@
 //! virtio-net: one RX/TX queue pair over a tap, with the virtio-net header passed through to
-//! the tap so checksum and segmentation offloads work end to end. A worker thread sleeps in
-//! epoll on the tap and the queue notifications: no busy polling.
+//! the tap so checksum and segmentation offloads work end to end. Two datapaths serve the
+//! queues: the kernel's vhost-net when berth was given a [`vhost::VhostNet`] handle
+//! ([`Net::with_vhost`]), else a worker thread in berth that sleeps in epoll on the tap and the
+//! queue notifications: no busy polling.
 
 pub mod datapath;
 pub mod tap;
 #[cfg(test)]
 mod tests;
+pub mod vhost;
 
+use std::fs::File;
 use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
 
 use super::worker::{QueueHandler, Wakeup, Worker, WorkerIo};
 use super::{features, types, ActivateContext, ActivateError, DeviceInfo, VirtioDevice};
@@ -28,7 +33,7 @@ const F_HOST_TSO4: u64 = 1 << 11;
 const F_HOST_TSO6: u64 = 1 << 12;
 const F_HOST_ECN: u64 = 1 << 13;
 const F_HOST_UFO: u64 = 1 << 14;
-const F_MRG_RXBUF: u64 = 1 << 15;
+pub(crate) const F_MRG_RXBUF: u64 = 1 << 15;
 const F_STATUS: u64 = 1 << 16;
 
 const STATUS_LINK_UP: u16 = 1;
@@ -54,13 +59,76 @@ pub fn tap_offloads(acked: u64) -> u32 {
     f
 }
 
+/// The kernel datapath of a NIC: the process's vhost-net handle and the tap it serves.
+pub struct NetVhost {
+    /// The vhost-net instance, opened during set-up and kept across VMs (guest reboots).
+    pub handle: Arc<Mutex<vhost::VhostNet>>,
+    /// The tap, as the vhost backend (the same tap the in-process datapath would use).
+    pub tap: File,
+    /// `vhost=on`: a failure to start vhost fails the device instead of falling back.
+    pub required: bool,
+}
+
 /// A virtio-net device.
 pub struct Net {
     info: DeviceInfo,
     worker: Worker<NetWorker>,
+    vhost: Option<NetVhost>,
+    /// The kernel is serving the queues of this activation.
+    vhost_running: bool,
 }
 
 impl Net {
+    /// A NIC whose queues vhost-net serves; the in-process datapath over `backend` takes over
+    /// (with one log line) if vhost cannot start and `vhost.required` is false.
+    pub fn with_vhost(
+        backend: Box<dyn NetBackend>,
+        mac: [u8; 6],
+        mtu: u16,
+        vhost: NetVhost,
+    ) -> Self {
+        let mut net = Net::new(backend, mac, mtu);
+        net.vhost = Some(vhost);
+        net
+    }
+
+    /// Whether vhost-net is serving the queues right now.
+    pub fn vhost_running(&self) -> bool {
+        self.vhost_running
+    }
+
+    /// Hands the queues to vhost-net. `Ok(false)`: it failed and the in-process datapath
+    /// should serve instead.
+    fn start_vhost(&mut self, ctx: &ActivateContext) -> Result<bool, ActivateError> {
+        let Some(v) = &self.vhost else {
+            return Ok(false);
+        };
+        let calls: Vec<_> = (0..ctx.queues.len())
+            .map(|i| ctx.interrupt.queue_irqfd(i as u16))
+            .collect();
+        let mut handle = v.handle.lock().expect("vhost lock poisoned");
+        match handle.start(
+            &ctx.mem,
+            ctx.acked_features,
+            &ctx.queues,
+            &ctx.queue_events,
+            &calls,
+            &v.tap,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if v.required => Err(ActivateError(format!("vhost-net (vhost=on): {e}"))),
+            Err(e) => {
+                eprintln!(
+                    "berth: network: vhost-net cannot serve the NIC ({e}); the in-process \
+                     datapath takes over"
+                );
+                drop(handle);
+                self.vhost = None;
+                Ok(false)
+            }
+        }
+    }
+
     /// A NIC with `mac` and `mtu` over `backend`.
     pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6], mtu: u16) -> Self {
         let features = features::VERSION_1
@@ -94,6 +162,8 @@ impl Net {
                 config: config.to_vec(),
             },
             worker: Worker::new("virtio-net", backend),
+            vhost: None,
+            vhost_running: false,
         }
     }
 }
@@ -111,13 +181,31 @@ impl VirtioDevice for Net {
         backend
             .set_offload(tap_offloads(ctx.acked_features))
             .map_err(|e| ActivateError(format!("tap offloads: {e}")))?;
+        if self.start_vhost(&ctx)? {
+            self.vhost_running = true;
+            return Ok(());
+        }
         let mergeable = ctx.acked_features & F_MRG_RXBUF != 0;
         self.worker
             .start(ctx, |backend| NetWorker::new(backend, mergeable))
     }
 
     fn reset(&mut self) {
+        if self.vhost_running {
+            if let Some(v) = &self.vhost {
+                v.handle.lock().expect("vhost lock poisoned").stop();
+            }
+            self.vhost_running = false;
+        }
         self.worker.stop();
+    }
+}
+
+impl Drop for Net {
+    /// The kernel must stop using this VM's memory before it is unmapped: the vhost handle
+    /// outlives the device (it serves the next VM after a guest reboot).
+    fn drop(&mut self) {
+        self.reset();
     }
 }
 
