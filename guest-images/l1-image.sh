@@ -10,6 +10,8 @@
 #   SCENARIO.sh...  scenario files; the timeout comes from their '# timeout:' header (default 300)
 #   --plan FILE     lines "<path-to-scenario.sh> <timeout> [tty]" (written by tests/lab/lab)
 #   BERTH_BIN       the static berth binary; optional (scenarios that need it then SKIP)
+#   L1_EXTRA_BINS   more static binaries (space-separated paths), installed as /lab/bin/<name>:
+#                   e.g. a unit-test binary a scenario runs where the host cannot (net-vhost-unit)
 #   L1_OUTPUT       also hard-link the image to this path (same filesystem as the cache) and
 #                   report it as L1_INITRD: a private copy for one run
 # Output (stdout, eval-able):  L1_KERNEL=...  L1_INITRD=...  L2_KERNEL=...  L2_INITRD=...
@@ -114,6 +116,10 @@ BUSYBOX=$(command -v busybox)
 LAB_LIB_DIR=$(cd "$GI_DIR/../tests/lab/lib" && pwd) || die "tests/lab/lib not found"
 pstamp_args=("$0" "$GI_DIR/lib.sh" "$GI_DIR/l1/init" "$BUSYBOX" "$L2_KERNEL" "$L2_INITRD"
              "$qstamp" "$mstamp" "${BERTH_BIN:-no-berth}" "$LAB_LIB_DIR"/*.sh)
+for b in ${L1_EXTRA_BINS:-}; do
+    [ -f "$b" ] || die "L1_EXTRA_BINS: $b does not exist"
+    pstamp_args+=("$b")
+done
 for line in "${plan_in[@]}"; do
     read -r path _ <<< "$line"
     pstamp_args+=("$line" "$path")
@@ -161,6 +167,7 @@ if [ -n "${BERTH_BIN:-}" ]; then
 else
     log "note: BERTH_BIN not set; the image has no berth (scenarios needing it will SKIP)"
 fi
+for b in ${L1_EXTRA_BINS:-}; do install -m 755 "$b" "$r/lab/bin/$(basename "$b")"; done
 cp "$L2_KERNEL" "$r/lab/l2/vmlinuz"
 cp "$L2_INITRD" "$r/lab/l2/initrd.cpio.gz"
 [ -z "$L2_VMLINUX" ] || cp "$L2_VMLINUX" "$r/lab/l2/vmlinux"

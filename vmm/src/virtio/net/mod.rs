@@ -9,6 +9,8 @@ pub mod tap;
 #[cfg(test)]
 mod tests;
 pub mod vhost;
+#[cfg(test)]
+mod vhost_tests;
 
 use std::fs::File;
 use std::os::fd::RawFd;
