@@ -80,10 +80,7 @@ impl VhostMode {
 /// Opens vhost-net as `mode` asks (`setting` names where it came from, for the messages) and
 /// says on one line which datapath will serve the NIC and why. Call during set-up: the
 /// handle cannot be opened after the process confines itself.
-pub fn open_vhost(
-    mode: VhostMode,
-    setting: &str,
-) -> Result<Option<Arc<Mutex<VhostNet>>>, Failure> {
+pub fn open_vhost(mode: VhostMode, setting: &str) -> Result<Option<Arc<Mutex<VhostNet>>>, Failure> {
     if mode == VhostMode::Off {
         eprintln!("berth: network: in-process datapath ({setting}=off)");
         return Ok(None);

@@ -18,8 +18,9 @@ RELEASE = "rel"
 NAMESPACE = "vms"
 # Kubernetes versions every rendered manifest is validated against (kubernetes-validate).
 KUBE_VERSIONS = ("1.31.0", "1.37.0")
-# The two device nodes berth needs; the only hostPath volumes the chart may render.
-DEVICES = {"/dev/kvm", "/dev/net/tun"}
+# The device nodes berth uses (/dev/vhost-net optional); the only hostPath volumes the chart
+# may render.
+DEVICES = {"/dev/kvm", "/dev/net/tun", "/dev/vhost-net"}
 
 
 def load_values(name: str) -> dict[str, Any]:

@@ -174,6 +174,7 @@ class Cirros(unittest.TestCase):
             "IMG_VCPU": "1",
             "IMG_RAM_MB": "256",
             "BERTH_SHUTDOWN_TIMEOUT": "60",
+            "BERTH_VHOST": "auto",
             "VNC_PASSWORD": {"secretKeyRef": {"name": f"{RELEASE}-berth-vnc", "key": "password"}},
             # The confinement after set-up (docs/security.md), from sandbox.*.
             "BERTH_UID": "65534",
@@ -335,6 +336,7 @@ class FullValues(unittest.TestCase):
             "IMG_VCPU": "2",
             "IMG_RAM_MB": "2048",
             "BERTH_SHUTDOWN_TIMEOUT": "120",
+            "BERTH_VHOST": "auto",
             "BERTH_UID": "65534",
             "BERTH_GID": "65534",
             "BERTH_SECCOMP": "on",
@@ -441,6 +443,31 @@ class Variants(unittest.TestCase):
                     self.assertEqual(mounts, want_hp)
                     self.assertEqual("devices.kubevirt.io/kvm" in limits, kvm == "plugin")
                     self.assertEqual("devices.kubevirt.io/tun" in limits, tun == "plugin")
+
+    def test_vhost_net_device_and_datapath(self) -> None:
+        # Off by default: no limit, no hostPath; berth.vhost goes to BERTH_VHOST.
+        objs, _ = render(cirros())
+        c = container(find(objs, "StatefulSet", "cirros-test"))
+        self.assertNotIn("devices.kubevirt.io/vhost-net", c["resources"]["limits"])
+        for mode in ("plugin", "hostPath"):
+            with self.subTest(mode=mode):
+                v = cirros()
+                v.setdefault("devices", {})["vhostNet"] = {"mode": mode}
+                v.setdefault("berth", {})["vhost"] = "on"
+                objs, _ = render(v)
+                sts = find(objs, "StatefulSet", "cirros-test")
+                c = container(sts)
+                self.assertEqual("devices.kubevirt.io/vhost-net" in c["resources"]["limits"], mode == "plugin")
+                hostpaths = [v["hostPath"]["path"] for v in sts["spec"]["template"]["spec"]["volumes"]
+                             if "hostPath" in v]
+                self.assertEqual("/dev/vhost-net" in hostpaths, mode == "hostPath")
+                self.assertEqual(
+                    "/dev/vhost-net" in [m["mountPath"] for m in c["volumeMounts"]], mode == "hostPath")
+                self.assertEqual(env_of(c)["BERTH_VHOST"], "on")
+        v = cirros()
+        v.setdefault("berth", {})["vhost"] = "yes"
+        with self.assertRaises(Exception):
+            render(v)
 
     def test_ip_forward_modes(self) -> None:
         for mode in ("netlink", "sysctl", "procMount"):

@@ -346,12 +346,22 @@ pub(crate) mod tests {
         assert_eq!(r.fired(24), 0);
         m.table_write(12, &0u32.to_le_bytes());
         assert!(r.attached(24));
-        assert_eq!(r.routes.lock().unwrap().last().unwrap(), &(24, MsiMessage {
-            addr_lo: 0xfee0_0000,
-            addr_hi: 0,
-            data: 0x31
-        }));
-        assert_eq!(r.fired(24), 2, "the signals held while masked arrive on unmask");
+        assert_eq!(
+            r.routes.lock().unwrap().last().unwrap(),
+            &(
+                24,
+                MsiMessage {
+                    addr_lo: 0xfee0_0000,
+                    addr_hi: 0,
+                    data: 0x31
+                }
+            )
+        );
+        assert_eq!(
+            r.fired(24),
+            2,
+            "the signals held while masked arrive on unmask"
+        );
         // The function mask and disabling MSI-X detach it again; reset too.
         m.set_control(CTRL_ENABLE | CTRL_FUNCTION_MASK);
         assert!(!r.attached(24));

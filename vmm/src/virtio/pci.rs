@@ -94,7 +94,10 @@ impl VirtioInterrupt for PciInterrupt {
     fn queue_irqfd(&self, queue: u16) -> Option<EventFd> {
         // The vector is read once, at activation: drivers choose it before DRIVER_OK (Linux
         // never changes it afterwards).
-        let v = self.queue_vectors.get(usize::from(queue))?.load(Ordering::SeqCst);
+        let v = self
+            .queue_vectors
+            .get(usize::from(queue))?
+            .load(Ordering::SeqCst);
         if v == NO_VECTOR {
             return None;
         }

@@ -28,10 +28,8 @@ use crate::virtio::features;
 
 /// The feature bits that concern the vhost-net kernel driver (ring layout and RX buffer
 /// merging); everything else (checksums, segmentation) is between the guest and the tap.
-pub const VHOST_RING_FEATURES: u64 = features::RING_INDIRECT_DESC
-    | features::RING_EVENT_IDX
-    | features::VERSION_1
-    | F_MRG_RXBUF;
+pub const VHOST_RING_FEATURES: u64 =
+    features::RING_INDIRECT_DESC | features::RING_EVENT_IDX | features::VERSION_1 | F_MRG_RXBUF;
 
 /// Why vhost-net cannot serve the NIC.
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +81,16 @@ impl VhostNet {
     /// the process gives up the right to open device files.
     pub fn open() -> Result<Self, VhostError> {
         let mem = GuestMemoryAtomic::new(empty_memory());
-        let net = KernNet::new(mem.clone()).map_err(|e| VhostError::Open(match e {
-            vhost::Error::VhostOpen(io) => io.to_string(),
-            e => e.to_string(),
-        }))?;
+        let net = KernNet::new(mem.clone()).map_err(|e| {
+            VhostError::Open(match e {
+                vhost::Error::VhostOpen(io) => io.to_string(),
+                e => e.to_string(),
+            })
+        })?;
         net.set_owner().map_err(ioctl_err("VHOST_SET_OWNER"))?;
-        let kernel_features = net.get_features().map_err(ioctl_err("VHOST_GET_FEATURES"))?;
+        let kernel_features = net
+            .get_features()
+            .map_err(ioctl_err("VHOST_GET_FEATURES"))?;
         for (bit, name) in [
             (features::VERSION_1, "VIRTIO_F_VERSION_1"),
             (F_MRG_RXBUF, "VIRTIO_NET_F_MRG_RXBUF"),
