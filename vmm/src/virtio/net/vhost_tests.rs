@@ -138,6 +138,7 @@ fn wait_used(m: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, want: u16
 fn find_rx(m: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>) -> Option<Vec<u8>> {
     let end = Instant::now() + Duration::from_secs(5);
     let mut seen = 0;
+    let mut others = Vec::new();
     while Instant::now() < end {
         let idx = used_idx(m, q);
         while seen < idx {
@@ -152,10 +153,18 @@ fn find_rx(m: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>) -> Option<V
             {
                 return Some(b);
             }
+            others.push(
+                b.get(VNET_HDR_LEN + 12..VNET_HDR_LEN + 14)
+                    .map(<[u8]>::to_vec),
+            );
             seen += 1;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    eprintln!(
+        "RX: used idx {}, other frames' ethertypes {others:02x?}",
+        used_idx(m, q)
+    );
     None
 }
 
@@ -194,6 +203,8 @@ fn boot(dev: &mut Net, calls: &[EventFd], kicks: &[EventFd]) -> (GuestMemoryMmap
     };
     dev.activate(ctx).unwrap();
     assert!(dev.vhost_running(), "vhost serves the queues");
+    // As a driver does after filling the RX ring.
+    kicks[0].write(1).unwrap();
     let k = [kicks[0].try_clone().unwrap(), kicks[1].try_clone().unwrap()];
     (m, k)
 }
