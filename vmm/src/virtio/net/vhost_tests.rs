@@ -174,27 +174,28 @@ const RX_BUF: u64 = 0x10_0000;
 const RX_BUFS: u16 = 12;
 const TX_BUF: u64 = 0x18_0000;
 
-/// One "boot": fresh guest memory, an RX queue with two buffers and a TX queue with `tx`
-/// (header + frame), activated on `dev`. Returns the memory and both queues' mocks.
-fn boot(dev: &mut Net, calls: &[EventFd], kicks: &[EventFd]) -> (GuestMemoryMmap, [EventFd; 2]) {
-    let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-    let ctx_queues = {
-        let rxq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-        let bufs: Vec<RawDescriptor> = (0..RX_BUFS)
-            .map(|i| {
-                RawDescriptor::from(Descriptor::new(RX_BUF + u64::from(i) * 0x1000, 2048, W, 0))
-            })
-            .collect();
-        rxq.add_desc_chains(&bufs, 0).unwrap();
-        let txq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
-        vec![
-            rxq.create_queue().unwrap(),
-            txq.create_queue::<virtio_queue::Queue>().unwrap(),
-        ]
-    };
+/// One "boot": `m` (fresh guest memory) with the RX queue at 0 holding [`RX_BUFS`] buffers
+/// and the TX queue at 0x8000 (empty), activated on `dev`; the RX queue is kicked as a driver
+/// does after filling it. The mocks stay with the caller: creating one again over the same
+/// memory would zero its rings.
+fn boot(
+    dev: &mut Net,
+    m: &GuestMemoryMmap,
+    rxq: &MockSplitQueue<GuestMemoryMmap>,
+    txq: &MockSplitQueue<GuestMemoryMmap>,
+    calls: &[EventFd],
+    kicks: &[EventFd],
+) {
+    let bufs: Vec<RawDescriptor> = (0..RX_BUFS)
+        .map(|i| RawDescriptor::from(Descriptor::new(RX_BUF + u64::from(i) * 0x1000, 2048, W, 0)))
+        .collect();
+    rxq.add_desc_chains(&bufs, 0).unwrap();
     let ctx = ActivateContext {
         mem: m.clone(),
-        queues: ctx_queues,
+        queues: vec![
+            rxq.create_queue().unwrap(),
+            txq.create_queue::<virtio_queue::Queue>().unwrap(),
+        ],
         queue_events: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
         interrupt: Arc::new(Calls(
             calls.iter().map(|c| c.try_clone().unwrap()).collect(),
@@ -203,10 +204,7 @@ fn boot(dev: &mut Net, calls: &[EventFd], kicks: &[EventFd]) -> (GuestMemoryMmap
     };
     dev.activate(ctx).unwrap();
     assert!(dev.vhost_running(), "vhost serves the queues");
-    // As a driver does after filling the RX ring.
     kicks[0].write(1).unwrap();
-    let k = [kicks[0].try_clone().unwrap(), kicks[1].try_clone().unwrap()];
-    (m, k)
 }
 
 /// TX and RX through the kernel; nothing moves after a reset; a second activation on new
@@ -244,11 +242,10 @@ fn real_vhost_net_moves_frames_and_survives_reset_and_new_memory() {
         .collect();
 
     for round in 0..2u8 {
-        let (m, _) = boot(&mut dev, &calls, &kicks);
-        let txq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let rxq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-        // The mocks re-created over the same addresses only read what is there; the avail
-        // ring was written by boot(): RX has 2 buffers, TX none yet.
+        let txq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
+        boot(&mut dev, &m, &rxq, &txq, &calls, &kicks);
         let out = eth_frame(0x10 + round);
         let mut tx = vec![0u8; VNET_HDR_LEN];
         tx.extend_from_slice(&out);
