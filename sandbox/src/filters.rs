@@ -25,6 +25,8 @@ const IOCTL_VHOST: u64 = 0xAF;
 /// Single requests from drivers whose other requests must stay out (b'T' also holds TIOCSTI).
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+/// Attaching and detaching the queues of a multiqueue tap (virtio-net VQ_PAIRS_SET).
+const TUNSETQUEUE: u64 = 0x4004_54d9;
 const TCGETS: u64 = 0x5401;
 const TCSETS: u64 = 0x5402;
 const FIONBIO: u64 = 0x5421;
@@ -101,8 +103,9 @@ fn base() -> Vec<Allow> {
 fn vcpu() -> Vec<Allow> {
     vec![
         Ioctl(&[IOCTL_KVM, IOCTL_VHOST]),
-        // virtio-net activation tells the tap which offloads the driver took.
-        IoctlReq(&[TUNSETOFFLOAD]),
+        // virtio-net activation tells the tap which offloads the driver took, and leaves only
+        // the first queue of a multiqueue tap attached.
+        IoctlReq(&[TUNSETOFFLOAD, TUNSETQUEUE]),
         Any(libc::SYS_read),
         Any(libc::SYS_epoll_create1),
         Any(libc::SYS_epoll_ctl),
@@ -151,9 +154,11 @@ fn block() -> Vec<Allow> {
     ]
 }
 
-/// virtio-net workers: frames between the guest's queues and the tap.
+/// virtio-net workers: frames between the guest's queues and the tap; the control queue's
+/// VQ_PAIRS_SET attaches and detaches tap queues.
 fn net() -> Vec<Allow> {
     vec![
+        IoctlReq(&[TUNSETQUEUE]),
         Any(libc::SYS_epoll_wait),
         Any(libc::SYS_epoll_pwait),
         Any(libc::SYS_epoll_ctl),

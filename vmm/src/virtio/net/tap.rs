@@ -38,6 +38,37 @@ pub trait NetBackend: Send + AsRawFd {
     }
     /// Tells the host which offloads the guest accepts.
     fn set_offload(&mut self, flags: u32) -> io::Result<()>;
+    /// Lets the host steer frames to this queue (a queue pair the guest uses) or not. Only a
+    /// multiqueue tap has something to do.
+    fn set_queue_enabled(&mut self, _enabled: bool) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
+
+/// Attaches (`enabled`) or detaches one queue of a multiqueue tap (TUNSETQUEUE): the kernel
+/// steers frames only to attached queues. Attaching an attached queue, or detaching a
+/// detached one, is not an error.
+pub fn set_queue_enabled(fd: RawFd, enabled: bool) -> io::Result<()> {
+    // SAFETY: ifreq is plain data, zeroes are valid; TUNSETQUEUE reads only ifr_flags.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_ifru.ifru_flags = if enabled {
+        IFF_ATTACH_QUEUE
+    } else {
+        IFF_DETACH_QUEUE
+    };
+    // SAFETY: TUNSETQUEUE reads an ifreq from the pointer, valid for the call.
+    if unsafe { libc::ioctl(fd, TUNSETQUEUE as _, &req) } < 0 {
+        let e = io::Error::last_os_error();
+        // EINVAL: already in that state.
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The bytes of `parts`, in order, in one buffer.
@@ -137,6 +168,10 @@ impl NetBackend for Tap {
 
     fn write_frame_gather(&mut self, parts: &[VolatileSlice<'_>]) -> io::Result<()> {
         writev_frame(self.fd.as_raw_fd(), parts)
+    }
+
+    fn set_queue_enabled(&mut self, enabled: bool) -> io::Result<()> {
+        set_queue_enabled(self.fd.as_raw_fd(), enabled)
     }
 
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {

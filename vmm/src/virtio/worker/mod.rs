@@ -29,6 +29,13 @@ pub trait QueueHandler: Send + 'static {
     /// The seccomp allow-list its thread runs under (see the sandbox crate).
     const THREAD: sandbox::ThreadKind = sandbox::ThreadKind::Block;
 
+    /// How many queues this activation serves, at least [`QueueHandler::QUEUES`] (a device
+    /// whose queue count depends on its configuration, such as a multiqueue NIC, says so
+    /// here); the driver's queues past it are not watched.
+    fn queue_count(&self) -> usize {
+        Self::QUEUES
+    }
+
     /// File descriptors besides the queue notifications that wake the worker when readable,
     /// known as sources 0, 1, ... in [`Wakeup::source`] and [`WorkerIo::watch_source`]. All
     /// are watched at start.
@@ -272,8 +279,9 @@ fn setup<H: QueueHandler>(
 ) -> std::io::Result<(WorkerIo, Vec<EventFd>, EventFd)> {
     let epoll = Epoll::new()?;
     let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-    let queues: Vec<Queue> = ctx.queues.into_iter().take(H::QUEUES).collect();
-    let events: Vec<EventFd> = ctx.queue_events.into_iter().take(H::QUEUES).collect();
+    let count = handler.queue_count().max(H::QUEUES);
+    let queues: Vec<Queue> = ctx.queues.into_iter().take(count).collect();
+    let events: Vec<EventFd> = ctx.queue_events.into_iter().take(count).collect();
     let sources: Vec<Source> = handler
         .sources()
         .into_iter()
