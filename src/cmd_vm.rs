@@ -40,10 +40,11 @@ pub struct VmArgs {
     /// give format=raw for raw disks a guest writes.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
-    /// A virtio-net NIC on an existing tap: tap=NAME[,mac=MAC][,mtu=N][,vhost=auto|on|off].
+    /// A virtio-net NIC on a tap: tap=NAME[,mac=MAC][,mtu=N][,vhost=auto|on|off][,queues=N].
     /// The MAC defaults to one derived from the tap's name (stable across runs), the MTU to
     /// 1500. vhost: the kernel's vhost-net serves the queues (auto: when /dev/vhost-net
-    /// opens, else berth's own datapath; on: or exit code 16; off: never).
+    /// opens, else berth's own datapath; on: or exit code 16; off: never). queues: RX/TX
+    /// queue pairs (multiqueue tap), 1 to 16, default one per vCPU.
     #[arg(long, value_name = "SPEC")]
     net: Option<String>,
     /// Seconds the guest gets to power off after SIGTERM/SIGINT (its ACPI power button is
@@ -107,13 +108,17 @@ pub struct NetArg {
     pub mtu: u16,
     /// The datapath.
     pub vhost: VhostMode,
+    /// Queue pairs (`None`: one per vCPU).
+    pub queues: Option<u16>,
 }
 
 /// Parses `tap=NAME[,mac=MAC][,mtu=N][,vhost=auto|on|off]`.
 pub fn parse_net(spec: &str) -> Result<NetArg, String> {
-    let usage = "use --net tap=NAME[,mac=52:54:00:12:34:56][,mtu=1500][,vhost=auto|on|off]";
+    let usage =
+        "use --net tap=NAME[,mac=52:54:00:12:34:56][,mtu=1500][,vhost=auto|on|off][,queues=N]";
     let (mut tap, mut mac, mut mtu) = (None, None, 1500u16);
     let mut vhost = VhostMode::Auto;
+    let mut queues = None;
     for opt in spec.split(',') {
         match opt.split_once('=') {
             Some(("tap", n)) if !n.is_empty() && n.len() < 16 => tap = Some(n.to_owned()),
@@ -129,6 +134,14 @@ pub fn parse_net(spec: &str) -> Result<NetArg, String> {
                     .ok()
                     .filter(|m| (68..=65535).contains(m))
                     .ok_or_else(|| format!("--net {spec:?}: mtu must be 68 to 65535; {usage}"))?
+            }
+            Some(("queues", q)) => {
+                queues = Some(machine::parse_queues(q).ok_or_else(|| {
+                    format!(
+                        "--net {spec:?}: queues must be 1 to {}; {usage}",
+                        vmm::virtio::net::MAX_QUEUE_PAIRS
+                    )
+                })?)
             }
             Some(("vhost", v)) => {
                 vhost = VhostMode::parse(v).ok_or_else(|| {
@@ -149,6 +162,7 @@ pub fn parse_net(spec: &str) -> Result<NetArg, String> {
         mac,
         mtu,
         vhost,
+        queues,
     })
 }
 
@@ -191,13 +205,14 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         None => None,
         Some(spec) => {
             let n = parse_net(spec).map_err(Failure::Usage)?;
-            let tap = HostTap::create(Path::new("/dev/net/tun"), &n.tap)
+            let pairs = machine::queue_pairs(args.cpus, n.queues);
+            let tap = HostTap::create_queues(Path::new("/dev/net/tun"), &n.tap, pairs)
                 .map_err(|e| Failure::Setup(e.to_string()))?;
             Some(NetSpec {
-                tap: tap.into_fd(),
+                taps: tap.into_fds(),
                 mac: n.mac.0,
                 mtu: n.mtu,
-                vhost: machine::open_vhost(n.vhost, "vhost")?,
+                vhost: machine::open_vhost(n.vhost, "vhost", pairs)?,
                 vhost_required: n.vhost == VhostMode::On,
             })
         }
@@ -338,6 +353,12 @@ mod tests {
             ("off", VhostMode::Off),
         ] {
             assert_eq!(parse_net(&format!("tap=t,vhost={v}")).unwrap().vhost, mode);
+        }
+        assert_eq!(parse_net("tap=t").unwrap().queues, None, "one per vCPU");
+        assert_eq!(parse_net("tap=t,queues=4").unwrap().queues, Some(4));
+        for bad in ["0", "17", "x", ""] {
+            let e = parse_net(&format!("tap=t,queues={bad}")).unwrap_err();
+            assert!(e.contains("queues must be 1 to 16"), "{e}");
         }
         let e = parse_net("tap=t,vhost=yes").unwrap_err();
         assert!(e.contains("vhost must be auto, on or off"), "{e}");

@@ -11,7 +11,7 @@ use vmm::block::{open_disk, DiskFormat, DiskOptions};
 use vmm::virtio::block::Block;
 use vmm::virtio::net::tap::Tap;
 use vmm::virtio::net::vhost::VhostNet;
-use vmm::virtio::net::{Net, NetVhost};
+use vmm::virtio::net::{Net, NetVhost, MAX_QUEUE_PAIRS};
 use vmm::{LinuxBoot, LoadedKernel, MachineConfig, Vm};
 
 use crate::exit::Failure;
@@ -31,16 +31,18 @@ pub struct DiskSpec {
     pub confine_backing: bool,
 }
 
-/// The NIC: a tap fd opened with IFF_VNET_HDR, the MAC and the MTU the guest is told.
+/// The NIC: tap fds opened with IFF_VNET_HDR (one per queue pair), the MAC and the MTU the
+/// guest is told.
 pub struct NetSpec {
-    /// The tap; duplicated for every boot.
-    pub tap: OwnedFd,
+    /// The tap's queues, one per virtio-net queue pair; duplicated for every boot.
+    pub taps: Vec<OwnedFd>,
     /// The guest's MAC.
     pub mac: [u8; 6],
     /// The MTU announced in the virtio-net config.
     pub mtu: u16,
-    /// vhost-net, opened during set-up ([`open_vhost`]) and reused by every VM built.
-    pub vhost: Option<Arc<Mutex<VhostNet>>>,
+    /// vhost-net, one instance per queue pair (none: the in-process datapath), opened during
+    /// set-up ([`open_vhost`]) and reused by every VM built.
+    pub vhost: Vec<Arc<Mutex<VhostNet>>>,
     /// `vhost=on`: a VM whose NIC vhost cannot serve fails instead of falling back.
     pub vhost_required: bool,
 }
@@ -77,30 +79,56 @@ impl VhostMode {
     }
 }
 
-/// Opens vhost-net as `mode` asks (`setting` names where it came from, for the messages) and
-/// says on one line which datapath will serve the NIC and why. Call during set-up: the
-/// handle cannot be opened after the process confines itself.
-pub fn open_vhost(mode: VhostMode, setting: &str) -> Result<Option<Arc<Mutex<VhostNet>>>, Failure> {
+/// The NIC's queue pairs: `requested` (`queues=` in `--net`, BERTH_NET_QUEUES), else one per
+/// vCPU, at most [`MAX_QUEUE_PAIRS`].
+pub fn queue_pairs(vcpus: u8, requested: Option<u16>) -> u16 {
+    requested
+        .unwrap_or(u16::from(vcpus))
+        .clamp(1, MAX_QUEUE_PAIRS)
+}
+
+/// Parses a queue-pair count: 1 to [`MAX_QUEUE_PAIRS`].
+pub fn parse_queues(v: &str) -> Option<u16> {
+    v.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|n| (1..=MAX_QUEUE_PAIRS).contains(n))
+}
+
+/// Opens vhost-net as `mode` asks, one instance per queue pair (`setting` names where the
+/// mode came from, for the messages), and says on one line which datapath will serve the NIC
+/// and why. Call during set-up: the handles cannot be opened after the process confines
+/// itself.
+pub fn open_vhost(
+    mode: VhostMode,
+    setting: &str,
+    pairs: u16,
+) -> Result<Vec<Arc<Mutex<VhostNet>>>, Failure> {
     if mode == VhostMode::Off {
-        eprintln!("berth: network: in-process datapath ({setting}=off)");
-        return Ok(None);
+        eprintln!("berth: network: in-process datapath, {pairs} queue pair(s) ({setting}=off)");
+        return Ok(Vec::new());
     }
-    match VhostNet::open() {
+    match (0..pairs)
+        .map(|_| VhostNet::open().map(|v| Arc::new(Mutex::new(v))))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(v) => {
             eprintln!(
-                "berth: network: vhost-net datapath, the kernel serves the NIC's queues \
-                 ({setting}={})",
+                "berth: network: vhost-net datapath, the kernel serves the NIC's queues, \
+                 {pairs} queue pair(s) ({setting}={})",
                 mode.name()
             );
-            Ok(Some(Arc::new(Mutex::new(v))))
+            Ok(v)
         }
         Err(e) if mode == VhostMode::On => Err(Failure::Vhost(format!(
             "{setting}=on but vhost-net is unusable: {e}; load the vhost_net module and give \
              berth /dev/vhost-net (chart: vhostNet), or set {setting}=auto or off"
         ))),
         Err(e) => {
-            eprintln!("berth: network: in-process datapath ({setting}=auto; {e})");
-            Ok(None)
+            eprintln!(
+                "berth: network: in-process datapath, {pairs} queue pair(s) ({setting}=auto; {e})"
+            );
+            Ok(Vec::new())
         }
     }
 }
@@ -164,31 +192,29 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
         vm.add_virtio(Box::new(Block::new(backend, d.read_only, &serial)))?;
     }
     if let Some(net) = &spec.net {
-        let fd = net
-            .tap
-            .try_clone()
-            .map_err(|e| Failure::Setup(format!("cannot duplicate the tap fd: {e}")))?;
-        let tap = Tap::new(fd).map_err(|e| {
-            Failure::Setup(format!(
-                "the tap does not take a 12-byte virtio-net header ({e}); open it with IFF_VNET_HDR"
-            ))
-        })?;
-        let nic = match &net.vhost {
-            None => Net::new(Box::new(tap), net.mac, net.mtu),
-            Some(handle) => {
-                let backend = net
-                    .tap
-                    .try_clone()
-                    .map_err(|e| Failure::Setup(format!("cannot duplicate the tap fd: {e}")))?;
-                let vhost = NetVhost {
-                    handle: handle.clone(),
-                    tap: File::from(backend),
-                    required: net.vhost_required,
-                };
-                Net::with_vhost(Box::new(tap), net.mac, net.mtu, vhost)
-            }
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| Failure::Setup(format!("cannot duplicate the tap fd: {e}")))
         };
-        vm.add_virtio(Box::new(nic))?;
+        let mut backends: Vec<Box<dyn vmm::virtio::net::tap::NetBackend>> = Vec::new();
+        let mut vhost = Vec::new();
+        for (i, fd) in net.taps.iter().enumerate() {
+            let tap = Tap::new(dup(fd)?).map_err(|e| {
+                Failure::Setup(format!(
+                    "the tap does not take a 12-byte virtio-net header ({e}); open it with \
+                     IFF_VNET_HDR"
+                ))
+            })?;
+            backends.push(Box::new(tap));
+            if let Some(handle) = net.vhost.get(i) {
+                vhost.push(NetVhost {
+                    handle: handle.clone(),
+                    tap: File::from(dup(fd)?),
+                    required: net.vhost_required,
+                });
+            }
+        }
+        vm.add_virtio(Box::new(Net::multiqueue(backends, net.mac, net.mtu, vhost)))?;
     }
     let kernel = vm.load_linux(&spec.boot)?;
     Ok((vm, kernel))

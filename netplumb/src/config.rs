@@ -39,6 +39,9 @@ pub struct NetConfig {
     pub tap: String,
     /// The tun clone device.
     pub tun_device: PathBuf,
+    /// Queues of the tap, one per virtio-net queue pair (IFF_MULTI_QUEUE when more than one);
+    /// set by berth from the vCPU count and BERTH_NET_QUEUES, not read from the environment here.
+    pub tap_queues: u16,
 }
 
 impl Default for NetConfig {
@@ -55,6 +58,7 @@ impl Default for NetConfig {
             bridge: "br0".into(),
             tap: "berthtap0".into(),
             tun_device: "/dev/net/tun".into(),
+            tap_queues: 1,
         }
     }
 }

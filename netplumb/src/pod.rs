@@ -130,7 +130,7 @@ impl PodNetwork {
         })?;
         self.bridge_index = Some(br.index);
         self.rtnl.add_ipv4(br.index, cfg.vm_gw, 30)?;
-        let tap = Tap::create(&cfg.tun_device, &cfg.tap)?;
+        let tap = Tap::create_queues(&cfg.tun_device, &cfg.tap, cfg.tap_queues.max(1))?;
         let tap_link = self.rtnl.link(tap.name())?.ok_or_else(|| Error::Netlink {
             op: format!("create tap {}", cfg.tap),
             source: std::io::Error::from_raw_os_error(libc::ENODEV),
@@ -191,6 +191,14 @@ impl PodNetwork {
     /// The tap (for its name and flags).
     pub fn tap(&self) -> Option<&Tap> {
         self.tap.as_ref()
+    }
+
+    /// New fds of every queue of the tap (one per virtio-net queue pair), in order.
+    pub fn tap_fds(&self) -> Result<Vec<OwnedFd>> {
+        self.tap
+            .as_ref()
+            .ok_or_else(|| Error::io("tap fd", std::io::Error::from_raw_os_error(libc::EBADF)))?
+            .queue_fds()
     }
 
     /// A new fd of the tap for the VMM's virtio-net device.

@@ -13,6 +13,8 @@ pub const IFF_TAP: u16 = 0x0002;
 pub const IFF_NO_PI: u16 = 0x1000;
 /// `IFF_VNET_HDR`: each frame carries a `virtio_net_hdr`, so the VMM can pass offloads through.
 pub const IFF_VNET_HDR: u16 = 0x4000;
+/// One fd per queue (a multiqueue tap).
+pub const IFF_MULTI_QUEUE: u16 = 0x0100;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
@@ -43,11 +45,29 @@ impl IfReqFlags {
 pub struct Tap {
     fd: OwnedFd,
     name: String,
+    /// The other queues of a multiqueue tap.
+    more: Vec<OwnedFd>,
 }
 
 impl Tap {
     /// Creates tap `name` through the tun clone device `tun_device` (normally /dev/net/tun).
     pub fn create(tun_device: &Path, name: &str) -> Result<Tap> {
+        Tap::create_queues(tun_device, name, 1)
+    }
+
+    /// Creates tap `name` with `queues` queues (IFF_MULTI_QUEUE when more than one): one fd
+    /// per queue, all opened now (they cannot be opened after berth drops CAP_NET_ADMIN).
+    pub fn create_queues(tun_device: &Path, name: &str, queues: u16) -> Result<Tap> {
+        let flags = if queues > 1 { IFF_MULTI_QUEUE } else { 0 };
+        let (fd, name) = Tap::open_queue(tun_device, name, flags)?;
+        let mut more = Vec::new();
+        for _ in 1..queues {
+            more.push(Tap::open_queue(tun_device, &name, flags)?.0);
+        }
+        Ok(Tap { fd, name, more })
+    }
+
+    fn open_queue(tun_device: &Path, name: &str, flags: u16) -> Result<(OwnedFd, String)> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -58,7 +78,7 @@ impl Tap {
                 source,
             })?;
         let fd = OwnedFd::from(file);
-        let mut req = IfReqFlags::new(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
+        let mut req = IfReqFlags::new(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | flags);
         // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `req` is laid out as.
         let rc =
             unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReqFlags) };
@@ -74,7 +94,15 @@ impl Tap {
             .position(|&c| c == 0)
             .unwrap_or(libc::IFNAMSIZ);
         let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
-        Ok(Tap { fd, name })
+        Ok((fd, name))
+    }
+
+    /// New fds of every queue, in order (one for a single-queue tap).
+    pub fn queue_fds(&self) -> Result<Vec<OwnedFd>> {
+        std::iter::once(&self.fd)
+            .chain(&self.more)
+            .map(|fd| fd.try_clone().map_err(|e| Error::io("dup tap fd", e)))
+            .collect()
     }
 
     /// The interface name the kernel gave the tap.
@@ -108,6 +136,11 @@ impl Tap {
     /// Gives up the tap, returning its fd.
     pub fn into_fd(self) -> OwnedFd {
         self.fd
+    }
+
+    /// Gives up the tap, returning the fds of all its queues in order.
+    pub fn into_fds(self) -> Vec<OwnedFd> {
+        std::iter::once(self.fd).chain(self.more).collect()
     }
 }
 

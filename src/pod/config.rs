@@ -54,6 +54,8 @@ pub struct PodConfig {
     pub vnc_insecure: bool,
     /// BERTH_VHOST: which datapath serves the NIC (auto, on, off).
     pub vhost: VhostMode,
+    /// BERTH_NET_QUEUES: the NIC's queue pairs (`None`: one per vCPU).
+    pub net_queues: Option<u16>,
 }
 
 impl PodConfig {
@@ -152,6 +154,17 @@ impl PodConfig {
                 VhostMode::Auto
             }),
         };
+        let net_queues = match env.value("BERTH_NET_QUEUES") {
+            None => None,
+            Some(v) => crate::machine::parse_queues(v).or_else(|| {
+                errs.push(format!(
+                    "BERTH_NET_QUEUES={v:?} is not 1 to {}; set the NIC's queue pairs or unset it \
+                     (one per vCPU)",
+                    vmm::virtio::net::MAX_QUEUE_PAIRS
+                ));
+                None
+            }),
+        };
         let cfg = PodConfig {
             hostname,
             vcpus,
@@ -169,6 +182,7 @@ impl PodConfig {
             vnc_password: env.value("VNC_PASSWORD").is_some(),
             vnc_insecure: env.flag("VNC_INSECURE"),
             vhost,
+            net_queues,
         };
         if errs.is_empty() {
             Ok(cfg)
@@ -255,6 +269,13 @@ mod tests {
         let c = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BERTH_VHOST", "off")]))
             .unwrap();
         assert_eq!(c.vhost, VhostMode::Off);
+        assert_eq!(c.net_queues, None);
+        let c = PodConfig::from_env(&Env::from([
+            ("HOSTNAME", "vm-0"),
+            ("BERTH_NET_QUEUES", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(c.net_queues, Some(2));
     }
 
     #[test]
@@ -287,9 +308,10 @@ mod tests {
             ("BERTH_SHUTDOWN_TIMEOUT", "0"),
             ("BERTH_CONTROL_UID", "nobody"),
             ("BERTH_VHOST", "yes"),
+            ("BERTH_NET_QUEUES", "0"),
         ]))
         .unwrap_err();
-        assert_eq!(errs.len(), 7, "{errs:#?}");
+        assert_eq!(errs.len(), 8, "{errs:#?}");
         for (e, word) in errs.iter().zip([
             "HOSTNAME",
             "IMG_VCPU",
@@ -297,6 +319,7 @@ mod tests {
             "SEED_FORMAT",
             "BERTH_SHUTDOWN_TIMEOUT",
             "BERTH_CONTROL_UID",
+            "BERTH_NET_QUEUES",
             "BERTH_VHOST",
         ]) {
             assert!(e.contains(word), "{e}");

@@ -82,7 +82,9 @@ pub fn run() -> Result<ExitReason, Failure> {
         disks.push(raw_disk(extra, false));
     }
 
-    let netcfg = NetConfig::from_env_map(&env).map_err(|e| Failure::Network(e.to_string()))?;
+    let mut netcfg = NetConfig::from_env_map(&env).map_err(|e| Failure::Network(e.to_string()))?;
+    let pairs = crate::machine::queue_pairs(cfg.vcpus, cfg.net_queues);
+    netcfg.tap_queues = pairs;
     let mut pod_net = PodNetwork::setup(&netcfg).map_err(|e| Failure::Network(e.to_string()))?;
     let info = pod_net.info().clone();
     log(format!(
@@ -98,8 +100,8 @@ pub fn run() -> Result<ExitReason, Failure> {
                 .map_err(|e| Failure::Network(e.to_string()))?,
         ))
     };
-    let tap = pod_net
-        .tap_fd()
+    let taps = pod_net
+        .tap_fds()
         .map_err(|e| Failure::Network(e.to_string()))?;
 
     let seed_out = cfg
@@ -152,12 +154,12 @@ pub fn run() -> Result<ExitReason, Failure> {
         boot,
         disks,
         net: Some(NetSpec {
-            tap,
+            taps,
             mac: netcfg.vm_mac.0,
             mtu: u16::try_from(info.mtu).unwrap_or(1500),
             // Opened now, as root: after confine() /dev/vhost-net cannot be opened, and every
             // VM a guest reboot builds reuses this handle.
-            vhost: crate::machine::open_vhost(cfg.vhost, "BERTH_VHOST")?,
+            vhost: crate::machine::open_vhost(cfg.vhost, "BERTH_VHOST", pairs)?,
             vhost_required: cfg.vhost == crate::machine::VhostMode::On,
         }),
     };

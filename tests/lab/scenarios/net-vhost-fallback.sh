@@ -3,7 +3,7 @@
 # needs: berth
 # expect: VHOST-ON-EXIT rc=16 lines=1
 # expect: berth: vhost=on but vhost-net is unusable: cannot open /dev/vhost-net: No such file or directory
-# expect: berth: network: in-process datapath \(vhost=auto; cannot open /dev/vhost-net: No such file or directory
+# expect: berth: network: in-process datapath, 1 queue pair\(s\) \(vhost=auto; cannot open /dev/vhost-net: No such file or directory
 # expect: L2-TX rc=0
 # expect: SINK bytes=8388608
 # expect: NET-THREAD busy

@@ -2,7 +2,7 @@
 # timeout: 400
 # needs: berth
 # expect: L1-VHOST-NET present
-# expect: berth: network: vhost-net datapath, the kernel serves the NIC's queues \(BERTH_VHOST=on\)
+# expect: berth: network: vhost-net datapath, the kernel serves the NIC's queues, 1 queue pair\(s\) \(BERTH_VHOST=on\)
 # expect: L2-TX1 rc=0
 # expect: L2-RESET-REBOUND eth0
 # expect: L2-TX2 rc=0

@@ -8,6 +8,8 @@
 
 pub mod ctrl;
 pub mod datapath;
+#[cfg(test)]
+mod mq_tests;
 pub mod tap;
 #[cfg(test)]
 mod tests;
@@ -160,7 +162,10 @@ impl Net {
         config[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
         config[8..10].copy_from_slice(&pairs.to_le_bytes()); // max_virtqueue_pairs
         config[10..12].copy_from_slice(&mtu.to_le_bytes());
-        let ctrl_taps = vhost.iter().filter_map(|v| v.tap.try_clone().ok()).collect();
+        let ctrl_taps = vhost
+            .iter()
+            .filter_map(|v| v.tap.try_clone().ok())
+            .collect();
         Net {
             info: DeviceInfo {
                 device_type: types::NET,
