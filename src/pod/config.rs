@@ -319,8 +319,8 @@ mod tests {
             "SEED_FORMAT",
             "BERTH_SHUTDOWN_TIMEOUT",
             "BERTH_CONTROL_UID",
-            "BERTH_NET_QUEUES",
             "BERTH_VHOST",
+            "BERTH_NET_QUEUES",
         ]) {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));
