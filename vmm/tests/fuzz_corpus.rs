@@ -20,7 +20,7 @@ const RANDOM_INPUTS: usize = 5000;
 
 type Harness = fn(&[u8]);
 
-fn targets() -> [(&'static str, Harness); 3] {
+fn targets() -> [(&'static str, Harness); 4] {
     [
         ("virtio_blk_request", |d| {
             fuzzing::virtio_blk_request(d);
@@ -30,6 +30,9 @@ fn targets() -> [(&'static str, Harness); 3] {
         }),
         ("pci_config", |d| {
             fuzzing::pci_config(d);
+        }),
+        ("virtio_net_ctrl", |d| {
+            fuzzing::virtio_net_ctrl(d);
         }),
     ]
 }
@@ -46,6 +49,7 @@ fn seed_inputs(target: &str) -> Vec<(&'static str, Vec<u8>)> {
             ("seed-rx", seeds::net_rx(false)),
             ("seed-rx-mergeable", seeds::net_rx(true)),
         ],
+        "virtio_net_ctrl" => vec![("seed-pairs-set", seeds::net_ctrl())],
         "pci_config" => vec![
             ("seed-session", seeds::pci_session(false)),
             ("seed-session-two-devices", seeds::pci_session(true)),
@@ -177,6 +181,11 @@ fn random_pci_config() {
 }
 
 #[test]
+fn random_virtio_net_ctrl() {
+    random_run(3);
+}
+
+#[test]
 fn seed_corpus_is_current() {
     let write = std::env::var_os("BERTH_WRITE_SEEDS").is_some();
     for (name, _) in targets() {
@@ -215,6 +224,8 @@ fn seeds_reach_the_devices() {
     assert_eq!((rx.delivered, rx.dropped), (2, 1));
     let rx = fuzzing::virtio_net_datapath(&seeds::net_rx(true));
     assert_eq!((rx.delivered, rx.dropped), (3, 0));
+    let c = fuzzing::virtio_net_ctrl(&seeds::net_ctrl());
+    assert_eq!((c.used, c.pairs_set), (3, vec![2]));
 
     for two in [false, true] {
         let p = fuzzing::pci_config(&seeds::pci_session(two));

@@ -167,6 +167,21 @@ pub fn net_rx(mergeable: bool) -> Vec<u8> {
     input
 }
 
+/// virtio-net control queue of a 4-pair device: VQ_PAIRS_SET 2 (taken), VQ_PAIRS_SET 9 (out
+/// of range) and a command of another class (both refused).
+pub fn net_ctrl() -> Vec<u8> {
+    let chains: Vec<Vec<Desc>> = (0..3)
+        .map(|i| vec![(0x1000 + 0x100 * i, 4, 0, 0), (0x1080 + 0x100 * i, 1, W, 0)])
+        .collect();
+    let mut img = queue_image(8, 0, &chains);
+    put(&mut img, 0x1000, &[4, 0, 2, 0]);
+    put(&mut img, 0x1100, &[4, 0, 9, 0]);
+    put(&mut img, 0x1200, &[1, 1, 0, 0]);
+    let mut input = vec![3, 0, 0, 4];
+    input.extend_from_slice(&img);
+    input
+}
+
 /// PCI: enumerate through both mechanisms, size and move the BAR, bring the device up,
 /// raise interrupts, read the ISR and MSI-X table.
 pub fn pci_session(two_devices: bool) -> Vec<u8> {
