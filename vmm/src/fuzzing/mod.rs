@@ -29,8 +29,8 @@ use crate::pci::{PciBus, PciDevice};
 use crate::virtio::block::process_queue;
 use crate::virtio::block::request::{Disk, S_IOERR, S_OK, S_UNSUPP};
 use crate::virtio::net::datapath::{self, Delivery, MAX_FRAME};
-use crate::virtio::net::{ctrl, Net, F_CTRL_VQ, F_MQ, MAX_QUEUE_PAIRS};
 use crate::virtio::net::tap::{NetBackend, VNET_HDR_LEN};
+use crate::virtio::net::{ctrl, Net, F_CTRL_VQ, F_MQ, MAX_QUEUE_PAIRS};
 use crate::virtio::pci::{IoEvents, VirtioPci, BAR_SIZE};
 use crate::virtio::{
     features, status, ActivateContext, ActivateError, DeviceInfo, VirtioDevice, VirtioInterrupt,

@@ -319,7 +319,10 @@ pub fn virtio_net_ctrl(data: &[u8]) -> CtrlReport {
         true
     });
     let (popped, used) = rig.check_drained(notify);
-    assert!(calls.len() <= usize::from(popped), "more commands than chains");
+    assert!(
+        calls.len() <= usize::from(popped),
+        "more commands than chains"
+    );
     for &n in &calls {
         assert!((1..=pairs).contains(&n), "applied {n} of {pairs} pairs");
     }
