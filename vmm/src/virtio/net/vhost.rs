@@ -13,7 +13,6 @@
 //! VHOST_NET_F_VIRTIO_NET_HDR (vhost adding and stripping headers itself) is never acked.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 
 use vhost::net::VhostNet as _;
 use vhost::vhost_kern::net::Net as KernNet;
@@ -212,11 +211,6 @@ impl VhostNet {
     /// Whether the kernel is serving queues.
     pub fn is_running(&self) -> bool {
         self.running > 0
-    }
-
-    /// The vhost fd (tests look at it).
-    pub fn raw_fd(&self) -> i32 {
-        self.net.as_raw_fd()
     }
 }
 
