@@ -205,9 +205,32 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         None => None,
         Some(spec) => {
             let n = parse_net(spec).map_err(Failure::Usage)?;
-            let pairs = machine::queue_pairs(args.cpus, n.queues);
-            let tap = HostTap::create_queues(Path::new("/dev/net/tun"), &n.tap, pairs)
-                .map_err(|e| Failure::Setup(e.to_string()))?;
+            let tun = Path::new("/dev/net/tun");
+            let mut pairs = machine::queue_pairs(args.cpus, n.queues);
+            let tap = match HostTap::create_queues(tun, &n.tap, pairs) {
+                Ok(t) => t,
+                // An existing single-queue tap refuses IFF_MULTI_QUEUE (EINVAL): with the
+                // default (one pair per vCPU) use it with one pair; queues=N insists.
+                Err(e) if pairs > 1 && n.queues.is_none() => {
+                    let t =
+                        HostTap::create(tun, &n.tap).map_err(|_| Failure::Setup(e.to_string()))?;
+                    eprintln!(
+                        "berth: network: tap {} is not multiqueue: 1 queue pair instead of {pairs} \
+                         (create it with `ip tuntap add dev {} mode tap multi_queue vnet_hdr`)",
+                        n.tap, n.tap
+                    );
+                    pairs = 1;
+                    t
+                }
+                Err(e) if pairs > 1 => {
+                    return Err(Failure::Setup(format!(
+                        "{e}; queues={pairs} needs a multiqueue tap (`ip tuntap add dev {} mode \
+                         tap multi_queue vnet_hdr`), or give queues=1",
+                        n.tap
+                    )))
+                }
+                Err(e) => return Err(Failure::Setup(e.to_string())),
+            };
             Some(NetSpec {
                 taps: tap.into_fds(),
                 mac: n.mac.0,
