@@ -161,6 +161,17 @@ fn net() -> Vec<Allow> {
     ]
 }
 
+/// The virtio-balloon worker: its queues, the stats timer and request eventfd, and
+/// madvise(MADV_DONTNEED) on guest memory the guest gave back (madvise is in [`base`]).
+fn balloon() -> Vec<Allow> {
+    vec![
+        Any(libc::SYS_epoll_wait),
+        Any(libc::SYS_epoll_pwait),
+        Any(libc::SYS_epoll_ctl),
+        Any(libc::SYS_read),
+    ]
+}
+
 /// VNC threads (accept, dirty-log poll, client reader and writer, refusal): TCP sockets the
 /// listener accepts, and KVM_GET_DIRTY_LOG on the framebuffer's slot.
 fn vnc() -> Vec<Allow> {
@@ -316,6 +327,7 @@ fn list(kind: ThreadKind) -> Vec<Allow> {
         ThreadKind::Vcpu => vcpu(),
         ThreadKind::Block => block(),
         ThreadKind::Net => net(),
+        ThreadKind::Balloon => balloon(),
         ThreadKind::Vnc => vnc(),
         ThreadKind::Dhcp => dhcp(),
         ThreadKind::Control => control(),

@@ -71,6 +71,8 @@ pub enum ThreadKind {
     Block,
     /// A virtio-net worker.
     Net,
+    /// The virtio-balloon worker.
+    Balloon,
     /// VNC server threads.
     Vnc,
     /// The DHCP server.
@@ -87,11 +89,12 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every thread type.
-    pub const ALL: [ThreadKind; 10] = [
+    pub const ALL: [ThreadKind; 11] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Block,
         ThreadKind::Net,
+        ThreadKind::Balloon,
         ThreadKind::Vnc,
         ThreadKind::Dhcp,
         ThreadKind::Control,
@@ -107,6 +110,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Block => "block",
             ThreadKind::Net => "net",
+            ThreadKind::Balloon => "balloon",
             ThreadKind::Vnc => "vnc",
             ThreadKind::Dhcp => "dhcp",
             ThreadKind::Control => "control",
