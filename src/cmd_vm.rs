@@ -57,6 +57,12 @@ pub struct VmArgs {
     /// keyboard over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
     #[arg(long, value_name = "ADDR:PORT")]
     vnc: Option<std::net::SocketAddr>,
+    /// The memory balloon: `off`, or `on` with options `reporting=on|off` (free page
+    /// reporting: memory the guest frees goes back to the host), `stats=SECONDS` (ask the
+    /// guest for memory statistics that often; 0: never) and `size=MIB` (balloon size at boot:
+    /// memory taken from the guest). Default: on,reporting=on,stats=0,size=0.
+    #[arg(long, value_name = "SPEC", default_value = "on")]
+    balloon: String,
     /// Offer the guest hardware virtualization (VMX/SVM), so it can run VMs itself; hidden
     /// by default.
     #[arg(long)]
@@ -166,6 +172,10 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
     for f in args.kernel.iter().chain(args.initrd.as_ref()) {
         std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
     }
+    let balloon = match machine::parse_balloon(&args.balloon).map_err(Failure::Usage)? {
+        Some(c) => Some(machine::balloon_state(c, args.memory)?),
+        None => None,
+    };
     let disks = args
         .disks
         .iter()
@@ -196,6 +206,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         boot,
         disks,
         net,
+        balloon,
     };
     let (mut vm, kernel) = machine::build(&spec)?;
     vmm::keep_kvm_open()?;

@@ -4,8 +4,11 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
+use vmm::virtio::balloon::{Balloon, BalloonConfig, BalloonShared};
 use vmm::virtio::block::Block;
 use vmm::virtio::net::tap::Tap;
 use vmm::virtio::net::Net;
@@ -48,6 +51,73 @@ pub struct MachineSpec {
     pub disks: Vec<DiskSpec>,
     /// The NIC, if any.
     pub net: Option<NetSpec>,
+    /// The balloon's state, kept across reboots (its target and counters), if it has one.
+    pub balloon: Option<Arc<BalloonShared>>,
+}
+
+/// How to spell a balloon setting (`berth vm --balloon`, the pod's BALLOON_* variables).
+pub const BALLOON_USAGE: &str = "use --balloon off, or on[,reporting=on|off][,stats=SECONDS]\
+                                 [,size=MIB]";
+
+/// Parses `off`, or `on` followed by options, or the options alone:
+/// `reporting=on|off`, `stats=SECONDS` (0: only on request), `size=MIB` (initial balloon
+/// size). `None` means no balloon device.
+pub fn parse_balloon(spec: &str) -> Result<Option<BalloonConfig>, String> {
+    let mut c = BalloonConfig::default();
+    for opt in spec.split(',').map(str::trim) {
+        match opt.split_once('=') {
+            None if opt == "off" && !spec.contains(',') => return Ok(None),
+            None if opt == "on" => {}
+            Some(("reporting", v)) => {
+                c.reporting = parse_switch(v).ok_or_else(|| {
+                    format!("--balloon {spec:?}: reporting must be on or off; {BALLOON_USAGE}")
+                })?
+            }
+            Some(("stats", v)) => {
+                let secs: u64 = v.parse().ok().filter(|s| *s <= 3600).ok_or_else(|| {
+                    format!("--balloon {spec:?}: stats must be 0 to 3600 seconds; {BALLOON_USAGE}")
+                })?;
+                c.stats_interval = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            Some(("size", v)) => {
+                c.size_mib = v.parse().map_err(|_| {
+                    format!("--balloon {spec:?}: size must be a number of MiB; {BALLOON_USAGE}")
+                })?
+            }
+            _ => {
+                return Err(format!(
+                    "--balloon {spec:?}: unknown option {opt:?}; {BALLOON_USAGE}"
+                ))
+            }
+        }
+    }
+    Ok(Some(c))
+}
+
+/// `on`/`off` and their usual synonyms.
+pub fn parse_switch(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "1" | "true" | "yes" => Some(true),
+        "off" | "0" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// The balloon's shared state for a guest of `memory_mib`, checking the initial size against
+/// it (create it before berth confines itself: it opens a timer and an eventfd).
+pub fn balloon_state(
+    config: BalloonConfig,
+    memory_mib: u64,
+) -> Result<Arc<BalloonShared>, Failure> {
+    if config.size_mib > memory_mib {
+        return Err(Failure::Usage(format!(
+            "a balloon of {} MiB is larger than the guest's {memory_mib} MiB; give a size \
+             from 0 to {memory_mib}",
+            config.size_mib
+        )));
+    }
+    BalloonShared::new(config, memory_mib)
+        .map_err(|e| Failure::Setup(format!("cannot set up the balloon: {e}")))
 }
 
 /// Parses `PATH[,readonly][,format=raw|qcow2][,serial=ID]`.
@@ -108,6 +178,9 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
         })?;
         vm.add_virtio(Box::new(Net::new(Box::new(tap), net.mac, net.mtu)))?;
     }
+    if let Some(b) = &spec.balloon {
+        vm.add_virtio(Box::new(Balloon::new(b.clone())))?;
+    }
     let kernel = vm.load_linux(&spec.boot)?;
     Ok((vm, kernel))
 }
@@ -141,5 +214,39 @@ mod tests {
         ] {
             assert!(parse_disk(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn balloon_specs() {
+        assert_eq!(parse_balloon("off").unwrap(), None);
+        assert_eq!(parse_balloon("on").unwrap(), Some(BalloonConfig::default()));
+        let c = parse_balloon("on,reporting=off,stats=5,size=64")
+            .unwrap()
+            .unwrap();
+        assert!(!c.reporting);
+        assert_eq!(c.stats_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.size_mib, 64);
+        let c = parse_balloon("stats=0").unwrap().unwrap();
+        assert_eq!(c.stats_interval, None);
+        for bad in [
+            "",
+            "maybe",
+            "reporting=sometimes",
+            "stats=-1",
+            "stats=9999",
+            "size=lots",
+            "off,size=1",
+        ] {
+            let e = parse_balloon(bad).unwrap_err();
+            assert!(e.contains("--balloon") && !e.contains('\n'), "{bad}: {e}");
+        }
+        assert!(balloon_state(
+            BalloonConfig {
+                size_mib: 300,
+                ..Default::default()
+            },
+            256
+        )
+        .is_err());
     }
 }

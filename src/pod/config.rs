@@ -51,6 +51,9 @@ pub struct PodConfig {
     pub vnc_password: bool,
     /// VNC_INSECURE: serve the console without a password anyway.
     pub vnc_insecure: bool,
+    /// The balloon (BALLOON, BALLOON_REPORTING, BALLOON_STATS_INTERVAL, BALLOON_SIZE_MIB);
+    /// `None` with BALLOON=off.
+    pub balloon: Option<vmm::virtio::balloon::BalloonConfig>,
 }
 
 impl PodConfig {
@@ -140,7 +143,9 @@ impl PodConfig {
                 }
             },
         };
+        let balloon = balloon_from_env(env, ram_mb, &mut errs);
         let cfg = PodConfig {
+            balloon,
             hostname,
             vcpus,
             ram_mb,
@@ -193,7 +198,7 @@ impl PodConfig {
             None => "kernel=from the image".into(),
         };
         format!(
-            "hostname={} vcpus={} memory={}MiB {kernel} seed={} vnc={} nested={} shutdown_timeout={}s",
+            "hostname={} vcpus={} memory={}MiB {kernel} seed={} vnc={} nested={} balloon={} shutdown_timeout={}s",
             self.hostname,
             self.vcpus,
             self.ram_mb,
@@ -203,9 +208,64 @@ impl PodConfig {
             },
             if self.no_vnc { "off" } else { "on" },
             if self.nested { "on" } else { "off" },
+            match self.balloon {
+                None => "off",
+                Some(b) if b.reporting => "on+reporting",
+                Some(_) => "on",
+            },
             self.shutdown_timeout.as_secs()
         )
     }
+}
+
+/// BALLOON=on|off (default on), BALLOON_REPORTING=on|off (default on),
+/// BALLOON_STATS_INTERVAL=SECONDS (default 0: statistics only when asked),
+/// BALLOON_SIZE_MIB=N (balloon size at boot, default 0).
+fn balloon_from_env(
+    env: &Env,
+    ram_mb: u64,
+    errs: &mut Vec<String>,
+) -> Option<vmm::virtio::balloon::BalloonConfig> {
+    use crate::machine::parse_switch;
+    let mut switch = |name: &str, default: bool| match env.value(name) {
+        None => default,
+        Some(v) => parse_switch(v).unwrap_or_else(|| {
+            errs.push(format!("{name}={v:?} is not on or off"));
+            default
+        }),
+    };
+    let on = switch("BALLOON", true);
+    let reporting = switch("BALLOON_REPORTING", true);
+    let stats = match env.value("BALLOON_STATS_INTERVAL") {
+        None => 0,
+        Some(v) => match v.parse::<u64>() {
+            Ok(s) if s <= 3600 => s,
+            _ => {
+                errs.push(format!(
+                    "BALLOON_STATS_INTERVAL={v:?} is not a number of seconds from 0 (only on \
+                     request) to 3600"
+                ));
+                0
+            }
+        },
+    };
+    let size_mib = match env.value("BALLOON_SIZE_MIB") {
+        None => 0,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= ram_mb => n,
+            _ => {
+                errs.push(format!(
+                    "BALLOON_SIZE_MIB={v:?} is not a size in MiB from 0 to IMG_RAM_MB ({ram_mb})"
+                ));
+                0
+            }
+        },
+    };
+    on.then_some(vmm::virtio::balloon::BalloonConfig {
+        reporting,
+        stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
+        size_mib,
+    })
 }
 
 fn valid_hostname(h: &str) -> bool {
@@ -238,6 +298,20 @@ mod tests {
         assert_eq!(c.seed_format, seed::Format::NoCloud);
         assert_eq!(c.path("/image"), PathBuf::from("/tmp/pod/image"));
         assert!(c.summary().contains("vcpus=4 memory=2048MiB"));
+        let b = c.balloon.unwrap();
+        assert!(b.reporting && b.stats_interval.is_none() && b.size_mib == 0);
+        let c = PodConfig::from_env(&Env::from([
+            ("HOSTNAME", "vm-0"),
+            ("BALLOON_REPORTING", "off"),
+            ("BALLOON_STATS_INTERVAL", "10"),
+            ("BALLOON_SIZE_MIB", "128"),
+        ]))
+        .unwrap();
+        let b = c.balloon.unwrap();
+        assert!(!b.reporting && b.size_mib == 128);
+        assert_eq!(b.stats_interval, Some(Duration::from_secs(10)));
+        let c = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BALLOON", "off")]));
+        assert_eq!(c.unwrap().balloon, None);
     }
 
     #[test]
@@ -282,6 +356,23 @@ mod tests {
         ]) {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));
+        }
+        let errs = PodConfig::from_env(&Env::from([
+            ("HOSTNAME", "vm-0"),
+            ("BALLOON", "maybe"),
+            ("BALLOON_REPORTING", "2"),
+            ("BALLOON_STATS_INTERVAL", "-3"),
+            ("BALLOON_SIZE_MIB", "600"),
+        ]))
+        .unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        for (e, word) in errs.iter().zip([
+            "BALLOON=",
+            "BALLOON_REPORTING",
+            "BALLOON_STATS_INTERVAL",
+            "BALLOON_SIZE_MIB",
+        ]) {
+            assert!(e.contains(word), "{e}");
         }
         let errs = PodConfig::from_env(&Env::from([("HOSTNAME", "../x")])).unwrap_err();
         assert!(errs[0].contains("HOSTNAME"));

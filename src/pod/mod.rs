@@ -60,6 +60,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         disks: Vec::new(),
         net: None,
         lease: None,
+        balloon: None,
     }));
     let access = control::Access::own_uid_and(cfg.control_uid);
     control::serve(
@@ -143,7 +144,13 @@ pub fn run() -> Result<ExitReason, Failure> {
             s.lease = Some(Box::new(move || d.lease_bound()));
         }
     }
+    let balloon = match cfg.balloon {
+        Some(c) => Some(machine::balloon_state(c, cfg.ram_mb)?),
+        None => None,
+    };
+    status.lock().expect("status lock poisoned").balloon = balloon.clone();
     let spec = MachineSpec {
+        balloon,
         config: MachineConfig {
             vcpus: cfg.vcpus,
             memory_mib: cfg.ram_mb,
@@ -423,11 +430,23 @@ fn socket_name() -> String {
         .unwrap_or_else(|| config::DEFAULT_CONTROL_SOCKET.into())
 }
 
-/// `berth control shutdown|reset`: asks the entrypoint to press the guest's power button or
-/// to reset the VM.
-pub fn control_command(action: &str) -> std::process::ExitCode {
+/// `berth control shutdown|reset|balloon MIB`: asks the entrypoint to press the guest's power
+/// button, to reset the VM, or to set the balloon's size.
+pub fn control_command(action: &str, mib: Option<u64>) -> std::process::ExitCode {
     let name = socket_name();
-    match control::request(&name, action) {
+    let req = match (action, mib) {
+        ("balloon", Some(m)) => json!({ "cmd": "balloon", "mib": m }),
+        ("balloon", None) => {
+            eprintln!("berth: balloon: give the balloon size in MiB (0 gives all memory back)");
+            return std::process::ExitCode::from(2);
+        }
+        (_, Some(_)) => {
+            eprintln!("berth: {action} takes no size; only `berth control balloon MIB` does");
+            return std::process::ExitCode::from(2);
+        }
+        (a, None) => json!({ "cmd": a }),
+    };
+    match control::request_json(&name, &req) {
         Ok(v) if v["ok"] == true => std::process::ExitCode::SUCCESS,
         Ok(v) => {
             eprintln!(
