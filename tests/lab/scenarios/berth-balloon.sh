@@ -1,0 +1,83 @@
+# description: virtio-balloon free page reporting: a 512 MiB L2 guest fills and frees 240 MiB of tmpfs; with reporting berth's RSS falls back within seconds, with --balloon reporting=off it stays; a file kept across keeps its checksum; berth's idle CPU time printed for both
+# timeout: 300
+# needs: berth
+# expect: BAL-DATA-OK reporting=on
+# expect: BAL-DATA-OK reporting=off
+# expect: BAL-ON-OK
+# expect: BAL-OFF-OK
+# reject: BAL-DATA-BAD
+# reject: Kernel panic
+# reject: KVM internal error
+[ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
+cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
+mkdir -p s
+# The guest: a 4 MiB file of random bytes kept across, 240 MiB written to a tmpfs and deleted.
+# Each BAL-* marker is followed by a pause in which L1 samples berth's RSS.
+cat > s/scenario.sh <<'EOS'
+tag=$(sed -n 's/.*l2.tag=\([a-z]*\).*/\1/p' /proc/cmdline)
+[ -d /sys/bus/virtio/drivers/virtio_balloon ] || echo "BAL-NO-DRIVER"
+head -c 4194304 /dev/urandom > /keep.bin
+sum0=$(md5sum < /keep.bin)
+echo "BAL-BASE"; sleep 4
+mkdir -p /mnt/t && mount -t tmpfs -o size=300m t /mnt/t
+dd if=/dev/zero of=/mnt/t/big bs=1M count=240 2>/dev/null
+echo "BAL-PEAK"; sleep 4
+rm /mnt/t/big && umount /mnt/t
+echo "BAL-FREED"; sleep 12
+sum1=$(md5sum < /keep.bin)
+if [ "$sum0" = "$sum1" ]; then echo "BAL-DATA-OK reporting=$tag"; else echo "BAL-DATA-BAD reporting=$tag"; fi
+echo "BAL-IDLE"; sleep 6
+EOS
+l2_initrd s initrd
+
+# rss_mib PID: berth's resident memory in MiB (VmRSS: guest memory it holds and its own).
+rss_mib() { awk '/^VmRSS:/ {print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null; }
+# cpu_ticks PID: user + system time of all of berth's threads, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
+# wait_for FILE MARKER SECONDS
+wait_for() {
+    i=0
+    while ! grep -q "$2" "$1" 2>/dev/null; do
+        i=$((i + 1)); [ "$i" -gt $(($3 * 4)) ] && return 1
+        sleep 0.25
+    done
+}
+
+# run REPORTING: boots the guest with the balloon's free page reporting on or off; prints
+# BAL-RSS with base, peak and the samples after the free, and the verdict.
+run() {
+    log=$SCRATCH/console-$1.log
+    : > "$log"
+    "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 512 \
+        --balloon "on,reporting=$1" \
+        --cmdline "console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off l2.tag=$1" \
+        </dev/null >"$log" 2>&1 &
+    pid=$!
+    wait_for "$log" BAL-BASE 150 || { echo "BAL-$1-TIMEOUT base"; kill "$pid"; wait "$pid"; return; }
+    sleep 2; base=$(rss_mib "$pid")
+    wait_for "$log" BAL-PEAK 120 || { echo "BAL-$1-TIMEOUT peak"; kill "$pid"; wait "$pid"; return; }
+    sleep 2; peak=$(rss_mib "$pid")
+    wait_for "$log" BAL-FREED 60 || { echo "BAL-$1-TIMEOUT freed"; kill "$pid"; wait "$pid"; return; }
+    samples="" fell=""
+    for t in 1 2 3 4 5 6 7 8 9 10; do
+        sleep 1
+        r=$(rss_mib "$pid"); samples="$samples $r"
+        if [ -z "$fell" ] && [ "$r" -lt $((peak - 150)) ]; then fell=$t; fi
+    done
+    after=$(rss_mib "$pid")
+    wait_for "$log" BAL-IDLE 60
+    c0=$(cpu_ticks "$pid"); sleep 5; c1=$(cpu_ticks "$pid")
+    wait "$pid"; rc=$?
+    grep -E "BAL-|L2-UP|berth:" "$log"
+    echo "BAL-RSS reporting=$1 base_mib=$base peak_mib=$peak after_mib=$after samples_mib=[$samples ] fell_below_peak-150_after_s=${fell:-never} idle_cpu_ticks_5s=$((c1 - c0)) rc=$rc"
+    if [ "$1" = on ]; then
+        if [ -n "$fell" ] && [ "$after" -lt $((base + 80)) ]; then echo "BAL-ON-OK"
+        else echo "BAL-ON-BAD: RSS did not fall back (peak $peak, after $after, base $base)"; fi
+    else
+        if [ "$after" -ge $((peak - 30)) ]; then echo "BAL-OFF-OK"
+        else echo "BAL-OFF-BAD: RSS fell without reporting (peak $peak, after $after)"; fi
+    fi
+}
+run on
+run off
