@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
+use vmm::metrics::{CountingDisk, CountingNet, VmMetrics};
 use vmm::virtio::balloon::{Balloon, BalloonConfig, BalloonShared};
 use vmm::virtio::block::Block;
 use vmm::virtio::net::tap::Tap;
@@ -53,6 +54,25 @@ pub struct MachineSpec {
     pub net: Option<NetSpec>,
     /// The balloon's state, kept across reboots (its target and counters), if it has one.
     pub balloon: Option<Arc<BalloonShared>>,
+    /// Where vCPUs, disks and the NIC count what they do, if anywhere.
+    pub metrics: Option<Arc<VmMetrics>>,
+}
+
+/// The name the guest gives disk `i` (vda, vdb, ...; vdaa after vdz).
+pub fn disk_name(i: usize) -> String {
+    let letters = |mut n: usize| {
+        let mut s = Vec::new();
+        loop {
+            s.push(b'a' + (n % 26) as u8);
+            if n < 26 {
+                break;
+            }
+            n = n / 26 - 1;
+        }
+        s.reverse();
+        String::from_utf8(s).expect("ASCII")
+    };
+    format!("vd{}", letters(i))
 }
 
 /// How to spell a balloon setting (`berth vm --balloon`, the pod's BALLOON_* variables).
@@ -153,6 +173,9 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
 /// Creates the VM with its devices and loads the kernel.
 pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
     let mut vm = Vm::new(spec.config, Box::new(std::io::stdout()))?;
+    if let Some(m) = &spec.metrics {
+        vm.set_metrics(m.clone());
+    }
     for (i, d) in spec.disks.iter().enumerate() {
         let opts = DiskOptions {
             read_only: d.read_only,
@@ -164,6 +187,9 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
             eprintln!("berth: {note}");
         }
         let serial = d.serial.clone().unwrap_or_else(|| format!("berth-disk{i}"));
+        if let Some(m) = &spec.metrics {
+            backend = Box::new(CountingDisk::new(backend, m.disk(&disk_name(i))));
+        }
         vm.add_virtio(Box::new(Block::new(backend, d.read_only, &serial)))?;
     }
     if let Some(net) = &spec.net {
@@ -176,7 +202,11 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
                 "the tap does not take a 12-byte virtio-net header ({e}); open it with IFF_VNET_HDR"
             ))
         })?;
-        vm.add_virtio(Box::new(Net::new(Box::new(tap), net.mac, net.mtu)))?;
+        let mut backend: Box<dyn vmm::virtio::net::tap::NetBackend> = Box::new(tap);
+        if let Some(m) = &spec.metrics {
+            backend = Box::new(CountingNet::new(backend, m.nic("eth0")));
+        }
+        vm.add_virtio(Box::new(Net::new(backend, net.mac, net.mtu)))?;
     }
     if let Some(b) = &spec.balloon {
         vm.add_virtio(Box::new(Balloon::new(b.clone())))?;
@@ -214,6 +244,12 @@ mod tests {
         ] {
             assert!(parse_disk(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn disk_names_follow_the_guest() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52].map(disk_name).to_vec();
+        assert_eq!(names, ["vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod fetch;
 mod imageboot;
 mod lifecycle;
 mod machine;
+mod metrics;
 mod pod;
 
 use std::process::ExitCode;

@@ -73,6 +73,8 @@ pub enum ThreadKind {
     Net,
     /// The virtio-balloon worker.
     Balloon,
+    /// The /metrics HTTP server.
+    Metrics,
     /// VNC server threads.
     Vnc,
     /// The DHCP server.
@@ -89,12 +91,13 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every thread type.
-    pub const ALL: [ThreadKind; 11] = [
+    pub const ALL: [ThreadKind; 12] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Block,
         ThreadKind::Net,
         ThreadKind::Balloon,
+        ThreadKind::Metrics,
         ThreadKind::Vnc,
         ThreadKind::Dhcp,
         ThreadKind::Control,
@@ -111,6 +114,7 @@ impl ThreadKind {
             ThreadKind::Block => "block",
             ThreadKind::Net => "net",
             ThreadKind::Balloon => "balloon",
+            ThreadKind::Metrics => "metrics",
             ThreadKind::Vnc => "vnc",
             ThreadKind::Dhcp => "dhcp",
             ThreadKind::Control => "control",

@@ -17,6 +17,25 @@ pub const MIN_RAM_MB: u64 = 64;
 /// Default control socket: an abstract unix socket, so it needs no writable filesystem.
 pub const DEFAULT_CONTROL_SOCKET: &str = "@berth-control";
 
+/// Where the metrics endpoint listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAt {
+    /// `BERTH_METRICS=PORT`: on the pod IP (kept out of the VM's DNAT, like VNC's 5900).
+    PodIp(u16),
+    /// `BERTH_METRICS=ADDR:PORT`: exactly there.
+    Addr(std::net::SocketAddr),
+}
+
+impl MetricsAt {
+    /// The TCP port.
+    pub fn port(self) -> u16 {
+        match self {
+            MetricsAt::PodIp(p) => p,
+            MetricsAt::Addr(a) => a.port(),
+        }
+    }
+}
+
 /// What the pod asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodConfig {
@@ -51,6 +70,8 @@ pub struct PodConfig {
     pub vnc_password: bool,
     /// VNC_INSECURE: serve the console without a password anyway.
     pub vnc_insecure: bool,
+    /// BERTH_METRICS: where to serve /metrics (off when unset).
+    pub metrics: Option<MetricsAt>,
     /// The balloon (BALLOON, BALLOON_REPORTING, BALLOON_STATS_INTERVAL, BALLOON_SIZE_MIB);
     /// `None` with BALLOON=off.
     pub balloon: Option<vmm::virtio::balloon::BalloonConfig>,
@@ -144,7 +165,29 @@ impl PodConfig {
             },
         };
         let balloon = balloon_from_env(env, ram_mb, &mut errs);
+        let metrics = match env.value("BERTH_METRICS") {
+            None => None,
+            Some(v) => match (v.parse::<u16>(), v.parse::<std::net::SocketAddr>()) {
+                (Ok(p), _) if p > 0 => Some(MetricsAt::PodIp(p)),
+                (_, Ok(a)) if a.port() > 0 => Some(MetricsAt::Addr(a)),
+                _ => {
+                    errs.push(format!(
+                        "BERTH_METRICS={v:?} is not a port (served on the pod IP) or ADDR:PORT; \
+                         e.g. 9100, or unset it for no metrics endpoint"
+                    ));
+                    None
+                }
+            },
+        };
+        if metrics.is_some_and(|m| m.port() == netplumb::config::VNC_PORT) && !env.flag("NO_VNC") {
+            errs.push(
+                "BERTH_METRICS uses port 5900, which the VNC console has; choose another port \
+                 (9100 is usual)"
+                    .into(),
+            );
+        }
         let cfg = PodConfig {
+            metrics,
             balloon,
             hostname,
             vcpus,
@@ -312,6 +355,20 @@ mod tests {
         assert_eq!(b.stats_interval, Some(Duration::from_secs(10)));
         let c = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BALLOON", "off")]));
         assert_eq!(c.unwrap().balloon, None);
+        let metrics = |v: &str| {
+            PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BERTH_METRICS", v)]))
+                .map(|c| c.metrics)
+        };
+        assert_eq!(metrics("9100").unwrap(), Some(MetricsAt::PodIp(9100)));
+        assert_eq!(
+            metrics("127.0.0.1:9200").unwrap(),
+            Some(MetricsAt::Addr("127.0.0.1:9200".parse().unwrap()))
+        );
+        for bad in ["0", "x:1", "9100x", "5900"] {
+            let e = metrics(bad).unwrap_err();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(e[0].contains("BERTH_METRICS"), "{e:?}");
+        }
     }
 
     #[test]

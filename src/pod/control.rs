@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use vmm::virtio::balloon::{BalloonShared, PFN_SHIFT, STAT_NAMES};
 
 use crate::lifecycle::Lifecycle;
+use crate::metrics::{samples_json, Exporter};
 
 /// What the entrypoint is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +37,8 @@ pub enum State {
 }
 
 impl State {
-    fn name(self) -> &'static str {
+    /// Its name in the status and the metrics.
+    pub fn name(self) -> &'static str {
         match self {
             State::Starting => "starting",
             State::Running => "running",
@@ -66,6 +68,10 @@ pub struct Status {
     pub lease: Option<Box<dyn Fn() -> bool + Send>>,
     /// The balloon, if the VM has one.
     pub balloon: Option<Arc<BalloonShared>>,
+    /// The metrics (the same samples as /metrics go into the status).
+    pub metrics: Option<Arc<Mutex<Exporter>>>,
+    /// VNC viewers connected now, if VNC is on.
+    pub vnc_clients: Option<Box<dyn Fn() -> usize + Send>>,
 }
 
 impl Status {
@@ -266,7 +272,18 @@ fn answer(conn: UnixStream, status: &SharedStatus, lc: Option<&Lifecycle>) -> st
         }
     };
     let reply = match (req.get("cmd").and_then(Value::as_str), lc) {
-        (Some("status") | None, _) => status.lock().expect("status lock poisoned").to_json(),
+        (Some("status") | None, _) => {
+            let (mut v, exporter) = {
+                let s = status.lock().expect("status lock poisoned");
+                (s.to_json(), s.metrics.clone())
+            };
+            // Rendered without the status lock: the exporter takes it to read its facts.
+            if let Some(e) = exporter {
+                let text = e.lock().expect("exporter lock poisoned").render();
+                v["metrics"] = samples_json(&text);
+            }
+            v
+        }
         (Some("shutdown"), Some(lc)) => done(lc.press_power_button()),
         (Some("reset"), Some(lc)) => done(lc.reset_vm()),
         (Some("balloon"), _) => set_balloon(status, req.get("mib").and_then(Value::as_u64)),
@@ -330,6 +347,8 @@ mod tests {
             net: Some(json!({"vm_ip": "192.168.254.2"})),
             lease: Some(Box::new(|| true)),
             balloon: None,
+            metrics: None,
+            vnc_clients: None,
         }));
         serve(&name, status.clone(), None, Access::own_uid_and(None)).unwrap();
         let v = query(&name).unwrap();
@@ -358,6 +377,8 @@ mod tests {
             net: None,
             lease: None,
             balloon: None,
+            metrics: None,
+            vnc_clients: None,
         }))
     }
 
@@ -385,6 +406,21 @@ mod tests {
         assert_eq!(v["balloon"]["target_bytes"], 100u64 << 20);
         assert_eq!(v["balloon"]["active"], false);
         assert_eq!(v["balloon"]["reporting"], true);
+        // With an exporter, the status carries the same samples as /metrics.
+        let b2 = b.clone();
+        let e = Exporter::new(Box::new(move || crate::metrics::Facts {
+            state: "running",
+            boots: 4,
+            balloon: Some(b2.clone()),
+            ..Default::default()
+        }));
+        status.lock().unwrap().metrics = Some(e);
+        let v = query(&name).unwrap();
+        assert_eq!(v["metrics"]["berth_vm_boots_total"], 4.0);
+        assert_eq!(
+            v["metrics"][r#"berth_balloon_bytes{kind="target"}"#],
+            (100u64 << 20) as f64
+        );
     }
 
     trait ErrStr {
