@@ -254,6 +254,32 @@ pub fn samples_json(text: &str) -> Value {
     Value::Object(m)
 }
 
+/// The OpenMetrics text in the classic Prometheus text format (0.0.4): counters are declared
+/// under their sample name (`x_total`), and the OpenMetrics-only `# UNIT` and `# EOF` lines go.
+pub fn to_classic(text: &str) -> String {
+    let counters: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let declared = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(declared.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// Serves `/metrics` on `addr` from a thread of its own; returns the bound address.
 pub fn serve(addr: SocketAddr, exporter: Arc<Mutex<Exporter>>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
@@ -317,11 +343,22 @@ fn answer(mut conn: TcpStream, exporter: &Mutex<Exporter>) -> std::io::Result<()
         ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
     } else {
         let text = exporter.lock().expect("exporter lock poisoned").render();
-        (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            text,
-        )
+        // Prometheus asks for OpenMetrics in its Accept header; everything else (curl,
+        // promtool, older scrapers) gets the classic text format.
+        let head = String::from_utf8_lossy(&req).to_ascii_lowercase();
+        if head.contains("application/openmetrics-text") {
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            )
+        } else {
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                to_classic(&text),
+            )
+        }
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -387,6 +424,36 @@ mod tests {
         samples
     }
 
+    /// `promtool check metrics` (Debian's prometheus package) on `text`, when installed.
+    fn promtool_check(text: &str) {
+        use std::process::{Command, Stdio};
+        let Ok(mut child) = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        else {
+            eprintln!(
+                "note: promtool not installed (apt-get install prometheus); skipped its check"
+            );
+            return;
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn scrape_parses_and_counts_what_happened() {
         let boots = Arc::new(AtomicU64::new(2));
@@ -405,12 +472,29 @@ mod tests {
         }));
         let vm = exporter.lock().unwrap().vm_metrics();
         vm.vcpu(0).count(vmm::metrics::ExitKind::MmioWrite);
+        // A disk and a NIC, so their counters and histograms are in the text too.
+        let _disk = vm.disk("vda");
+        let _nic = vm.nic("eth0");
         let addr = serve("127.0.0.1:0".parse().unwrap(), exporter.clone()).unwrap();
-        let reply = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let reply = get(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; \
+              version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+        );
         let (head, body) = reply.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-        assert!(head.contains("application/openmetrics-text"));
+        assert!(head.contains("application/openmetrics-text"), "{head}");
         let samples = parse(body);
+        // Without the Accept header: the classic format, which promtool checks.
+        let classic = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        let (head, classic) = classic.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        assert!(
+            classic.contains("# TYPE berth_vm_boots_total counter\n"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"));
+        promtool_check(classic);
         let value = |n: &str| {
             samples
                 .iter()
@@ -428,6 +512,15 @@ mod tests {
         assert_eq!(value("berth_dhcp_lease_bound"), 1.0);
         assert_eq!(value("berth_vnc_clients"), 3.0);
         assert_eq!(
+            value(r#"berth_disk_bytes_total{disk="vda",op="write"}"#),
+            0.0
+        );
+        assert_eq!(
+            value(r#"berth_disk_operation_seconds_count{disk="vda",op="flush"}"#),
+            0.0
+        );
+        assert_eq!(value(r#"berth_net_drops_total{nic="eth0"}"#), 0.0);
+        assert_eq!(
             value(r#"berth_vcpu_exits_total{vcpu="0",reason="mmio_write"}"#),
             1.0
         );
@@ -435,6 +528,7 @@ mod tests {
         boots.store(3, std::sync::atomic::Ordering::SeqCst);
         let body = get(addr, b"GET /metrics HTTP/1.0\r\n\r\n");
         assert!(body.contains("berth_vm_boots_total 3\n"), "{body}");
+        promtool_check(body.split_once("\r\n\r\n").unwrap().1);
         // The status JSON carries the same samples.
         let text = exporter.lock().unwrap().render();
         let j = samples_json(&text);
