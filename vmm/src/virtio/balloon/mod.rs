@@ -590,6 +590,11 @@ pub fn take_stats(
     // The queue size bounds the chains one pass can pop.
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
+        if head >= queue.size() {
+            // A head the used ring cannot name: the chain can never be answered, and the
+            // ring is broken (as drain_queue, stop there).
+            break;
+        }
         let bytes = readable_bytes(mem, chain, MAX_STATS * 10);
         let mut stats = shared.stats.lock().expect("balloon lock poisoned");
         for entry in bytes.chunks_exact(10) {
@@ -602,7 +607,10 @@ pub fn take_stats(
         stats.updated = Some(Instant::now());
         drop(stats);
         if let Some(old) = held.replace(head) {
-            used |= queue.add_used(mem, old, 0).is_ok();
+            if queue.add_used(mem, old, 0).is_err() {
+                break;
+            }
+            used = true;
         }
     }
     used && queue.needs_notification(mem).unwrap_or(true)
