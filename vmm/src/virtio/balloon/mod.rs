@@ -321,14 +321,17 @@ impl VirtioDevice for Balloon {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let roles = Roles::for_features(ctx.acked_features);
-        let irq = ctx.interrupt.clone();
-        self.worker.start(ctx, |shared| BalloonWorker {
+        // Before the worker runs: a target set from now on reaches the driver.
+        *self.shared.irq.lock().expect("balloon lock poisoned") = Some(ctx.interrupt.clone());
+        let started = self.worker.start(ctx, |shared| BalloonWorker {
             shared,
             roles,
             held_stats: None,
-        })?;
-        *self.shared.irq.lock().expect("balloon lock poisoned") = Some(irq);
-        Ok(())
+        });
+        if started.is_err() {
+            *self.shared.irq.lock().expect("balloon lock poisoned") = None;
+        }
+        started
     }
 
     fn reset(&mut self) {

@@ -349,6 +349,11 @@ fn worker_serves_reports_and_returns_stats_on_request() {
         "report used"
     );
     assert!(s.snapshot().active);
+    // The stats queue is served in the same wakeup, maybe just after the report.
+    let t = std::time::Instant::now();
+    while s.snapshot().stats.updated.is_none() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(s.snapshot().stats.values[4], Some(77));
     assert_eq!(used_idx(&m, &stats_q), 0, "stats buffer held");
     s.request_stats();
