@@ -421,6 +421,65 @@ mod tests {
         );
     }
 
+    /// A tap that delivers `rx` frames, then WouldBlock; refuses writes when `full`.
+    struct FakeTap {
+        rx: Vec<Vec<u8>>,
+        full: bool,
+    }
+    impl AsRawFd for FakeTap {
+        fn as_raw_fd(&self) -> RawFd {
+            -1
+        }
+    }
+    impl NetBackend for FakeTap {
+        fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let f = self.rx.pop().ok_or(io::ErrorKind::WouldBlock)?;
+            buf[..f.len()].copy_from_slice(&f);
+            Ok(f.len())
+        }
+        fn write_frame(&mut self, _: &[u8]) -> io::Result<()> {
+            if self.full {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        }
+        fn set_offload(&mut self, _: u32) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn nic_frames_bytes_and_drops_are_counted() {
+        let mut reg = Registry::default();
+        let m = VmMetrics::register(&mut reg);
+        let tap = FakeTap {
+            rx: vec![vec![0; 100], vec![0; 1514]],
+            full: false,
+        };
+        let mut n = CountingNet::new(Box::new(tap), m.nic("eth0"));
+        let mut buf = [0u8; 2048];
+        while n.read_frame(&mut buf).is_ok() {}
+        n.write_frame(&[0; 60]).unwrap();
+        let mut dropping = CountingNet::new(
+            Box::new(FakeTap {
+                rx: vec![],
+                full: true,
+            }),
+            m.nic("eth0"),
+        );
+        assert!(dropping.write_frame(&[0; 60]).is_err());
+        let t = text(&reg);
+        for line in [
+            r#"berth_net_packets_total{nic="eth0",direction="rx"} 2"#,
+            r#"berth_net_bytes_total{nic="eth0",direction="rx"} 1614"#,
+            r#"berth_net_packets_total{nic="eth0",direction="tx"} 1"#,
+            r#"berth_net_bytes_total{nic="eth0",direction="tx"} 60"#,
+            r#"berth_net_drops_total{nic="eth0"} 1"#,
+        ] {
+            assert!(t.contains(line), "{line} missing in\n{t}");
+        }
+    }
+
     #[test]
     fn vcpu_exits_are_counted_by_reason() {
         let mut reg = Registry::default();
