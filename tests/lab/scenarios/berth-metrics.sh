@@ -19,8 +19,14 @@ cd "$SCRATCH"
 $IP tuntap add dev bm0 mode tap || echo "MET-FAIL cannot create tap bm0"
 $IP addr add 10.0.10.1/24 dev bm0
 $IP link set bm0 up
-rm -f stop
-( while [ ! -e stop ]; do nc -l -p 5001 > /dev/null 2>&1; done ) &
+rm -f stop got.txt
+# The sink's stdin must not end: a background job's stdin is /dev/null, and busybox nc closes
+# the connection when its stdin ends, which cuts the guest's transfer short. A FIFO held open
+# by a writer that never writes keeps it waiting. Each transfer's size goes to got.txt.
+mkfifo hold
+sleep 100000 > hold &
+spid=$!
+( while [ ! -e stop ]; do nc -l -p 5001 < hold 2>/dev/null | wc -c >> got.txt; done ) &
 mkdir -p www && dd if=/dev/zero of=www/f bs=64k count=128 2>/dev/null
 httpd -f -p 10.0.10.1:8080 -h "$SCRATCH/www" &
 hpid=$!
@@ -62,7 +68,7 @@ pid=$!
 if wait_for on.log MET-GUEST-DONE 200; then scrape m.txt; else echo "MET-TIMEOUT"; fi
 wait "$pid"
 grep -E "MET-|berth:" on.log
-echo "MET-COST on $(grep MET-GUEST on.log | head -n1)"
+echo "MET-COST on $(grep MET-GUEST on.log | head -n1) sink_got=$(tail -n1 got.txt)"
 w=$(metric m.txt 'berth_disk_bytes_total{disk="vda",op="write"}')
 r=$(metric m.txt 'berth_disk_bytes_total{disk="vda",op="read"}')
 echo "MET-DISK write_bytes=${w:-none} (dd: 33554432) read_bytes=${r:-none} (dd: 16777216 + the partition scan)"
@@ -79,7 +85,7 @@ grep -E '^berth_(vcpu_exits_total\{vcpu="0",reason="(mmio_write|io_out)"\}|disk_
 
 "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 --net tap=bm0 \
     --disk d.raw,format=raw --cmdline "$CMD" </dev/null > off.log 2>&1
-echo "MET-COST off $(grep MET-GUEST off.log | head -n1)"
+echo "MET-COST off $(grep MET-GUEST off.log | head -n1) sink_got=$(tail -n1 got.txt)"
 touch stop; nc 10.0.10.1 5001 </dev/null >/dev/null 2>&1
-kill "$hpid" 2>/dev/null
+kill "$hpid" "$spid" 2>/dev/null
 $IP link del bm0
