@@ -197,7 +197,10 @@ fn metrics_are_served_by_the_confined_process() {
             Ok(l) => seen.push(l),
             Err(_) => {
                 let _ = child.kill();
-                panic!("berth never said it is confined; stderr:\n{}", seen.join("\n"));
+                panic!(
+                    "berth never said it is confined; stderr:\n{}",
+                    seen.join("\n")
+                );
             }
         }
     }
@@ -222,7 +225,10 @@ fn metrics_are_served_by_the_confined_process() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(rss > 1 << 20, "RSS from the statm fd: {rss}\n{body}");
-    assert!(body.contains(r#"berth_disk_bytes_total{disk="vda",op="read"}"#), "{body}");
+    assert!(
+        body.contains(r#"berth_disk_bytes_total{disk="vda",op="read"}"#),
+        "{body}"
+    );
 }
 
 #[test]
