@@ -454,6 +454,41 @@ mod tests {
         );
     }
 
+    /// Prometheus' Python client parses `text` as OpenMetrics (strictly: it raises on any
+    /// format error), from the venv scripts/setup makes, when it is there.
+    fn openmetrics_parser_check(text: &str) {
+        use std::process::{Command, Stdio};
+        let venv = std::env::var("BERTH_VENV").unwrap_or_else(|_| "/opt/berth-venv".into());
+        let py = format!("{venv}/bin/python");
+        let script = "import sys\n\
+            from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+            fams = list(text_string_to_metric_families(sys.stdin.read()))\n\
+            print(len(fams), sum(len(f.samples) for f in fams))\n";
+        let Ok(mut child) = Command::new(&py)
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("note: no {py} (scripts/setup); skipped the OpenMetrics parser check");
+            return;
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No module named 'prometheus_client'") {
+            eprintln!("note: prometheus_client not in {venv} (scripts/setup); skipped its check");
+            return;
+        }
+        assert!(out.status.success(), "OpenMetrics parser: {err}");
+    }
+
     #[test]
     fn scrape_parses_and_counts_what_happened() {
         let boots = Arc::new(AtomicU64::new(2));
@@ -485,6 +520,7 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
         assert!(head.contains("application/openmetrics-text"), "{head}");
         let samples = parse(body);
+        openmetrics_parser_check(body);
         // Without the Accept header: the classic format, which promtool checks.
         let classic = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
         let (head, classic) = classic.split_once("\r\n\r\n").unwrap();
