@@ -11,7 +11,7 @@ use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
 use crate::exit::Failure;
 use crate::machine::{self, MachineSpec, NetSpec, VhostMode};
-use crate::{console, imageboot, lifecycle};
+use crate::{console, imageboot, lifecycle, metrics};
 
 /// Arguments of `berth vm`.
 #[derive(clap::Args)]
@@ -60,6 +60,16 @@ pub struct VmArgs {
     /// keyboard over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
     #[arg(long, value_name = "ADDR:PORT")]
     vnc: Option<std::net::SocketAddr>,
+    /// The memory balloon: `off`, or `on` with options `reporting=on|off` (free page
+    /// reporting: memory the guest frees goes back to the host), `stats=SECONDS` (ask the
+    /// guest for memory statistics that often; 0: never) and `size=MIB` (balloon size at boot:
+    /// memory taken from the guest). Default: on,reporting=on,stats=0,size=0.
+    #[arg(long, value_name = "SPEC", default_value = "on")]
+    balloon: String,
+    /// Serve Prometheus metrics (vCPU exits, disk and NIC counters, memory, balloon) over HTTP
+    /// at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9100. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     /// Offer the guest hardware virtualization (VMX/SVM), so it can run VMs itself; hidden
     /// by default.
     #[arg(long)]
@@ -195,6 +205,10 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
     for f in args.kernel.iter().chain(args.initrd.as_ref()) {
         std::fs::File::open(f).map_err(|e| Failure::file(f, e))?;
     }
+    let balloon = match machine::parse_balloon(&args.balloon).map_err(Failure::Usage)? {
+        Some(c) => Some(machine::balloon_state(c, args.memory)?),
+        None => None,
+    };
     let disks = args
         .disks
         .iter()
@@ -240,6 +254,24 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
             })
         }
     };
+    let exporter = args.metrics.map(|addr| {
+        let (balloon, vcpus, memory_mib) = (balloon.clone(), args.cpus, args.memory);
+        let since = std::time::Instant::now();
+        let e = metrics::Exporter::new(Box::new(move || metrics::Facts {
+            state: "running",
+            boots: 1,
+            since: Some(since),
+            vcpus,
+            memory_mib,
+            balloon: balloon.clone(),
+            lease: None,
+            vnc_clients: None,
+        }));
+        (addr, e)
+    });
+    let vm_metrics = exporter
+        .as_ref()
+        .map(|(_, e)| e.lock().expect("exporter lock poisoned").vm_metrics());
     // Kept alive until the kernel is loaded: extracted files are unnamed files.
     let (boot, _from_disk) = boot_files(&args, &disks)?;
     let spec = MachineSpec {
@@ -251,6 +283,8 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         boot,
         disks,
         net,
+        balloon,
+        metrics: vm_metrics,
     };
     let (mut vm, kernel) = machine::build(&spec)?;
     vmm::keep_kvm_open()?;
@@ -269,6 +303,14 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
             Some(server)
         }
     };
+    if let Some((addr, e)) = exporter {
+        let at = metrics::serve(addr, e).map_err(|e| {
+            Failure::Setup(format!(
+                "cannot serve metrics on {addr}: {e}; free the port or choose another --metrics"
+            ))
+        })?;
+        eprintln!("berth: metrics on http://{at}/metrics");
+    }
     drop(_from_disk);
     eprintln!(
         "berth: booting {} ({:?}) with {} vCPU(s), {} MiB, {} disk(s){}",

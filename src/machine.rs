@@ -6,8 +6,11 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
+use vmm::metrics::{CountingDisk, CountingNet, VmMetrics};
+use vmm::virtio::balloon::{Balloon, BalloonConfig, BalloonShared};
 use vmm::virtio::block::Block;
 use vmm::virtio::net::tap::Tap;
 use vmm::virtio::net::vhost::VhostNet;
@@ -143,6 +146,92 @@ pub struct MachineSpec {
     pub disks: Vec<DiskSpec>,
     /// The NIC, if any.
     pub net: Option<NetSpec>,
+    /// The balloon's state, kept across reboots (its target and counters), if it has one.
+    pub balloon: Option<Arc<BalloonShared>>,
+    /// Where vCPUs, disks and the NIC count what they do, if anywhere.
+    pub metrics: Option<Arc<VmMetrics>>,
+}
+
+/// The name the guest gives disk `i` (vda, vdb, ...; vdaa after vdz).
+pub fn disk_name(i: usize) -> String {
+    let letters = |mut n: usize| {
+        let mut s = Vec::new();
+        loop {
+            s.push(b'a' + (n % 26) as u8);
+            if n < 26 {
+                break;
+            }
+            n = n / 26 - 1;
+        }
+        s.reverse();
+        String::from_utf8(s).expect("ASCII")
+    };
+    format!("vd{}", letters(i))
+}
+
+/// How to spell a balloon setting (`berth vm --balloon`, the pod's BALLOON_* variables).
+pub const BALLOON_USAGE: &str = "use --balloon off, or on[,reporting=on|off][,stats=SECONDS]\
+                                 [,size=MIB]";
+
+/// Parses `off`, or `on` followed by options, or the options alone:
+/// `reporting=on|off`, `stats=SECONDS` (0: only on request), `size=MIB` (initial balloon
+/// size). `None` means no balloon device.
+pub fn parse_balloon(spec: &str) -> Result<Option<BalloonConfig>, String> {
+    let mut c = BalloonConfig::default();
+    for opt in spec.split(',').map(str::trim) {
+        match opt.split_once('=') {
+            None if opt == "off" && !spec.contains(',') => return Ok(None),
+            None if opt == "on" => {}
+            Some(("reporting", v)) => {
+                c.reporting = parse_switch(v).ok_or_else(|| {
+                    format!("--balloon {spec:?}: reporting must be on or off; {BALLOON_USAGE}")
+                })?
+            }
+            Some(("stats", v)) => {
+                let secs: u64 = v.parse().ok().filter(|s| *s <= 3600).ok_or_else(|| {
+                    format!("--balloon {spec:?}: stats must be 0 to 3600 seconds; {BALLOON_USAGE}")
+                })?;
+                c.stats_interval = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            Some(("size", v)) => {
+                c.size_mib = v.parse().map_err(|_| {
+                    format!("--balloon {spec:?}: size must be a number of MiB; {BALLOON_USAGE}")
+                })?
+            }
+            _ => {
+                return Err(format!(
+                    "--balloon {spec:?}: unknown option {opt:?}; {BALLOON_USAGE}"
+                ))
+            }
+        }
+    }
+    Ok(Some(c))
+}
+
+/// `on`/`off` and their usual synonyms.
+pub fn parse_switch(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "1" | "true" | "yes" => Some(true),
+        "off" | "0" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// The balloon's shared state for a guest of `memory_mib`, checking the initial size against
+/// it (create it before berth confines itself: it opens a timer and an eventfd).
+pub fn balloon_state(
+    config: BalloonConfig,
+    memory_mib: u64,
+) -> Result<Arc<BalloonShared>, Failure> {
+    if config.size_mib > memory_mib {
+        return Err(Failure::Usage(format!(
+            "a balloon of {} MiB is larger than the guest's {memory_mib} MiB; give a size \
+             from 0 to {memory_mib}",
+            config.size_mib
+        )));
+    }
+    BalloonShared::new(config, memory_mib)
+        .map_err(|e| Failure::Setup(format!("cannot set up the balloon: {e}")))
 }
 
 /// Parses `PATH[,readonly][,format=raw|qcow2][,serial=ID]`.
@@ -178,6 +267,9 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
 /// Creates the VM with its devices and loads the kernel.
 pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
     let mut vm = Vm::new(spec.config, Box::new(std::io::stdout()))?;
+    if let Some(m) = &spec.metrics {
+        vm.set_metrics(m.clone());
+    }
     for (i, d) in spec.disks.iter().enumerate() {
         let opts = DiskOptions {
             read_only: d.read_only,
@@ -189,6 +281,9 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
             eprintln!("berth: {note}");
         }
         let serial = d.serial.clone().unwrap_or_else(|| format!("berth-disk{i}"));
+        if let Some(m) = &spec.metrics {
+            backend = Box::new(CountingDisk::new(backend, m.disk(&disk_name(i))));
+        }
         vm.add_virtio(Box::new(Block::new(backend, d.read_only, &serial)))?;
     }
     if let Some(net) = &spec.net {
@@ -205,7 +300,12 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
                      IFF_VNET_HDR"
                 ))
             })?;
-            backends.push(Box::new(tap));
+            let mut backend: Box<dyn vmm::virtio::net::tap::NetBackend> = Box::new(tap);
+            if let Some(m) = &spec.metrics {
+                // Every queue pair counts into the one NIC's counters.
+                backend = Box::new(CountingNet::new(backend, m.nic("eth0")));
+            }
+            backends.push(backend);
             if let Some(handle) = net.vhost.get(i) {
                 vhost.push(NetVhost {
                     handle: handle.clone(),
@@ -215,6 +315,9 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
             }
         }
         vm.add_virtio(Box::new(Net::multiqueue(backends, net.mac, net.mtu, vhost)))?;
+    }
+    if let Some(b) = &spec.balloon {
+        vm.add_virtio(Box::new(Balloon::new(b.clone())))?;
     }
     let kernel = vm.load_linux(&spec.boot)?;
     Ok((vm, kernel))
@@ -249,5 +352,45 @@ mod tests {
         ] {
             assert!(parse_disk(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn disk_names_follow_the_guest() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52].map(disk_name).to_vec();
+        assert_eq!(names, ["vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba"]);
+    }
+
+    #[test]
+    fn balloon_specs() {
+        assert_eq!(parse_balloon("off").unwrap(), None);
+        assert_eq!(parse_balloon("on").unwrap(), Some(BalloonConfig::default()));
+        let c = parse_balloon("on,reporting=off,stats=5,size=64")
+            .unwrap()
+            .unwrap();
+        assert!(!c.reporting);
+        assert_eq!(c.stats_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.size_mib, 64);
+        let c = parse_balloon("stats=0").unwrap().unwrap();
+        assert_eq!(c.stats_interval, None);
+        for bad in [
+            "",
+            "maybe",
+            "reporting=sometimes",
+            "stats=-1",
+            "stats=9999",
+            "size=lots",
+            "off,size=1",
+        ] {
+            let e = parse_balloon(bad).unwrap_err();
+            assert!(e.contains("--balloon") && !e.contains('\n'), "{bad}: {e}");
+        }
+        assert!(balloon_state(
+            BalloonConfig {
+                size_mib: 300,
+                ..Default::default()
+            },
+            256
+        )
+        .is_err());
     }
 }

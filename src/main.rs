@@ -9,6 +9,7 @@ mod fetch;
 mod imageboot;
 mod lifecycle;
 mod machine;
+mod metrics;
 mod pod;
 
 use std::process::ExitCode;
@@ -34,11 +35,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ask the running entrypoint to shut the guest down (ACPI power button) or reset it.
+    /// Ask the running entrypoint to shut the guest down (ACPI power button), reset it, or
+    /// set the balloon's size (`balloon MIB`: memory taken from the guest; 0 gives it all back).
     Control {
         /// What to do.
-        #[arg(value_parser = ["shutdown", "reset"])]
+        #[arg(value_parser = ["shutdown", "reset", "balloon"])]
         action: String,
+        /// With `balloon`: the balloon size in MiB.
+        mib: Option<u64>,
     },
     /// Boot a Linux kernel in a VM with its serial console on this terminal.
     ///
@@ -61,7 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Pod) {
         Command::Pod => confine(None, pod::DEFAULT_IDS).and_then(|()| pod::run()),
         Command::Status { json } => return pod::status_command(json),
-        Command::Control { action } => return pod::control_command(&action),
+        Command::Control { action, mib } => return pod::control_command(&action, mib),
         Command::Vm(args) => {
             confine(args.seccomp.as_deref(), None).and_then(|()| cmd_vm::run(args))
         }

@@ -25,6 +25,9 @@ pub struct NetConfig {
     pub no_vnc: bool,
     /// `NO_DHCP`: do not run the DHCP responder.
     pub no_dhcp: bool,
+    /// More TCP ports on the pod IP kept in the pod for berth's own servers (the metrics
+    /// endpoint) instead of forwarded to the VM.
+    pub keep_ports: Vec<u16>,
     /// The VM NIC's MAC (`VM_MAC`, else derived from the hostname).
     pub vm_mac: MacAddr,
     /// The hostname handed to the VM (DHCP option 12); empty means none is sent.
@@ -51,6 +54,7 @@ impl Default for NetConfig {
             vm_gw: DEFAULT_VM_GW,
             no_vnc: false,
             no_dhcp: false,
+            keep_ports: Vec::new(),
             vm_mac: MacAddr::from_hostname(""),
             hostname: String::new(),
             pod_iface: "eth0".into(),

@@ -146,6 +146,7 @@ impl PodNetwork {
             vm_ip: cfg.vm_ip,
             keep_vnc: !cfg.no_vnc,
             vnc_port: VNC_PORT,
+            keep_ports: cfg.keep_ports.clone(),
             vm_bridge: cfg.bridge.clone(),
             pod_iface: self.info.iface.clone(),
         };

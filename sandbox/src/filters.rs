@@ -169,6 +169,33 @@ fn net() -> Vec<Allow> {
     ]
 }
 
+/// The virtio-balloon worker: its queues, the stats timer and request eventfd, and
+/// madvise(MADV_DONTNEED) on guest memory the guest gave back (madvise is in [`base`]).
+fn balloon() -> Vec<Allow> {
+    vec![
+        Any(libc::SYS_epoll_wait),
+        Any(libc::SYS_epoll_pwait),
+        Any(libc::SYS_epoll_ctl),
+        Any(libc::SYS_read),
+    ]
+}
+
+/// The /metrics server: accepts one TCP connection at a time, reads the request with a
+/// timeout, writes the reply; reads berth's RSS from /proc/self/statm (opened before the
+/// lockdown) with pread.
+fn metrics() -> Vec<Allow> {
+    vec![
+        Any(libc::SYS_accept4),
+        Any(libc::SYS_accept),
+        Any(libc::SYS_read),
+        Any(libc::SYS_recvfrom),
+        Any(libc::SYS_sendto),
+        Any(libc::SYS_setsockopt),
+        Any(libc::SYS_shutdown),
+        Any(libc::SYS_pread64),
+    ]
+}
+
 /// VNC threads (accept, dirty-log poll, client reader and writer, refusal): TCP sockets the
 /// listener accepts, and KVM_GET_DIRTY_LOG on the framebuffer's slot.
 fn vnc() -> Vec<Allow> {
@@ -224,6 +251,8 @@ fn control() -> Vec<Allow> {
         Any(libc::SYS_shutdown),
         // Pressing the power button writes an eventfd; reset wakes the main thread.
         Any(libc::SYS_epoll_wait),
+        // `berth status --json` carries the metrics, whose RSS comes from /proc/self/statm.
+        Any(libc::SYS_pread64),
     ]
 }
 
@@ -324,6 +353,8 @@ fn list(kind: ThreadKind) -> Vec<Allow> {
         ThreadKind::Vcpu => vcpu(),
         ThreadKind::Block => block(),
         ThreadKind::Net => net(),
+        ThreadKind::Balloon => balloon(),
+        ThreadKind::Metrics => metrics(),
         ThreadKind::Vnc => vnc(),
         ThreadKind::Dhcp => dhcp(),
         ThreadKind::Control => control(),

@@ -71,6 +71,10 @@ pub enum ThreadKind {
     Block,
     /// A virtio-net worker.
     Net,
+    /// The virtio-balloon worker.
+    Balloon,
+    /// The /metrics HTTP server.
+    Metrics,
     /// VNC server threads.
     Vnc,
     /// The DHCP server.
@@ -87,11 +91,13 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every thread type.
-    pub const ALL: [ThreadKind; 10] = [
+    pub const ALL: [ThreadKind; 12] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Block,
         ThreadKind::Net,
+        ThreadKind::Balloon,
+        ThreadKind::Metrics,
         ThreadKind::Vnc,
         ThreadKind::Dhcp,
         ThreadKind::Control,
@@ -107,6 +113,8 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Block => "block",
             ThreadKind::Net => "net",
+            ThreadKind::Balloon => "balloon",
+            ThreadKind::Metrics => "metrics",
             ThreadKind::Vnc => "vnc",
             ThreadKind::Dhcp => "dhcp",
             ThreadKind::Control => "control",

@@ -18,6 +18,25 @@ pub const MIN_RAM_MB: u64 = 64;
 /// Default control socket: an abstract unix socket, so it needs no writable filesystem.
 pub const DEFAULT_CONTROL_SOCKET: &str = "@berth-control";
 
+/// Where the metrics endpoint listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAt {
+    /// `BERTH_METRICS=PORT`: on the pod IP (kept out of the VM's DNAT, like VNC's 5900).
+    PodIp(u16),
+    /// `BERTH_METRICS=ADDR:PORT`: exactly there.
+    Addr(std::net::SocketAddr),
+}
+
+impl MetricsAt {
+    /// The TCP port.
+    pub fn port(self) -> u16 {
+        match self {
+            MetricsAt::PodIp(p) => p,
+            MetricsAt::Addr(a) => a.port(),
+        }
+    }
+}
+
 /// What the pod asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodConfig {
@@ -56,6 +75,11 @@ pub struct PodConfig {
     pub vhost: VhostMode,
     /// BERTH_NET_QUEUES: the NIC's queue pairs (`None`: one per vCPU).
     pub net_queues: Option<u16>,
+    /// BERTH_METRICS: where to serve /metrics (off when unset).
+    pub metrics: Option<MetricsAt>,
+    /// The balloon (BALLOON, BALLOON_REPORTING, BALLOON_STATS_INTERVAL, BALLOON_SIZE_MIB);
+    /// `None` with BALLOON=off.
+    pub balloon: Option<vmm::virtio::balloon::BalloonConfig>,
 }
 
 impl PodConfig {
@@ -165,7 +189,31 @@ impl PodConfig {
                 None
             }),
         };
+        let balloon = balloon_from_env(env, ram_mb, &mut errs);
+        let metrics = match env.value("BERTH_METRICS") {
+            None => None,
+            Some(v) => match (v.parse::<u16>(), v.parse::<std::net::SocketAddr>()) {
+                (Ok(p), _) if p > 0 => Some(MetricsAt::PodIp(p)),
+                (_, Ok(a)) if a.port() > 0 => Some(MetricsAt::Addr(a)),
+                _ => {
+                    errs.push(format!(
+                        "BERTH_METRICS={v:?} is not a port (served on the pod IP) or ADDR:PORT; \
+                         e.g. 9100, or unset it for no metrics endpoint"
+                    ));
+                    None
+                }
+            },
+        };
+        if metrics.is_some_and(|m| m.port() == netplumb::config::VNC_PORT) && !env.flag("NO_VNC") {
+            errs.push(
+                "BERTH_METRICS uses port 5900, which the VNC console has; choose another port \
+                 (9100 is usual)"
+                    .into(),
+            );
+        }
         let cfg = PodConfig {
+            metrics,
+            balloon,
             hostname,
             vcpus,
             ram_mb,
@@ -220,7 +268,7 @@ impl PodConfig {
             None => "kernel=from the image".into(),
         };
         format!(
-            "hostname={} vcpus={} memory={}MiB {kernel} seed={} vnc={} nested={} shutdown_timeout={}s",
+            "hostname={} vcpus={} memory={}MiB {kernel} seed={} vnc={} nested={} balloon={} shutdown_timeout={}s",
             self.hostname,
             self.vcpus,
             self.ram_mb,
@@ -230,9 +278,64 @@ impl PodConfig {
             },
             if self.no_vnc { "off" } else { "on" },
             if self.nested { "on" } else { "off" },
+            match self.balloon {
+                None => "off",
+                Some(b) if b.reporting => "on+reporting",
+                Some(_) => "on",
+            },
             self.shutdown_timeout.as_secs()
         )
     }
+}
+
+/// BALLOON=on|off (default on), BALLOON_REPORTING=on|off (default on),
+/// BALLOON_STATS_INTERVAL=SECONDS (default 0: statistics only when asked),
+/// BALLOON_SIZE_MIB=N (balloon size at boot, default 0).
+fn balloon_from_env(
+    env: &Env,
+    ram_mb: u64,
+    errs: &mut Vec<String>,
+) -> Option<vmm::virtio::balloon::BalloonConfig> {
+    use crate::machine::parse_switch;
+    let mut switch = |name: &str, default: bool| match env.value(name) {
+        None => default,
+        Some(v) => parse_switch(v).unwrap_or_else(|| {
+            errs.push(format!("{name}={v:?} is not on or off"));
+            default
+        }),
+    };
+    let on = switch("BALLOON", true);
+    let reporting = switch("BALLOON_REPORTING", true);
+    let stats = match env.value("BALLOON_STATS_INTERVAL") {
+        None => 0,
+        Some(v) => match v.parse::<u64>() {
+            Ok(s) if s <= 3600 => s,
+            _ => {
+                errs.push(format!(
+                    "BALLOON_STATS_INTERVAL={v:?} is not a number of seconds from 0 (only on \
+                     request) to 3600"
+                ));
+                0
+            }
+        },
+    };
+    let size_mib = match env.value("BALLOON_SIZE_MIB") {
+        None => 0,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= ram_mb => n,
+            _ => {
+                errs.push(format!(
+                    "BALLOON_SIZE_MIB={v:?} is not a size in MiB from 0 to IMG_RAM_MB ({ram_mb})"
+                ));
+                0
+            }
+        },
+    };
+    on.then_some(vmm::virtio::balloon::BalloonConfig {
+        reporting,
+        stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
+        size_mib,
+    })
 }
 
 fn valid_hostname(h: &str) -> bool {
@@ -276,6 +379,34 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.net_queues, Some(2));
+        let b = c.balloon.unwrap();
+        assert!(b.reporting && b.stats_interval.is_none() && b.size_mib == 0);
+        let c = PodConfig::from_env(&Env::from([
+            ("HOSTNAME", "vm-0"),
+            ("BALLOON_REPORTING", "off"),
+            ("BALLOON_STATS_INTERVAL", "10"),
+            ("BALLOON_SIZE_MIB", "128"),
+        ]))
+        .unwrap();
+        let b = c.balloon.unwrap();
+        assert!(!b.reporting && b.size_mib == 128);
+        assert_eq!(b.stats_interval, Some(Duration::from_secs(10)));
+        let c = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BALLOON", "off")]));
+        assert_eq!(c.unwrap().balloon, None);
+        let metrics = |v: &str| {
+            PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BERTH_METRICS", v)]))
+                .map(|c| c.metrics)
+        };
+        assert_eq!(metrics("9100").unwrap(), Some(MetricsAt::PodIp(9100)));
+        assert_eq!(
+            metrics("127.0.0.1:9200").unwrap(),
+            Some(MetricsAt::Addr("127.0.0.1:9200".parse().unwrap()))
+        );
+        for bad in ["0", "x:1", "9100x", "5900"] {
+            let e = metrics(bad).unwrap_err();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(e[0].contains("BERTH_METRICS"), "{e:?}");
+        }
     }
 
     #[test]
@@ -324,6 +455,23 @@ mod tests {
         ]) {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));
+        }
+        let errs = PodConfig::from_env(&Env::from([
+            ("HOSTNAME", "vm-0"),
+            ("BALLOON", "maybe"),
+            ("BALLOON_REPORTING", "2"),
+            ("BALLOON_STATS_INTERVAL", "-3"),
+            ("BALLOON_SIZE_MIB", "600"),
+        ]))
+        .unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        for (e, word) in errs.iter().zip([
+            "BALLOON=",
+            "BALLOON_REPORTING",
+            "BALLOON_STATS_INTERVAL",
+            "BALLOON_SIZE_MIB",
+        ]) {
+            assert!(e.contains(word), "{e}");
         }
         let errs = PodConfig::from_env(&Env::from([("HOSTNAME", "../x")])).unwrap_err();
         assert!(errs[0].contains("HOSTNAME"));

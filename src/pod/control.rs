@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use vmm::virtio::balloon::{BalloonShared, PFN_SHIFT, STAT_NAMES};
+
 use crate::lifecycle::Lifecycle;
+use crate::metrics::{samples_json, Exporter};
 
 /// What the entrypoint is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +37,8 @@ pub enum State {
 }
 
 impl State {
-    fn name(self) -> &'static str {
+    /// Its name in the status and the metrics.
+    pub fn name(self) -> &'static str {
         match self {
             State::Starting => "starting",
             State::Running => "running",
@@ -62,6 +66,12 @@ pub struct Status {
     pub net: Option<Value>,
     /// Whether the VM holds its DHCP lease.
     pub lease: Option<Box<dyn Fn() -> bool + Send>>,
+    /// The balloon, if the VM has one.
+    pub balloon: Option<Arc<BalloonShared>>,
+    /// The metrics (the same samples as /metrics go into the status).
+    pub metrics: Option<Arc<Mutex<Exporter>>>,
+    /// VNC viewers connected now, if VNC is on.
+    pub vnc_clients: Option<Box<dyn Fn() -> usize + Send>>,
 }
 
 impl Status {
@@ -75,8 +85,36 @@ impl Status {
             "disks": self.disks,
             "network": self.net,
             "lease_given": self.lease.as_ref().map(|f| f()),
+            "balloon": self.balloon.as_deref().map(balloon_json),
         })
     }
+}
+
+/// The balloon's state, counters and the guest's latest memory statistics (in bytes, as the
+/// guest reports them). Asks the guest for fresh statistics for the next query.
+pub fn balloon_json(b: &BalloonShared) -> Value {
+    b.request_stats();
+    let s = b.snapshot();
+    let page = 1u64 << PFN_SHIFT;
+    let mut stats = serde_json::Map::new();
+    for (name, v) in STAT_NAMES.iter().zip(s.stats.values) {
+        if let Some(v) = v {
+            stats.insert((*name).into(), v.into());
+        }
+    }
+    json!({
+        "active": s.active,
+        "reporting": b.config().reporting,
+        "target_bytes": u64::from(s.target_pages) * page,
+        "actual_bytes": u64::from(s.actual_pages) * page,
+        "inflated_pages": s.inflated_pages,
+        "deflated_pages": s.deflated_pages,
+        "free_page_reports": s.reports,
+        "reported_bytes": s.reported_bytes,
+        "rejected_ranges": s.rejected,
+        "guest_stats": stats,
+        "guest_stats_age_seconds": s.stats.updated.map(|t| t.elapsed().as_secs()),
+    })
 }
 
 /// A shared status.
@@ -234,15 +272,41 @@ fn answer(conn: UnixStream, status: &SharedStatus, lc: Option<&Lifecycle>) -> st
         }
     };
     let reply = match (req.get("cmd").and_then(Value::as_str), lc) {
-        (Some("status") | None, _) => status.lock().expect("status lock poisoned").to_json(),
+        (Some("status") | None, _) => {
+            let (mut v, exporter) = {
+                let s = status.lock().expect("status lock poisoned");
+                (s.to_json(), s.metrics.clone())
+            };
+            // Rendered without the status lock: the exporter takes it to read its facts.
+            if let Some(e) = exporter {
+                let text = e.lock().expect("exporter lock poisoned").render();
+                v["metrics"] = samples_json(&text);
+            }
+            v
+        }
         (Some("shutdown"), Some(lc)) => done(lc.press_power_button()),
         (Some("reset"), Some(lc)) => done(lc.reset_vm()),
+        (Some("balloon"), _) => set_balloon(status, req.get("mib").and_then(Value::as_u64)),
         (Some(other), _) => json!({ "error": format!("unknown command {other:?}") }),
     };
     let left = deadline.saturating_duration_since(Instant::now());
     conn.set_write_timeout(Some(left.max(Duration::from_millis(100))))?;
     let mut w = &conn;
     writeln!(w, "{reply}")
+}
+
+fn set_balloon(status: &SharedStatus, mib: Option<u64>) -> Value {
+    let balloon = status.lock().expect("status lock poisoned").balloon.clone();
+    match (balloon, mib) {
+        (None, _) => json!({ "error": "the VM has no balloon (BALLOON=off)" }),
+        (Some(_), None) => {
+            json!({ "error": "give the balloon size in MiB: {\"cmd\":\"balloon\",\"mib\":N}" })
+        }
+        (Some(b), Some(m)) => match b.set_target_mib(m) {
+            Ok(()) => json!({ "ok": true }),
+            Err(e) => json!({ "error": e }),
+        },
+    }
 }
 
 /// `berth status`: asks the entrypoint; returns the reply.
@@ -252,10 +316,15 @@ pub fn query(name: &str) -> std::io::Result<Value> {
 
 /// Sends one command (`status`, `shutdown`, `reset`); returns the reply.
 pub fn request(name: &str, cmd: &str) -> std::io::Result<Value> {
+    request_json(name, &json!({ "cmd": cmd }))
+}
+
+/// Sends one request object; returns the reply.
+pub fn request_json(name: &str, req: &Value) -> std::io::Result<Value> {
     let conn = UnixStream::connect_addr(&address(name)?)?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut w = &conn;
-    writeln!(w, "{}", json!({ "cmd": cmd }))?;
+    writeln!(w, "{req}")?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(std::io::Error::other)
@@ -277,6 +346,9 @@ mod tests {
             disks: vec!["/image/vm-0.qcow2".into()],
             net: Some(json!({"vm_ip": "192.168.254.2"})),
             lease: Some(Box::new(|| true)),
+            balloon: None,
+            metrics: None,
+            vnc_clients: None,
         }));
         serve(&name, status.clone(), None, Access::own_uid_and(None)).unwrap();
         let v = query(&name).unwrap();
@@ -304,7 +376,60 @@ mod tests {
             disks: vec![],
             net: None,
             lease: None,
+            balloon: None,
+            metrics: None,
+            vnc_clients: None,
         }))
+    }
+
+    #[test]
+    fn balloon_target_over_the_socket() {
+        let name = format!("@berth-test-balloon-{}", std::process::id());
+        let status = test_status();
+        serve(&name, status.clone(), None, Access::own_uid_and(None)).unwrap();
+        let ask = |mib: Option<u64>| {
+            let mut req = json!({ "cmd": "balloon" });
+            if let Some(m) = mib {
+                req["mib"] = m.into();
+            }
+            request_json(&name, &req).unwrap()
+        };
+        assert!(ask(Some(10)).unwrap_err_str().contains("no balloon"));
+        let config = vmm::virtio::balloon::BalloonConfig::default();
+        let b = BalloonShared::new(config, 256).unwrap();
+        status.lock().unwrap().balloon = Some(b.clone());
+        assert_eq!(ask(Some(100)), json!({ "ok": true }));
+        assert_eq!(b.snapshot().target_pages, 100 * 256);
+        assert!(ask(Some(257)).unwrap_err_str().contains("larger than"));
+        assert!(ask(None).unwrap_err_str().contains("MiB"));
+        let v = query(&name).unwrap();
+        assert_eq!(v["balloon"]["target_bytes"], 100u64 << 20);
+        assert_eq!(v["balloon"]["active"], false);
+        assert_eq!(v["balloon"]["reporting"], true);
+        // With an exporter, the status carries the same samples as /metrics.
+        let b2 = b.clone();
+        let e = Exporter::new(Box::new(move || crate::metrics::Facts {
+            state: "running",
+            boots: 4,
+            balloon: Some(b2.clone()),
+            ..Default::default()
+        }));
+        status.lock().unwrap().metrics = Some(e);
+        let v = query(&name).unwrap();
+        assert_eq!(v["metrics"]["berth_vm_boots_total"], 4.0);
+        assert_eq!(
+            v["metrics"][r#"berth_balloon_bytes{kind="target"}"#],
+            (100u64 << 20) as f64
+        );
+    }
+
+    trait ErrStr {
+        fn unwrap_err_str(&self) -> String;
+    }
+    impl ErrStr for Value {
+        fn unwrap_err_str(&self) -> String {
+            self["error"].as_str().expect("an error reply").to_owned()
+        }
     }
 
     #[test]

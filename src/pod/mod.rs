@@ -27,6 +27,7 @@ use crate::fetch::{ensure_image, FetchRequest};
 use crate::imageboot;
 use crate::lifecycle::{self, Lifecycle};
 use crate::machine::{self, DiskSpec, MachineSpec, NetSpec};
+use crate::metrics;
 use config::PodConfig;
 use control::{State, Status};
 
@@ -60,6 +61,9 @@ pub fn run() -> Result<ExitReason, Failure> {
         disks: Vec::new(),
         net: None,
         lease: None,
+        balloon: None,
+        metrics: None,
+        vnc_clients: None,
     }));
     let access = control::Access::own_uid_and(cfg.control_uid);
     control::serve(
@@ -85,6 +89,9 @@ pub fn run() -> Result<ExitReason, Failure> {
     let mut netcfg = NetConfig::from_env_map(&env).map_err(|e| Failure::Network(e.to_string()))?;
     let pairs = crate::machine::queue_pairs(cfg.vcpus, cfg.net_queues);
     netcfg.tap_queues = pairs;
+    if let Some(m) = cfg.metrics {
+        netcfg.keep_ports.push(m.port());
+    }
     let mut pod_net = PodNetwork::setup(&netcfg).map_err(|e| Failure::Network(e.to_string()))?;
     let info = pod_net.info().clone();
     log(format!(
@@ -145,7 +152,21 @@ pub fn run() -> Result<ExitReason, Failure> {
             s.lease = Some(Box::new(move || d.lease_bound()));
         }
     }
+    let balloon = match cfg.balloon {
+        Some(c) => Some(machine::balloon_state(c, cfg.ram_mb)?),
+        None => None,
+    };
+    status.lock().expect("status lock poisoned").balloon = balloon.clone();
+    // Counters always run (`berth status --json` shows them); the endpoint only on request.
+    let exporter = metrics::Exporter::new(facts_of(status.clone()));
+    let vm_metrics = exporter
+        .lock()
+        .expect("exporter lock poisoned")
+        .vm_metrics();
+    status.lock().expect("status lock poisoned").metrics = Some(exporter.clone());
     let spec = MachineSpec {
+        balloon,
+        metrics: Some(vm_metrics),
         config: MachineConfig {
             vcpus: cfg.vcpus,
             memory_mib: cfg.ram_mb,
@@ -173,6 +194,23 @@ pub fn run() -> Result<ExitReason, Failure> {
             cfg.vnc_insecure,
         )?)
     };
+    if let Some(c) = &vnc {
+        let server = c.server.clone();
+        status.lock().expect("status lock poisoned").vnc_clients =
+            Some(Box::new(move || server.clients()));
+    }
+    if let Some(m) = cfg.metrics {
+        let addr = match m {
+            config::MetricsAt::PodIp(p) => std::net::SocketAddr::new(info.ip.into(), p),
+            config::MetricsAt::Addr(a) => a,
+        };
+        let at = metrics::serve(addr, exporter).map_err(|e| {
+            Failure::Setup(format!(
+                "cannot serve metrics on {addr}: {e}; free the port or change BERTH_METRICS"
+            ))
+        })?;
+        log(format!("metrics on http://{at}/metrics"));
+    }
     // No netlink after the drop: close the sockets, keep the plumbing (the tap fd is ours).
     pod_net.leave_in_place();
     drop(pod_net);
@@ -232,7 +270,7 @@ pub const VNC_PORT: u16 = 5900;
 /// reboots: viewers stay connected while the VM is rebuilt).
 pub struct Console {
     fb: Arc<Framebuffer>,
-    server: VncServer,
+    server: Arc<VncServer>,
 }
 
 fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Console, Failure> {
@@ -263,7 +301,27 @@ fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Co
             }
         ));
     }
-    Ok(Console { fb, server })
+    Ok(Console {
+        fb,
+        server: Arc::new(server),
+    })
+}
+
+/// What the metrics gauges show, read from the entrypoint's status at each scrape.
+fn facts_of(status: control::SharedStatus) -> metrics::FactSource {
+    Box::new(move || {
+        let s = status.lock().expect("status lock poisoned");
+        metrics::Facts {
+            state: s.state.name(),
+            boots: u64::from(s.boots),
+            since: Some(s.since),
+            vcpus: s.vcpus,
+            memory_mib: s.memory_mib,
+            balloon: s.balloon.clone(),
+            lease: s.lease.as_ref().map(|f| f()),
+            vnc_clients: s.vnc_clients.as_ref().map(|f| f()),
+        }
+    })
 }
 
 /// Boots the VM, again after every guest reset, until it powers off or is stopped.
@@ -429,11 +487,23 @@ fn socket_name() -> String {
         .unwrap_or_else(|| config::DEFAULT_CONTROL_SOCKET.into())
 }
 
-/// `berth control shutdown|reset`: asks the entrypoint to press the guest's power button or
-/// to reset the VM.
-pub fn control_command(action: &str) -> std::process::ExitCode {
+/// `berth control shutdown|reset|balloon MIB`: asks the entrypoint to press the guest's power
+/// button, to reset the VM, or to set the balloon's size.
+pub fn control_command(action: &str, mib: Option<u64>) -> std::process::ExitCode {
     let name = socket_name();
-    match control::request(&name, action) {
+    let req = match (action, mib) {
+        ("balloon", Some(m)) => json!({ "cmd": "balloon", "mib": m }),
+        ("balloon", None) => {
+            eprintln!("berth: balloon: give the balloon size in MiB (0 gives all memory back)");
+            return std::process::ExitCode::from(2);
+        }
+        (_, Some(_)) => {
+            eprintln!("berth: {action} takes no size; only `berth control balloon MIB` does");
+            return std::process::ExitCode::from(2);
+        }
+        (a, None) => json!({ "cmd": a }),
+    };
+    match control::request_json(&name, &req) {
         Ok(v) if v["ok"] == true => std::process::ExitCode::SUCCESS,
         Ok(v) => {
             eprintln!(

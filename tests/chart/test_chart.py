@@ -559,6 +559,40 @@ class Variants(unittest.TestCase):
         self.assertEqual(find(objs, "StatefulSet", "cirros-test")["spec"]["template"]["spec"]["nodeSelector"],
                          {"berth": "true", "zone": "b"})
 
+    def test_metrics_port_env_and_scrape_annotations(self) -> None:
+        objs, _ = render({**cirros(), "metrics": {"enabled": True, "port": 9200}})
+        sts = find(objs, "StatefulSet", "cirros-test")
+        c = container(sts)
+        self.assertEqual(env_of(c)["BERTH_METRICS"], "9200")
+        self.assertIn({"name": "metrics", "containerPort": 9200, "protocol": "TCP"}, c["ports"])
+        self.assertEqual(sts["spec"]["template"]["metadata"]["annotations"], {
+            "prometheus.io/scrape": "true", "prometheus.io/port": "9200",
+            "prometheus.io/path": "/metrics"})
+        for o in objs:
+            kubernetes_validate.validate(o, KUBE_VERSIONS[0], strict=True)
+        # Without annotations, and off by default.
+        objs, _ = render({**cirros(), "metrics": {"enabled": True, "scrapeAnnotations": False}})
+        sts = find(objs, "StatefulSet", "cirros-test")
+        self.assertNotIn("annotations", sts["spec"]["template"]["metadata"])
+        self.assertEqual(env_of(container(sts))["BERTH_METRICS"], "9100")
+        objs, _ = render(cirros())
+        c = container(find(objs, "StatefulSet", "cirros-test"))
+        self.assertNotIn("BERTH_METRICS", env_of(c))
+        self.assertNotIn("metrics", [p["name"] for p in c["ports"]])
+
+    def test_balloon_settings_become_env(self) -> None:
+        objs, _ = render(cirros())
+        env = env_of(container(find(objs, "StatefulSet", "cirros-test")))
+        self.assertFalse([k for k in env if k.startswith("BALLOON")], "defaults: berth's own")
+        objs, _ = render({**cirros(), "balloon": {"freePageReporting": False,
+                                                  "statsIntervalSeconds": 30}})
+        env = env_of(container(find(objs, "StatefulSet", "cirros-test")))
+        self.assertEqual((env["BALLOON_REPORTING"], env["BALLOON_STATS_INTERVAL"]), ("off", "30"))
+        objs, _ = render({**cirros(), "balloon": {"enabled": False}})
+        env = env_of(container(find(objs, "StatefulSet", "cirros-test")))
+        self.assertEqual(env["BALLOON"], "off")
+        self.assertNotIn("BALLOON_REPORTING", env)
+
     def test_longest_vm_name_fits(self) -> None:
         name = "v" * 52
         v = {"vmlist": {name: copy.deepcopy(cirros()["vmlist"]["cirros-test"])}}

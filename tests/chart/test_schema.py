@@ -58,6 +58,14 @@ def bad_inputs() -> list[tuple[str, dict[str, Any], list[str]]]:
          [f"at '{AT}/netconfig/ports/ssh'", "maximum: got 70,000, want 65,535"]),
         ("port as text", with_vm(c, VM, **{"netconfig.ports": {"ssh": "22/tcp"}}),
          [f"at '{AT}/netconfig/ports/ssh'", "got string, want integer"]),
+        ("metrics port 5900", {**c, "metrics": {"enabled": True, "port": 5900}},
+         ["at '/metrics/port'"]),
+        ("metrics port 0", {**c, "metrics": {"enabled": True, "port": 0}},
+         ["at '/metrics/port'", "minimum: got 0, want 1"]),
+        ("balloon stats interval negative", {**c, "balloon": {"statsIntervalSeconds": -1}},
+         ["at '/balloon/statsIntervalSeconds'", "minimum: got -1, want 0"]),
+        ("balloon unknown key", {**c, "balloon": {"reporting": True}},
+         ["at '/balloon'", "additional properties 'reporting' not allowed"]),
         ("port name invalid", with_vm(c, VM, **{"netconfig.ports": {"SSH_port": 22}}),
          ["invalid propertyName 'SSH_port'", "port_name_lowercase_alnum_and_dashes"]),
         ("port name too long", with_vm(c, VM, **{"netconfig.ports": {"a-very-long-port-name": 22}}),
@@ -108,6 +116,9 @@ def good_inputs() -> list[tuple[str, dict[str, Any]]]:
         ("empty vmlist", {"vmlist": {}}),
         ("vnc existing Secret", {**c, "vnc": {"existingSecret": "my-vnc", "secretKey": "pw.txt"}}),
         ("vnc insecure", {**c, "vnc": {"insecure": True}}),
+        ("metrics on", {**c, "metrics": {"enabled": True, "port": 9100, "scrapeAnnotations": False}}),
+        ("balloon off", {**c, "balloon": {"enabled": False}}),
+        ("balloon stats", {**c, "balloon": {"freePageReporting": False, "statsIntervalSeconds": 3600}}),
     ]
 
 

@@ -131,9 +131,13 @@ fn finish(mut child: Child) -> (Option<i32>, String) {
 }
 
 fn forbidden_syscall_kills(thread: &str) {
+    forbidden_syscall_kills_with(thread, &[]);
+}
+
+fn forbidden_syscall_kills_with(thread: &str, extra: &[&str]) {
     need_kvm();
     let dir = TempDir::new(thread);
-    let child = berth_vm(&dir.0, &[("BERTH_SECCOMP_SELFTEST", thread)], &[]);
+    let child = berth_vm(&dir.0, &[("BERTH_SECCOMP_SELFTEST", thread)], extra);
     let (code, err) = finish(child);
     let lines: Vec<&str> = err
         .lines()
@@ -156,6 +160,75 @@ fn a_forbidden_syscall_on_a_vcpu_thread_ends_berth_naming_it() {
 #[test]
 fn a_forbidden_syscall_on_the_console_thread_ends_berth_naming_it() {
     forbidden_syscall_kills("console");
+}
+
+#[test]
+fn a_forbidden_syscall_on_the_metrics_thread_ends_berth_naming_it() {
+    forbidden_syscall_kills_with("metrics", &["--metrics", "127.0.0.1:0"]);
+}
+
+/// A free TCP port on loopback (bound, read, released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The metrics thread serves scrapes from the confined process: its filter allows what a
+/// scrape takes (accept, socket I/O, pread of /proc/self/statm opened before the lockdown).
+#[test]
+fn metrics_are_served_by_the_confined_process() {
+    use std::io::{Read, Write};
+    need_kvm();
+    let dir = TempDir::new("metrics");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = berth_vm(&dir.0, &[], &["--metrics", &addr]);
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains("berth: confined:") => break,
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "berth never said it is confined; stderr:\n{}",
+                    seen.join("\n")
+                );
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut body = String::new();
+    for _ in 0..2 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        body.clear();
+        c.read_to_string(&mut body).unwrap();
+    }
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "berth died serving a scrape:\n{body}");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("berth_vm_vcpus 1\n"), "{body}");
+    let rss = body
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_resident_memory_bytes "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(rss > 1 << 20, "RSS from the statm fd: {rss}\n{body}");
+    assert!(
+        body.contains(r#"berth_disk_bytes_total{disk="vda",op="read"}"#),
+        "{body}"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
+use crate::metrics::{ExitCounters, ExitKind};
 use crate::vm::{ExitReason, ResetSource, VmControl};
 
 /// What a vCPU thread needs besides its fd.
@@ -15,6 +16,8 @@ pub(crate) struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub control: Arc<VmControl>,
+    /// Exit counters (empty: nothing counted).
+    pub exits: ExitCounters,
 }
 
 /// Makes sure the VM stops if this vCPU's thread ends for any reason, panics included.
@@ -40,8 +43,14 @@ pub(crate) fn run(mut vcpu: VcpuFd, ctx: VcpuContext) {
     let _guard = StopOnDrop(ctx.control.clone(), ctx.id);
     while !ctx.control.exit_requested() {
         let next = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, &ctx),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
+            Ok(exit) => {
+                ctx.exits.count(exit_kind(&exit));
+                handle_exit(exit, &ctx)
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                ctx.exits.count(ExitKind::Interrupted);
+                Next::Continue
+            }
             Err(e) => Next::Fail(format!("KVM_RUN failed: {e}")),
         };
         match next {
@@ -55,6 +64,18 @@ pub(crate) fn run(mut vcpu: VcpuFd, ctx: VcpuContext) {
                 )));
             }
         }
+    }
+}
+
+fn exit_kind(exit: &VcpuExit<'_>) -> ExitKind {
+    match exit {
+        VcpuExit::IoIn(..) => ExitKind::IoIn,
+        VcpuExit::IoOut(..) => ExitKind::IoOut,
+        VcpuExit::MmioRead(..) => ExitKind::MmioRead,
+        VcpuExit::MmioWrite(..) => ExitKind::MmioWrite,
+        VcpuExit::Intr => ExitKind::Interrupted,
+        VcpuExit::Shutdown | VcpuExit::SystemEvent(..) => ExitKind::SystemEvent,
+        _ => ExitKind::Other,
     }
 }
 

@@ -232,6 +232,8 @@ pub struct Vm {
     i8042: Arc<Mutex<I8042>>,
     /// Kept (and so mapped) until `run` returns, after the vCPUs stopped.
     framebuffer: Option<Arc<Framebuffer>>,
+    /// Where the vCPUs count their exits, if anywhere.
+    metrics: Option<Arc<crate::metrics::VmMetrics>>,
 }
 
 impl Vm {
@@ -368,6 +370,7 @@ impl Vm {
             config,
             i8042,
             framebuffer: None,
+            metrics: None,
         })
     }
 
@@ -432,6 +435,11 @@ impl Vm {
         Ok(())
     }
 
+    /// Counts the vCPUs' exits in `metrics` (from the next [`Vm::run`]).
+    pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::VmMetrics>) {
+        self.metrics = Some(metrics);
+    }
+
     /// A handle that presses keys on the guest's PS/2 keyboard.
     pub fn keyboard(&self) -> KeyboardInput {
         KeyboardInput::new(self.i8042.clone())
@@ -486,6 +494,11 @@ impl Vm {
                 pio: self.pio.clone(),
                 mmio: self.mmio.clone(),
                 control: self.control.clone(),
+                exits: self
+                    .metrics
+                    .as_ref()
+                    .map(|m| m.vcpu(id as u8))
+                    .unwrap_or_default(),
             };
             let spawned =
                 sandbox::spawn(format!("vcpu{id}"), sandbox::ThreadKind::Vcpu, move || {

@@ -20,7 +20,7 @@ const RANDOM_INPUTS: usize = 5000;
 
 type Harness = fn(&[u8]);
 
-fn targets() -> [(&'static str, Harness); 4] {
+fn targets() -> [(&'static str, Harness); 5] {
     [
         ("virtio_blk_request", |d| {
             fuzzing::virtio_blk_request(d);
@@ -33,6 +33,9 @@ fn targets() -> [(&'static str, Harness); 4] {
         }),
         ("virtio_net_ctrl", |d| {
             fuzzing::virtio_net_ctrl(d);
+        }),
+        ("virtio_balloon", |d| {
+            fuzzing::virtio_balloon(d);
         }),
     ]
 }
@@ -53,6 +56,11 @@ fn seed_inputs(target: &str) -> Vec<(&'static str, Vec<u8>)> {
         "pci_config" => vec![
             ("seed-session", seeds::pci_session(false)),
             ("seed-session-two-devices", seeds::pci_session(true)),
+        ],
+        "virtio_balloon" => vec![
+            ("seed-report", seeds::balloon_report()),
+            ("seed-inflate", seeds::balloon_inflate()),
+            ("seed-stats", seeds::balloon_stats()),
         ],
         _ => unreachable!(),
     }
@@ -186,6 +194,11 @@ fn random_virtio_net_ctrl() {
 }
 
 #[test]
+fn random_virtio_balloon() {
+    random_run(4);
+}
+
+#[test]
 fn seed_corpus_is_current() {
     let write = std::env::var_os("BERTH_WRITE_SEEDS").is_some();
     for (name, _) in targets() {
@@ -232,6 +245,16 @@ fn seeds_reach_the_devices() {
         assert_eq!(p.active, 1, "bring-up activates the device");
         assert!(p.bar_moved);
     }
+
+    let r = fuzzing::virtio_balloon(&seeds::balloon_report());
+    // 0x1000 of the first range (its partial page stays), 0x2000 across the regions, 0x1000.
+    assert_eq!((r.used, r.reported_bytes), (2, 0x4000));
+    assert!(r.checked_memory, "{r:?}");
+    let r = fuzzing::virtio_balloon(&seeds::balloon_inflate());
+    assert_eq!((r.used, r.inflated_pages), (1, 4));
+    assert!(r.checked_memory, "{r:?}");
+    let r = fuzzing::virtio_balloon(&seeds::balloon_stats());
+    assert_eq!(r.used, 1, "the first buffer used, the second held");
 }
 
 /// The seeds also hold under the checks berth does not pass yet in general.

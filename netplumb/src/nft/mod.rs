@@ -13,6 +13,7 @@
 //!     chain prerouting {
 //!         type nat hook prerouting priority dstnat; policy accept;
 //!         ip daddr POD_IP tcp dport 5900 return      # absent with NO_VNC
+//!         ip daddr POD_IP tcp dport 9100 return      # each kept port (BERTH_METRICS)
 //!         ip daddr POD_IP dnat to VM_IP
 //!     }
 //!     chain postrouting {
@@ -79,6 +80,8 @@ pub struct NatSpec {
     pub keep_vnc: bool,
     /// The VNC port (5900).
     pub vnc_port: u16,
+    /// More TCP ports kept in the pod (berth's metrics endpoint).
+    pub keep_ports: Vec<u16>,
     /// The bridge the VM's tap is in: IPv4 packets arriving on it must come from `vm_ip`.
     pub vm_bridge: String,
     /// The pod interface: packets arriving on it must not claim a source in the VM's /30.
@@ -124,9 +127,10 @@ pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
     rp.extend(ip_net_eq(12, spec.vm_ip, VM_PREFIX));
     rp.push(Expr::Verdict(Verdict::Drop));
     out.push(("antispoof", rp));
-    if spec.keep_vnc {
+    let vnc = spec.keep_vnc.then_some(spec.vnc_port);
+    for port in vnc.into_iter().chain(spec.keep_ports.iter().copied()) {
         let mut e = ip_addr_eq(16, spec.pod_ip).to_vec();
-        e.extend(l4_dport_eq(libc::IPPROTO_TCP as u8, spec.vnc_port));
+        e.extend(l4_dport_eq(libc::IPPROTO_TCP as u8, port));
         e.push(Expr::Verdict(Verdict::Return));
         out.push(("prerouting", e));
     }
@@ -379,9 +383,31 @@ mod tests {
             vm_ip: "192.168.254.2".parse().unwrap(),
             keep_vnc,
             vnc_port: 5900,
+            keep_ports: Vec::new(),
             vm_bridge: "br0".into(),
             pod_iface: "eth0".into(),
         }
+    }
+
+    #[test]
+    fn kept_ports_get_a_return_rule_each() {
+        let mut s = spec(true);
+        s.keep_ports = vec![9100];
+        let r = rules(&s);
+        assert_eq!(r.len(), 7);
+        let returns: Vec<&Vec<Expr>> = r
+            .iter()
+            .filter(|(c, e)| *c == "prerouting" && e.contains(&Expr::Verdict(Verdict::Return)))
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(returns.len(), 2);
+        let port = |p: u16| Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: p.to_be_bytes().to_vec(),
+        };
+        assert!(returns[0].contains(&port(5900)));
+        assert!(returns[1].contains(&port(9100)), "{:?}", returns[1]);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 # expect: STATUS state=running .*lease_given=true
 # expect: BANNER SSH-2\.0-dropbear
 # expect: VNC-BANNER RFB 003\.008
+# expect: METRICS-AT-POD-IP boots_total=2
+# expect: STATUS-JSON-METRICS "berth_vm_boots_total":2
+# expect: BALLOON-INFLATED "actual_bytes":67108864
 # expect: STATUS-AFTER-RESET state=running .*boots=3
 # expect: BANNER-AFTER-RESET SSH-2\.0-dropbear
 # expect: L2-POWER-BUTTON
@@ -52,6 +55,7 @@ l2_initrd l2s initrd
 export BERTH_CONTROL_SOCKET=@berth-lab
 inpod env HOSTNAME=vm-0 BERTH_ROOT="$SCRATCH/root" RESOLV_CONF="$SCRATCH/resolv.conf" \
     KERNEL="$L2_KERNEL" INITRD="$SCRATCH/initrd" BERTH_SHUTDOWN_TIMEOUT=60 VNC_PASSWORD=lab-vnc \
+    BERTH_METRICS=9100 \
     KERNEL_CMDLINE="console=ttyS0 quiet panic=-1 l2.action=script l2.ssh=1" \
     "$BERTH" pod </dev/null &
 BERTH_PID=$!
@@ -76,6 +80,18 @@ ssh_banner() {
 echo "BANNER $(ssh_banner)"
 # tcp/5900 stays in the pod: berth's VNC console answers there, not the guest.
 echo "VNC-BANNER $(incl sh -c 'nc -w 3 10.77.0.2 5900 </dev/null' 2>/dev/null | head -c 12)"
+# So does BERTH_METRICS's port: /metrics from the client namespace; the status carries the same.
+echo "METRICS-AT-POD-IP $(incl wget -q -O - http://10.77.0.2:9100/metrics 2>/dev/null | sed -n 's/^berth_vm_boots_total /boots_total=/p')"
+echo "STATUS-JSON-METRICS $(inpod "$BERTH" status --json | grep -o '"berth_vm_boots_total":[0-9]*')"
+# The balloon: a 64 MiB target; the guest's driver inflates it and reports the actual size.
+inpod "$BERTH" control balloon 64 && echo "CONTROL-BALLOON ok"
+for i in $(seq 1 60); do
+    b=$(inpod "$BERTH" status --json | grep -o '"actual_bytes":[0-9]*')
+    [ "$b" = '"actual_bytes":67108864' ] && break
+    sleep 1
+done
+echo "BALLOON-INFLATED $b after ${i}s"
+inpod "$BERTH" control balloon 0 && echo "CONTROL-BALLOON-0 ok"
 
 # A reset through the control socket builds a third VM.
 inpod "$BERTH" control reset && echo "CONTROL-RESET ok"

@@ -1,5 +1,6 @@
 //! Fuzzing harnesses for everything a guest controls: virtio-blk requests, the virtio-net
-//! datapath, and PCI configuration / BAR accesses to a virtio-pci function.
+//! datapath, the virtio-balloon queues, and PCI configuration / BAR accesses to a virtio-pci
+//! function.
 //!
 //! Each harness takes arbitrary bytes, builds the device state they describe, drives the real
 //! device code, and panics when the code panics or breaks an invariant. The same functions run
@@ -381,11 +382,13 @@ fn read_regions(mem: &GuestMemoryMmap, regions: &[(u64, u64)]) -> Vec<u8> {
     out
 }
 
+mod balloon;
 mod blk;
 mod net;
 mod pci;
 pub mod seeds;
 
+pub use balloon::*;
 pub use blk::*;
 pub use net::*;
 pub use pci::*;

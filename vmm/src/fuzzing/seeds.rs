@@ -211,3 +211,52 @@ pub fn pci_session(two_devices: bool) -> Vec<u8> {
     v.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0]);
     v
 }
+
+/// Non-zero bytes at `at`, so a release shows.
+fn pattern(img: &mut Vec<u8>, at: u64, len: usize) {
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251 + 1) as u8).collect();
+    put(img, at, &bytes);
+}
+
+/// virtio-balloon free page reporting: a report of two ranges (one with a partial last page,
+/// one across the two memory regions) and a report of one readable range.
+pub fn balloon_report() -> Vec<u8> {
+    let chains = vec![
+        vec![(0x5000, 0x1000 + 100, W, 0), (0x7000, 0x2000, W, 0)],
+        vec![(0xc000, 0x1000, 0, 0)],
+    ];
+    let mut img = queue_image(4, 0, &chains);
+    pattern(&mut img, 0x4000, 0xa000);
+    let mut input = vec![2, 0, 0, 2];
+    input.extend_from_slice(&img);
+    input
+}
+
+/// virtio-balloon inflate: frames 3, 4, 5 and 10 (two runs), and one outside memory.
+pub fn balloon_inflate() -> Vec<u8> {
+    let list: Vec<u8> = [3u32, 4, 5, 10, 0xffff]
+        .iter()
+        .flat_map(|p| p.to_le_bytes())
+        .collect();
+    let mut img = queue_image(4, 0, &[vec![(0x1000, list.len() as u32, 0, 0)]]);
+    pattern(&mut img, 0x3000, 0x8000);
+    put(&mut img, 0x1000, &list);
+    let mut input = vec![2, 0, 0, 0];
+    input.extend_from_slice(&img);
+    input
+}
+
+/// virtio-balloon stats: two buffers (the device uses the first, holds the second).
+pub fn balloon_stats() -> Vec<u8> {
+    let stat = |tag: u16, v: u64| [tag.to_le_bytes().to_vec(), v.to_le_bytes().to_vec()].concat();
+    let mut img = queue_image(4, 0, &[vec![(0x1000, 10, 0, 0)], vec![(0x1100, 20, 0, 0)]]);
+    put(&mut img, 0x1000, &stat(4, 1 << 20));
+    put(
+        &mut img,
+        0x1100,
+        &[stat(5, 8 << 20), stat(6, 4 << 20)].concat(),
+    );
+    let mut input = vec![2, 0, 0, 3];
+    input.extend_from_slice(&img);
+    input
+}

@@ -7,6 +7,7 @@
 //! run by [`worker`]: the device only says what to do when a queue or one of its file
 //! descriptors wakes it.
 
+pub mod balloon;
 pub mod block;
 pub mod net;
 pub mod pci;
@@ -24,6 +25,8 @@ pub mod types {
     pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
 }
 
 /// Feature bits shared by all devices.
