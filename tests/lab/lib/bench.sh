@@ -7,3 +7,46 @@ bench_rounds() {
     [ "$n" = "$BENCH_REPEATS" ] && { [ -z "$3" ] || ! grep -q "$3" "out-$1.log"; } ||
         { echo "BENCH-FAIL $1: $4 $n of $BENCH_REPEATS times"; tail -n 20 "out-$1.log"; }
 }
+
+# bench_need_tools: fio + iperf3 for L2 ($L2_TOOLS, from `# needs: benchtools`) and iperf3 in
+# L1, or a BENCH-FAIL line and exit 1.
+bench_need_tools() {
+    [ -n "${L2_TOOLS:-}" ] && [ -f "$L2_TOOLS" ] ||
+        { echo "BENCH-FAIL no L2 bench tools (\$L2_TOOLS): the scenario needs '# needs: benchtools'"; exit 1; }
+    command -v iperf3 >/dev/null || { echo "BENCH-FAIL no iperf3 in L1"; exit 1; }
+}
+
+# bench_initrd DIR OUT: like l2_initrd (lib/l2.sh), with the bench tools between the guest's
+# initrd and DIR's files: $L2_INITRD (padded to 512), $L2_TOOLS (uncompressed, padded), DIR.
+bench_initrd() {
+    (cd "$1" && ls | cpio -o -H newc 2>/dev/null | gzip) > "$2.script.cpio"
+    cat "$L2_INITRD" "$L2_TOOLS" "$2.script.cpio" > "$2"
+}
+
+# bench_wait PID SECS: waits for PID to exit, at most SECS seconds; then kills it and says so.
+bench_wait() {
+    w=0
+    while kill -0 "$1" 2>/dev/null; do
+        if [ "$w" -ge "$2" ]; then
+            kill -KILL "$1" 2>/dev/null; echo "BENCH-FAIL pid $1 still running after $2 s: killed"
+            break
+        fi
+        sleep 1; w=$((w + 1))
+    done
+    wait "$1" 2>/dev/null
+}
+
+# IPERF_AWK: reads iperf3 --json output; prints `sent=BYTES recv=BYTES secs=S` from its end
+# sums (for a client run with -R: sent = what the server sent, recv = what this client, the
+# receiver, counted over secs). An "error" key prints `error`.
+IPERF_AWK='
+/"error":/ { err = 1 }
+/"sum_sent":/ { m = "sent" }
+/"sum_received":/ { m = "recv" }
+m != "" && /"seconds":/ { v = $2; sub(/,.*/, "", v); s[m] = v }
+m != "" && /"bytes":/ { v = $2; sub(/,.*/, "", v); b[m] = v; m = "" }
+END {
+    if (err) { print "error"; exit }
+    printf "sent=%s recv=%s secs=%s\n", (b["sent"] == "" ? 0 : b["sent"]),
+        (b["recv"] == "" ? 0 : b["recv"]), (s["recv"] == "" ? 0 : s["recv"])
+}'
