@@ -23,12 +23,13 @@ bench_initrd() {
     cat "$L2_INITRD" "$L2_TOOLS" "$2.script.cpio" > "$2"
 }
 
-# bench_wait PID SECS: waits for PID to exit, at most SECS seconds; then kills it and says so.
+# bench_wait PID SECS CONFIG: waits for PID to exit, at most SECS seconds; then kills it and
+# says so (BENCH-FAIL CONFIG: ...).
 bench_wait() {
     w=0
     while kill -0 "$1" 2>/dev/null; do
         if [ "$w" -ge "$2" ]; then
-            kill -KILL "$1" 2>/dev/null; echo "BENCH-FAIL pid $1 still running after $2 s: killed"
+            kill -KILL "$1" 2>/dev/null; echo "BENCH-FAIL $3: the VMM was still running after $2 s: killed"
             break
         fi
         sleep 1; w=$((w + 1))

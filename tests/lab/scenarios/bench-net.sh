@@ -156,10 +156,10 @@ run() {  # config [berth --net spec]
     start "$@"
     if wait_for GUEST-SERVE "out-$1.log" "$VPID" 900; then
         l1_side "$1"
-        bench_wait "$VPID" 120
+        bench_wait "$VPID" 120 "$1"
         report "$1"
     else
-        bench_wait "$VPID" 120
+        bench_wait "$VPID" 120 "$1"
         return 1
     fi
 }
