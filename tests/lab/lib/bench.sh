@@ -37,17 +37,48 @@ bench_wait() {
     wait "$1" 2>/dev/null
 }
 
+# bench_wait_for PATTERN FILE PID SECS: true once FILE has PATTERN; false if PID exited or SECS passed.
+bench_wait_for() {
+    w=0
+    until grep -q "$1" "$2" 2>/dev/null; do
+        kill -0 "$3" 2>/dev/null && [ "$w" -lt "$4" ] || return 1
+        sleep 1; w=$((w + 1))
+    done
+}
+
 # IPERF_AWK: reads iperf3 --json output; prints `sent=BYTES recv=BYTES secs=S` from its end
 # sums (for a client run with -R: sent = what the server sent, recv = what this client, the
-# receiver, counted over secs). An "error" key prints `error`.
+# receiver, counted over secs). An "error" key prints `error MESSAGE`.
 IPERF_AWK='
-/"error":/ { err = 1 }
+/"error":/ { err = $0; sub(/^[^:]*:[[:space:]]*/, "", err); gsub(/[",]/, "", err) }
 /"sum_sent":/ { m = "sent" }
 /"sum_received":/ { m = "recv" }
 m != "" && /"seconds":/ { v = $2; sub(/,.*/, "", v); s[m] = v }
 m != "" && /"bytes":/ { v = $2; sub(/,.*/, "", v); b[m] = v; m = "" }
 END {
-    if (err) { print "error"; exit }
+    if (err != "") { print "error " err; exit }
     printf "sent=%s recv=%s secs=%s\n", (b["sent"] == "" ? 0 : b["sent"]),
         (b["recv"] == "" ? 0 : b["recv"]), (s["recv"] == "" ? 0 : s["recv"])
 }'
+
+# bench_cpu PID: `name=ms name=ms ...`: CPU time (user + system) used so far by the threads of
+# PID, summed per thread name (/proc/PID/task/*/comm, spaces as _), and by the vhost kernel
+# threads serving PID (vhost-PID) as `vhost=ms`; then `l1_busy=ms l1_total=ms` from /proc/stat
+# (all of L1's CPUs). Two calls around a benchmark give what each thread spent in it.
+bench_cpu() {
+    (
+        pid=$1
+        for t in /proc/"$pid"/task/*; do
+            n=$(tr ' ' '_' < "$t/comm" 2>/dev/null) || continue
+            # After the ")" of the comm field: state (field 3) ... utime (14), stime (15).
+            set -- $(sed 's/.*) //' "$t/stat" 2>/dev/null)
+            [ $# -gt 13 ] && echo "$n $(( (${12} + ${13}) * 10 ))"
+        done
+        for p in /proc/[0-9]*; do
+            [ "$(cat "$p/comm" 2>/dev/null)" = "vhost-$pid" ] || continue
+            set -- $(sed 's/.*) //' "$p/stat" 2>/dev/null)
+            [ $# -gt 13 ] && echo "vhost $(( (${12} + ${13}) * 10 ))"
+        done
+    ) | awk '{ s[$1] += $2 } END { for (n in s) printf "%s=%d ", n, s[n] }'
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "l1_busy=%d l1_total=%d\n", (t - $5 - $6) * 10, t * 10 }' /proc/stat
+}

@@ -4,6 +4,7 @@
 # expect: BENCH-DONE disk
 # reject: Kernel panic
 # reject: KVM internal error
+# reject: BENCH-FAIL
 # One boot per configuration (BENCH_DISK_CONFIGS, default `berth qemu-threads qemu-io_uring`:
 # a qcow2 overlay on a raw base, as users run berth; add `berth-raw qemu-threads-raw
 # qemu-io_uring-raw` for a raw disk). The guest first writes the whole BENCH_MIB-MiB region
@@ -56,6 +57,8 @@ while [ $i -lt $R ]; do
     done
     i=$((i + 1))
 done
+echo "GUEST-FIO-DONE"
+sleep 2   # L1 reads the VMM's CPU times now
 EOS
 bench_initrd s initrd
 CMD="console=ttyS0 quiet panic=-1 l2.action=script l2.net=off reboot=k"
@@ -114,7 +117,11 @@ for cfg in $CONFIGS; do
             ;;
         *) echo "BENCH-FAIL unknown configuration $cfg"; continue ;;
     esac
-    bench_wait $! $((300 + R * 6 * (T + 30))) "$cfg"
+    vpid=$!
+    bench_wait_for GUEST-FILLED "out-$cfg.log" "$vpid" 600 && echo "BENCH-CPU $cfg start $(bench_cpu "$vpid")"
+    bench_wait_for GUEST-FIO-DONE "out-$cfg.log" "$vpid" $((R * 6 * (T + 30))) &&
+        echo "BENCH-CPU $cfg end $(bench_cpu "$vpid")"
+    bench_wait "$vpid" 120 "$cfg"
     report "$cfg"
     echo "BENCH disk_config_secs $cfg $(( $(awk '{ print int($1) }' /proc/uptime) - t0 ))"
 done

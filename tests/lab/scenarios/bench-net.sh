@@ -4,6 +4,7 @@
 # expect: BENCH-DONE net
 # reject: Kernel panic
 # reject: KVM internal error
+# reject: BENCH-FAIL
 # The tap bt0 is in L1's network namespace (the peer) with 10.0.9.1/24; the guest takes
 # 10.0.9.2. One boot per configuration (BENCH_NET_CONFIGS, default all four), BENCH_REPEATS
 # transfers of each kind per boot. The RECEIVER is always the iperf3 client with -R (the
@@ -29,6 +30,7 @@ USECS=${BENCH_UDP_SECS:-3}
 CPUS=${BENCH_CPUS:-1}
 CONFIGS=${BENCH_NET_CONFIGS:-qemu-off qemu-vhost berth-off berth-vhost}
 R=$BENCH_REPEATS
+MAC=52:54:00:12:34:56
 cd "$SCRATCH"
 echo "BENCH net_secs - $SECS"
 echo "BENCH net_udp_secs - $USECS"
@@ -55,6 +57,7 @@ cat > s/scenario.sh <<'EOS'
 calib() { awk -f /iperf.awk "$1" | awk -v s="$SECS" -f /calib.awk; }
 ip addr add 10.0.9.2/24 dev eth0; ip link set eth0 up
 n=0; until ping -c 1 -W 1 10.0.9.1 >/dev/null 2>&1 || [ $n -ge 30 ]; do n=$((n + 1)); done
+[ $n -lt 30 ] || echo "GUEST-NET-FAIL no ping reply from 10.0.9.1 in 30 s"
 # TCP receive: this guest is the client and the receiver; the server in L1 sends.
 timeout 60 iperf3 -c 10.0.9.1 -R -t 2 -J --connect-timeout 5000 > /tmp/w.json 2>&1
 n=$(calib /tmp/w.json)
@@ -75,15 +78,6 @@ EOS
 bench_initrd s initrd
 CMD="console=ttyS0 quiet panic=-1 l2.action=script l2.net=off reboot=k"
 
-# wait_for PATTERN FILE PID SECS: true once FILE has PATTERN; false if PID exited or SECS passed.
-wait_for() {
-    w=0
-    until grep -q "$1" "$2" 2>/dev/null; do
-        kill -0 "$3" 2>/dev/null && [ "$w" -lt "$4" ] || return 1
-        sleep 1; w=$((w + 1))
-    done
-}
-
 start() {  # config [berth --net spec]: starts the VMM in the background (VPID)
     rm -f "out-$1.log"
     case $1 in
@@ -93,7 +87,7 @@ start() {  # config [berth --net spec]: starts the VMM in the background (VPID)
                 -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" -initrd initrd \
                 -append "$CMD" \
                 -netdev tap,id=n0,ifname=bt0,script=no,downscript=no,vhost=$vhost \
-                -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
+                -device virtio-net-pci,netdev=n0,mac=$MAC \
                 </dev/null > "out-$1.log" 2>&1 &
             ;;
         berth-*)
@@ -121,7 +115,6 @@ l1_side() {  # config: TCP send and UDP, L1 receiving; results in l1-<config>.lo
         echo "GUEST-NET udp_tx n=0 $(awk -f s/iperf.awk u.json) loss=${loss:-?}" >> "l1-$1.log"
         i=$((i + 1))
     done
-    nc 10.0.9.2 5999 </dev/null >/dev/null 2>&1
 }
 
 report() {  # config: BENCH lines from the guest's and L1's GUEST-NET lines, checking counts
@@ -129,7 +122,7 @@ report() {  # config: BENCH lines from the guest's and L1's GUEST-NET lines, che
     while read -r _ kind n sent recv secs loss; do
         n=${n#n=} sent=${sent#sent=} recv=${recv#recv=} secs=${secs#secs=} loss=${loss#loss=}
         case "$kind:$sent" in
-            *:error|*:) echo "BENCH-FAIL $1: $kind: iperf3 failed"; continue ;;
+            *:error | *:) echo "BENCH-FAIL $1: $kind: iperf3 failed: $recv $secs $loss"; continue ;;
         esac
         case $kind in
             tcp_*)
@@ -150,12 +143,20 @@ report() {  # config: BENCH lines from the guest's and L1's GUEST-NET lines, che
         c=$(grep -c "^GUEST-NET $kind " "res-$1")
         [ "$c" = "$R" ] || echo "BENCH-FAIL $1: $kind: $c of $R transfers reported"
     done
+    grep -h 'GUEST-NET-FAIL' "out-$1.log" | sed "s/^/BENCH-FAIL $1: /"
+    # The tap's counters after this configuration (cumulative over the scenario).
+    echo "BENCH-TAP $1 $($IP -s -o link show bt0 | tr -s ' ' | cut -c1-400)"
 }
 
 run() {  # config [berth --net spec]
+    # Every VMM gives the guest the same MAC; L1 forgets the last guest's neighbour entry.
+    $IP neigh flush dev bt0 2>/dev/null
     start "$@"
-    if wait_for GUEST-SERVE "out-$1.log" "$VPID" 900; then
+    bench_wait_for L2-UP "out-$1.log" "$VPID" 300 && echo "BENCH-CPU $1 start $(bench_cpu "$VPID")"
+    if bench_wait_for GUEST-SERVE "out-$1.log" "$VPID" 900; then
         l1_side "$1"
+        echo "BENCH-CPU $1 end $(bench_cpu "$VPID")"
+        nc 10.0.9.2 5999 </dev/null >/dev/null 2>&1   # the guest is done
         bench_wait "$VPID" 120 "$1"
         report "$1"
     else
@@ -168,11 +169,11 @@ for cfg in $CONFIGS; do
     t0=$(awk '{ print int($1) }' /proc/uptime)
     case $cfg in
         berth-off)
-            if ! run berth-off tap=bt0,vhost=off; then
+            if ! run berth-off tap=bt0,mac=$MAC,vhost=off; then
                 if grep -q 'vhost' out-berth-off.log && ! grep -q L2-UP out-berth-off.log; then
                     echo "BENCH-NOTE berth-off: this berth has no vhost option" \
-                        "($(grep -m1 vhost out-berth-off.log | cut -c1-160)); ran --net tap=bt0, its only datapath"
-                    run berth-off tap=bt0 ||
+                        "($(grep -m1 vhost out-berth-off.log | cut -c1-160)); ran --net tap=bt0,mac=$MAC, its only datapath"
+                    run berth-off tap=bt0,mac=$MAC ||
                         { echo "BENCH-FAIL berth-off: the guest never served"; tail -n 20 out-berth-off.log; }
                 else
                     echo "BENCH-FAIL berth-off: the guest never served"; tail -n 20 out-berth-off.log
@@ -180,8 +181,8 @@ for cfg in $CONFIGS; do
             fi
             ;;
         berth-vhost)
-            if ! run berth-vhost tap=bt0,vhost=on; then
-                echo "BENCH-FAIL berth-vhost: berth --net tap=bt0,vhost=on did not run the guest:" \
+            if ! run berth-vhost tap=bt0,mac=$MAC,vhost=on; then
+                echo "BENCH-FAIL berth-vhost: berth --net tap=bt0,mac=$MAC,vhost=on did not run the guest:" \
                     "$(grep -v '^$' out-berth-vhost.log | tail -n 1 | cut -c1-200)"
                 tail -n 20 out-berth-vhost.log
             fi
