@@ -63,8 +63,8 @@ END {
 
 # bench_cpu PID: `name=ms name=ms ...`: CPU time (user + system) used so far by the threads of
 # PID, summed per thread name (/proc/PID/task/*/comm, spaces as _), and by the vhost kernel
-# threads serving PID (vhost-PID) as `vhost=ms`; then `l1_busy=ms l1_total=ms` from /proc/stat
-# (all of L1's CPUs). Two calls around a benchmark give what each thread spent in it.
+# threads serving PID (vhost-PID) as `vhost=ms`; then `l1_busy=ms l1_total=ms l1_cpus=N` from
+# /proc/stat (busy and total summed over all of L1's CPUs). Two calls around a benchmark give what each thread spent in it.
 bench_cpu() {
     (
         pid=$1
@@ -80,5 +80,6 @@ bench_cpu() {
             [ $# -gt 13 ] && echo "vhost $(( (${12} + ${13}) * 10 ))"
         done
     ) | awk '{ s[$1] += $2 } END { for (n in s) printf "%s=%d ", n, s[n] }'
-    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "l1_busy=%d l1_total=%d\n", (t - $5 - $6) * 10, t * 10 }' /proc/stat
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; b = (t - $5 - $6) * 10; t *= 10 }
+         /^cpu[0-9]/ { n++ } END { printf "l1_busy=%d l1_total=%d l1_cpus=%d\n", b, t, n }' /proc/stat
 }

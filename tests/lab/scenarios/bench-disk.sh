@@ -109,8 +109,8 @@ for cfg in $CONFIGS; do
             ;;
         qemu-threads* | qemu-io_uring*)
             aio=${cfg#qemu-}; aio=${aio%-raw}
-            "$QEMU" -accel kvm -cpu host -M q35 -m 256M -smp "$CPUS" -nodefaults -no-user-config \
-                -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" -initrd initrd \
+            "$QEMU" -accel kvm -cpu host -M q35 -m 256M -smp "$CPUS" -name l2,debug-threads=on -nodefaults \
+                -no-user-config -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" -initrd initrd \
                 -append "$CMD" \
                 -drive "file=$file,format=$fmt,if=none,id=d0,cache=writeback,aio=$aio" \
                 -device virtio-blk-pci,drive=d0 </dev/null > "out-$cfg.log" 2>&1 &

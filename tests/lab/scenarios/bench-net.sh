@@ -8,11 +8,13 @@
 # The tap bt0 is in L1's network namespace (the peer) with 10.0.9.1/24; the guest takes
 # 10.0.9.2. One boot per configuration (BENCH_NET_CONFIGS, default all four), BENCH_REPEATS
 # transfers of each kind per boot. The RECEIVER is always the iperf3 client with -R (the
-# server sends): that is the side whose count iperf3 keeps to the last byte (a receiving iperf3
-# server stops counting when the client says the test ended, with data still in flight). TCP
+# server sends): a receiving iperf3 server stops counting as soon as the client says it sent
+# everything, megabytes short on loopback; a receiving client was exact there and at most
+# 40 KB short in the lab. TCP
 # transfers are byte-bounded (-n): a 2 s warm-up run sets N to what that rate moves in
-# BENCH_SECS seconds; the receiver must count exactly the bytes the sender sent, else
-# BENCH-FAIL. UDP (-u -l 64 -b 0, BENCH_UDP_SECS seconds) reports what the receiver got.
+# BENCH_SECS seconds; the rate is the receiver's count over the receiver's time, and a receiver
+# that counted more than 1% less than the sender sent is a BENCH-FAIL (below that is iperf3's
+# end-of-test race, printed as `BENCH net_short_bytes <config> <bytes>`). UDP (-u -l 64 -b 0, BENCH_UDP_SECS seconds) reports what the receiver got.
 #   TCP receive (tcp_rx): L2 is the client, the iperf3 server in L1 sends.
 #   TCP send (tcp_tx) and UDP (udp_tx): L1 is the client, the iperf3 server in L2 sends.
 # Prints `BENCH net_tcp_rx|net_tcp_tx <config> <Mbit/s>`, `BENCH net_udp_tx <config> <kpps>`
@@ -83,8 +85,8 @@ start() {  # config [berth --net spec]: starts the VMM in the background (VPID)
     case $1 in
         qemu-*)
             vhost=off; [ "$1" = qemu-vhost ] && vhost=on
-            "$QEMU" -accel kvm -cpu host -M q35 -m 256M -smp "$CPUS" -nodefaults -no-user-config \
-                -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" -initrd initrd \
+            "$QEMU" -accel kvm -cpu host -M q35 -m 256M -smp "$CPUS" -name l2,debug-threads=on -nodefaults \
+                -no-user-config -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" -initrd initrd \
                 -append "$CMD" \
                 -netdev tap,id=n0,ifname=bt0,script=no,downscript=no,vhost=$vhost \
                 -device virtio-net-pci,netdev=n0,mac=$MAC \
@@ -126,10 +128,15 @@ report() {  # config: BENCH lines from the guest's and L1's GUEST-NET lines, che
         esac
         case $kind in
             tcp_*)
-                if [ "$recv" != "$sent" ] || [ "$recv" -lt "$n" ]; then
+                # iperf3's receiver stops counting when the control connection says the test
+                # ended, which can overtake the last data still in flight: up to 1% short is
+                # that race (seen: 0-40 KB of 75 MB); more is a sink that did not take it all.
+                if [ "$sent" -lt "$n" ] || [ "$recv" -gt "$sent" ] ||
+                    [ $((sent - recv)) -gt $((sent / 100)) ]; then
                     echo "BENCH-FAIL $1: $kind: the receiver counted $recv bytes of $sent sent ($n asked)"
                     continue
                 fi
+                echo "BENCH net_short_bytes $1 $((sent - recv))"
                 echo "BENCH net_$kind $1 $(awk -v b="$recv" -v s="$secs" 'BEGIN { printf "%.1f", b * 8 / s / 1e6 }')"
                 ;;
             udp_*)
@@ -182,7 +189,7 @@ for cfg in $CONFIGS; do
             ;;
         berth-vhost)
             if ! run berth-vhost tap=bt0,mac=$MAC,vhost=on; then
-                echo "BENCH-FAIL berth-vhost: berth --net tap=bt0,mac=$MAC,vhost=on did not run the guest:" \
+                echo "BENCH-FAIL berth-vhost: berth did not run the guest:" \
                     "$(grep -v '^$' out-berth-vhost.log | tail -n 1 | cut -c1-200)"
                 tail -n 20 out-berth-vhost.log
             fi
