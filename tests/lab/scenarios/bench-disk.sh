@@ -5,11 +5,13 @@
 # reject: Kernel panic
 # reject: KVM internal error
 # reject: BENCH-FAIL
-# One boot per configuration (BENCH_DISK_CONFIGS, default `berth qemu-threads qemu-io_uring`:
+# BENCH_ROUNDS rounds (default 1) in which every configuration boots once, in turn
+# (BENCH_DISK_CONFIGS, default `berth qemu-threads qemu-io_uring`:
 # a qcow2 overlay on a raw base, as users run berth; add `berth-raw qemu-threads-raw
-# qemu-io_uring-raw` for a raw disk). The guest first writes the whole BENCH_MIB-MiB region
+# qemu-io_uring-raw` for a raw disk), on a fresh disk. The guest first writes the whole
+# BENCH_MIB-MiB region
 # once (1 MiB writes, untimed), so every cluster is allocated and no timed job reads
-# unallocated clusters or pays first allocation. Then BENCH_REPEATS rounds of six fio jobs on
+# unallocated clusters or pays first allocation. Then BENCH_REPEATS times the six fio jobs on
 # /dev/vda (libaio, direct=1, time-based: BENCH_FIO_SECS seconds each, fio's fixed random seed):
 #   rr1 rr32   4 KiB randread, iodepth 1 and 32      (IOPS)
 #   rw1 rw32   4 KiB randwrite, iodepth 1 and 32     (IOPS)
@@ -27,6 +29,7 @@ T=${BENCH_FIO_SECS:-3}
 CPUS=${BENCH_CPUS:-1}
 CONFIGS=${BENCH_DISK_CONFIGS:-berth qemu-threads qemu-io_uring}
 R=$BENCH_REPEATS
+ROUNDS=${BENCH_ROUNDS:-1}
 cd "$SCRATCH"
 echo "BENCH disk_mib - $MIB"
 echo "BENCH disk_fio_secs - $T"
@@ -98,32 +101,38 @@ report() {  # config
     fi
 }
 
-for cfg in $CONFIGS; do
-    t0=$(awk '{ print int($1) }' /proc/uptime)
-    case $cfg in *-raw) fmt=raw file=disk.raw ;; *) fmt=qcow2 file=pet.qcow2 ;; esac
-    fresh "$fmt"
-    case $cfg in
-        berth | berth-raw)
-            "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus "$CPUS" --memory 256 \
-                --disk "$file,format=$fmt" --cmdline "$CMD" </dev/null > "out-$cfg.log" 2>&1 &
-            ;;
-        qemu-threads* | qemu-io_uring*)
-            aio=${cfg#qemu-}; aio=${aio%-raw}
-            "$QEMU" -accel kvm -cpu host -M q35 -m 256M -smp "$CPUS" -name l2,debug-threads=on -nodefaults \
-                -no-user-config -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" -initrd initrd \
-                -append "$CMD" \
-                -drive "file=$file,format=$fmt,if=none,id=d0,cache=writeback,aio=$aio" \
-                -device virtio-blk-pci,drive=d0 </dev/null > "out-$cfg.log" 2>&1 &
-            ;;
-        *) echo "BENCH-FAIL unknown configuration $cfg"; continue ;;
-    esac
-    vpid=$!
-    bench_wait_for GUEST-FILLED "out-$cfg.log" "$vpid" 600 && echo "BENCH-CPU $cfg start $(bench_cpu "$vpid")"
-    bench_wait_for GUEST-FIO-DONE "out-$cfg.log" "$vpid" $((R * 6 * (T + 30))) &&
-        echo "BENCH-CPU $cfg end $(bench_cpu "$vpid")"
-    bench_wait "$vpid" 120 "$cfg"
-    report "$cfg"
-    echo "BENCH disk_config_secs $cfg $(( $(awk '{ print int($1) }' /proc/uptime) - t0 ))"
+# Rounds: the configurations take turns, one boot each per round, so that a burst of load
+# on the shared machine does not fall on one configuration only.
+round=0
+while [ "$round" -lt "$ROUNDS" ]; do
+    round=$((round + 1))
+    for cfg in $CONFIGS; do
+        t0=$(awk '{ print int($1) }' /proc/uptime)
+        case $cfg in *-raw) fmt=raw file=disk.raw ;; *) fmt=qcow2 file=pet.qcow2 ;; esac
+        fresh "$fmt"
+        case $cfg in
+            berth | berth-raw)
+                "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus "$CPUS" --memory 256 \
+                    --disk "$file,format=$fmt" --cmdline "$CMD" </dev/null > "out-$cfg.log" 2>&1 &
+                ;;
+            qemu-threads* | qemu-io_uring*)
+                aio=${cfg#qemu-}; aio=${aio%-raw}
+                "$QEMU" -accel kvm -cpu host -M q35 -m 256M -smp "$CPUS" -name l2,debug-threads=on -nodefaults \
+                    -no-user-config -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" -initrd initrd \
+                    -append "$CMD" \
+                    -drive "file=$file,format=$fmt,if=none,id=d0,cache=writeback,aio=$aio" \
+                    -device virtio-blk-pci,drive=d0 </dev/null > "out-$cfg.log" 2>&1 &
+                ;;
+            *) echo "BENCH-FAIL unknown configuration $cfg"; continue ;;
+        esac
+        vpid=$!
+        bench_wait_for GUEST-FILLED "out-$cfg.log" "$vpid" 600 && echo "BENCH-CPU $cfg start $(bench_cpu "$vpid")"
+        bench_wait_for GUEST-FIO-DONE "out-$cfg.log" "$vpid" $((R * 6 * (T + 30))) &&
+            echo "BENCH-CPU $cfg end $(bench_cpu "$vpid")"
+        bench_wait "$vpid" 120 "$cfg"
+        report "$cfg"
+        echo "BENCH disk_config_secs $cfg $(( $(awk '{ print int($1) }' /proc/uptime) - t0 ))"
+    done
 done
 rm -f base.raw pet.qcow2 disk.raw
 echo "BENCH-DONE disk"

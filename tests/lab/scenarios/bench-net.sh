@@ -6,8 +6,8 @@
 # reject: KVM internal error
 # reject: BENCH-FAIL
 # The tap bt0 is in L1's network namespace (the peer) with 10.0.9.1/24; the guest takes
-# 10.0.9.2. One boot per configuration (BENCH_NET_CONFIGS, default all four), BENCH_REPEATS
-# transfers of each kind per boot. The RECEIVER is always the iperf3 client with -R (the
+# 10.0.9.2. BENCH_ROUNDS rounds (default 1) in which every configuration boots once, in turn
+# (BENCH_NET_CONFIGS, default all four); BENCH_REPEATS transfers of each kind per boot. The RECEIVER is always the iperf3 client with -R (the
 # server sends): a receiving iperf3 server stops counting as soon as the client says it sent
 # everything, megabytes short on loopback; a receiving client was exact there and at most
 # 40 KB short in the lab. TCP
@@ -32,6 +32,7 @@ USECS=${BENCH_UDP_SECS:-3}
 CPUS=${BENCH_CPUS:-1}
 CONFIGS=${BENCH_NET_CONFIGS:-qemu-off qemu-vhost berth-off berth-vhost}
 R=$BENCH_REPEATS
+ROUNDS=${BENCH_ROUNDS:-1}
 MAC=52:54:00:12:34:56
 cd "$SCRATCH"
 echo "BENCH net_secs - $SECS"
@@ -172,34 +173,40 @@ run() {  # config [berth --net spec]
     fi
 }
 
-for cfg in $CONFIGS; do
-    t0=$(awk '{ print int($1) }' /proc/uptime)
-    case $cfg in
-        berth-off)
-            if ! run berth-off tap=bt0,mac=$MAC,vhost=off; then
-                if grep -q 'vhost' out-berth-off.log && ! grep -q L2-UP out-berth-off.log; then
-                    echo "BENCH-NOTE berth-off: this berth has no vhost option" \
-                        "($(grep -m1 vhost out-berth-off.log | cut -c1-160)); ran --net tap=bt0,mac=$MAC, its only datapath"
-                    run berth-off tap=bt0,mac=$MAC ||
-                        { echo "BENCH-FAIL berth-off: the guest never served"; tail -n 20 out-berth-off.log; }
-                else
-                    echo "BENCH-FAIL berth-off: the guest never served"; tail -n 20 out-berth-off.log
+# Rounds: the configurations take turns, one boot each per round, so that a burst of load
+# on the shared machine does not fall on one configuration only.
+round=0
+while [ "$round" -lt "$ROUNDS" ]; do
+    round=$((round + 1))
+    for cfg in $CONFIGS; do
+        t0=$(awk '{ print int($1) }' /proc/uptime)
+        case $cfg in
+            berth-off)
+                if ! run berth-off tap=bt0,mac=$MAC,vhost=off; then
+                    if grep -q 'vhost' out-berth-off.log && ! grep -q L2-UP out-berth-off.log; then
+                        echo "BENCH-NOTE berth-off: this berth has no vhost option" \
+                            "($(grep -m1 vhost out-berth-off.log | cut -c1-160)); ran --net tap=bt0,mac=$MAC, its only datapath"
+                        run berth-off tap=bt0,mac=$MAC ||
+                            { echo "BENCH-FAIL berth-off: the guest never served"; tail -n 20 out-berth-off.log; }
+                    else
+                        echo "BENCH-FAIL berth-off: the guest never served"; tail -n 20 out-berth-off.log
+                    fi
                 fi
-            fi
-            ;;
-        berth-vhost)
-            if ! run berth-vhost tap=bt0,mac=$MAC,vhost=on; then
-                echo "BENCH-FAIL berth-vhost: berth did not run the guest:" \
-                    "$(grep -v '^$' out-berth-vhost.log | tail -n 1 | cut -c1-200)"
-                tail -n 20 out-berth-vhost.log
-            fi
-            ;;
-        qemu-off | qemu-vhost)
-            run "$cfg" || { echo "BENCH-FAIL $cfg: the guest never served"; tail -n 20 "out-$cfg.log"; }
-            ;;
-        *) echo "BENCH-FAIL unknown configuration $cfg" ;;
-    esac
-    echo "BENCH net_config_secs $cfg $(( $(awk '{ print int($1) }' /proc/uptime) - t0 ))"
+                ;;
+            berth-vhost)
+                if ! run berth-vhost tap=bt0,mac=$MAC,vhost=on; then
+                    echo "BENCH-FAIL berth-vhost: berth did not run the guest:" \
+                        "$(grep -v '^$' out-berth-vhost.log | tail -n 1 | cut -c1-200)"
+                    tail -n 20 out-berth-vhost.log
+                fi
+                ;;
+            qemu-off | qemu-vhost)
+                run "$cfg" || { echo "BENCH-FAIL $cfg: the guest never served"; tail -n 20 "out-$cfg.log"; }
+                ;;
+            *) echo "BENCH-FAIL unknown configuration $cfg" ;;
+        esac
+        echo "BENCH net_config_secs $cfg $(( $(awk '{ print int($1) }' /proc/uptime) - t0 ))"
+    done
 done
 kill "$SRV" 2>/dev/null
 $IP link del bt0
