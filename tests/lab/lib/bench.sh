@@ -69,7 +69,7 @@ bench_cpu() {
     (
         pid=$1
         for t in /proc/"$pid"/task/*; do
-            n=$(tr ' ' '_' < "$t/comm" 2>/dev/null) || continue
+            n=$(tr ' ' '_' 2>/dev/null < "$t/comm") || continue
             # After the ")" of the comm field: state (field 3) ... utime (14), stime (15).
             set -- $(sed 's/.*) //' "$t/stat" 2>/dev/null)
             [ $# -gt 13 ] && echo "$n $(( (${12} + ${13}) * 10 ))"
