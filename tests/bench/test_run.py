@@ -95,6 +95,20 @@ class LabIo(unittest.TestCase):
         # Ranges apart: a claim; no "(ranges overlap)".
         self.assertEqual(br.verdict(res.rows[0]), "0.44x worse")
 
+    def test_raw_only_gives_raw_rows(self):
+        log = "BENCH disk_mib - 64\nBENCH disk_fio_secs - 3\n"
+        for job in ("rr1", "rr32", "rw1", "rw32", "sr", "sw"):
+            for c in ("berth-raw", "qemu-threads-raw", "qemu-io_uring-raw"):
+                log += f"BENCH disk_{job} {c} 10\n"
+        _, res = self.rows("bench-disk", log + "BENCH-DONE disk\n")
+        self.assertEqual(len(res.rows), 6)
+        self.assertFalse(res.failures)
+        self.assertTrue(all(r["what"].startswith("lab disk raw:") for r in res.rows))
+        # A configuration asked for that produced nothing still fails its rows.
+        _, res = self.rows("bench-disk", log + "BENCH-FAIL berth: fio rr1: 0 of 1 runs reported\nBENCH-DONE disk\n")
+        self.assertEqual(len(res.failures), 6)
+        self.assertIn("fio rr1: 0 of 1 runs reported", res.failures[0]["reason"])
+
     def test_overlapping_ranges_are_said(self):
         row = {"ratio": 1.2, "better": "higher",
                "berth": br.stats([10, 14]), "qemu": br.stats([9, 11])}
