@@ -135,6 +135,16 @@ for line in "${plan_in[@]}"; do
     fi
 done
 pstamp_args+=("vmlinux:$L2_VMLINUX")
+# Scenarios that declare `# needs: benchtools` (the bench-* ones) get fio + iperf3 for L2 as a
+# cpio to append to its initrd (guest-images/l2-benchtools.sh) and iperf3 in L1, the peer.
+L2_TOOLS=
+for line in "${plan_in[@]}"; do
+    read -r path _ <<< "$line"
+    if grep -qE '^# needs:.*\bbenchtools\b' "$path"; then
+        eval "$("$GI_DIR/l2-benchtools.sh")"
+    fi
+done
+pstamp_args+=("benchtools:$L2_TOOLS" "$L2_TOOLS")
 pstamp=$(stamp_of "${pstamp_args[@]}")
 emit() {
     printf 'L1_KERNEL=%q\nL1_INITRD=%q\nL2_KERNEL=%q\nL2_INITRD=%q\n' \
@@ -171,6 +181,10 @@ for b in ${L1_EXTRA_BINS:-}; do install -m 755 "$b" "$r/lab/bin/$(basename "$b")
 cp "$L2_KERNEL" "$r/lab/l2/vmlinuz"
 cp "$L2_INITRD" "$r/lab/l2/initrd.cpio.gz"
 [ -z "$L2_VMLINUX" ] || cp "$L2_VMLINUX" "$r/lab/l2/vmlinux"
+if [ -n "$L2_TOOLS" ]; then
+    cp "$L2_TOOLS" "$r/lab/l2/tools.cpio"
+    copy_with_libs "$r" "$(command -v iperf3)"
+fi
 : > "$r/lab/plan"
 for line in "${plan_in[@]}"; do
     read -r path timeout tty <<< "$line"
