@@ -50,7 +50,7 @@ fn run() -> Result<(), String> {
         format: None, // the bench image is trusted
         confine_backing: false,
     };
-    let mut disk = open_disk(&image, opts).map_err(|e| e.to_string())?;
+    let disk = open_disk(&image, opts).map_err(|e| e.to_string())?;
     let disk_size = disk.size();
     if size == 0 || size > disk_size {
         return Err(format!(

@@ -161,7 +161,7 @@ fn run_layout(l: &Layout, seed: u64) {
             confine_backing: false,
             observer: Some(rec.clone()),
         };
-        let mut disk = Qcow2Disk::open_with(&over, &opts).unwrap();
+        let disk = Qcow2Disk::open_with(&over, &opts).unwrap();
         for seq in 0..l.ops {
             let region = rng.below(l.regions);
             let kind = rng.below(12);
@@ -310,7 +310,7 @@ fn run_layout(l: &Layout, seed: u64) {
             );
         }
         // The repaired image takes new writes: new clusters, new L2 tables.
-        let mut disk = Qcow2Disk::open(&over, false).unwrap();
+        let disk = Qcow2Disk::open(&over, false).unwrap();
         let fresh: Vec<(u64, Vec<u8>)> = (0..8)
             .map(|i| {
                 let off = (rng.below(l.size / 512 - 64)) * 512;
@@ -327,7 +327,7 @@ fn run_layout(l: &Layout, seed: u64) {
             code == 0 || code == 3,
             "{what}: corruption after new writes:\n{report}"
         );
-        let mut disk = Qcow2Disk::open(&over, true).unwrap();
+        let disk = Qcow2Disk::open(&over, true).unwrap();
         // Later fresh writes may overlap earlier ones: check against the last writer.
         let mut want = std::collections::BTreeMap::new();
         for (off, data) in &fresh {

@@ -15,6 +15,14 @@
 //! new L2 tables and refcount blocks from the L1 and refcount table entries imago writes) and
 //! issues an fsync before a metadata write whenever other writes happened since the last one
 //! (QEMU's "depends on flush" between its data and L2 caches).
+//!
+//! Several threads write at once (the virtio-blk request pool). A data write counts once it
+//! has *completed* (its `pwrite` returned), and an fsync covers the data writes that had
+//! completed when it started: imago links a new cluster into its cached L2 table only after
+//! the data write returned (`prepare_data_mapping`, write, `commit_data_mapping`), so any L2
+//! table holding that link is written after the count went up, and waits for an fsync that
+//! began after it. Counting a write when it starts would let an fsync running beside it
+//! clear the flag before the data got there.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -55,7 +63,10 @@ pub struct WriteBarrier {
     reftable: Range<u64>,
     /// Clusters of L2 tables and refcount blocks (and the header, cluster 0).
     metadata: HashSet<u64>,
-    unsynced_data: bool,
+    /// Data writes completed so far.
+    data_done: u64,
+    /// How many of them a completed fsync covers (the count when it started).
+    data_synced: u64,
 }
 
 impl WriteBarrier {
@@ -74,7 +85,8 @@ impl WriteBarrier {
             l1,
             reftable,
             metadata,
-            unsynced_data: false,
+            data_done: 0,
+            data_synced: 0,
         }
     }
 
@@ -147,29 +159,51 @@ impl ImageFile {
         self
     }
 
-    /// fsync (reported to the observer) before a metadata write that follows data writes;
-    /// notes data writes. Returns whether the write lands in a table berth learns from.
-    fn before_write(&self, offset: u64, len: u64) -> io::Result<bool> {
-        let Some(b) = &self.barrier else {
-            return Ok(false);
+    fn barrier(&self) -> Option<std::sync::MutexGuard<'_, WriteBarrier>> {
+        self.barrier
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// What a write of `len` bytes at `offset` is: `(table, data)`. A metadata write first
+    /// waits for an fsync covering every data write completed so far. `table` says it lands
+    /// in a table berth learns from, `data` that it is a data write to count when it is done.
+    fn before_write(&self, offset: u64, len: u64) -> io::Result<(bool, bool)> {
+        let Some(b) = self.barrier() else {
+            return Ok((false, false));
         };
-        let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
         if len == 0 {
-            return Ok(false);
+            return Ok((false, false));
         }
         let table = b.is_table(offset, len);
-        if b.is_metadata(offset, len) {
-            if b.unsynced_data {
-                self.inner.sync()?;
-                if let Some(o) = &self.observer {
-                    o.sync();
-                }
-                b.unsynced_data = false;
-            }
-        } else {
-            b.unsynced_data = true;
+        if !b.is_metadata(offset, len) {
+            return Ok((table, true));
         }
-        Ok(table)
+        if b.data_done > b.data_synced {
+            drop(b);
+            self.sync_data_writes()?;
+        }
+        Ok((table, false))
+    }
+
+    /// A data write completed: the next metadata write waits for an fsync after it.
+    fn data_written(&self) {
+        if let Some(mut b) = self.barrier() {
+            b.data_done += 1;
+        }
+    }
+
+    /// fsync, reported to the observer; records which data writes it covers.
+    fn sync_data_writes(&self) -> io::Result<()> {
+        let started = self.barrier().map(|b| b.data_done);
+        self.inner.sync()?;
+        if let (Some(n), Some(mut b)) = (started, self.barrier()) {
+            b.data_synced = b.data_synced.max(n);
+        }
+        if let Some(o) = &self.observer {
+            o.sync();
+        }
+        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zero.
@@ -202,9 +236,15 @@ impl ImageFile {
         self.inner.size()
     }
 
-    fn zeroed(&self, r: io::Result<()>, offset: u64, len: u64) -> io::Result<()> {
-        if let (Ok(()), Some(o)) = (&r, &self.observer) {
-            o.zero(offset, len);
+    /// Reports a completed zeroing to the observer and counts it when it was a data write.
+    fn zeroed(&self, r: io::Result<()>, data: bool, offset: u64, len: u64) -> io::Result<()> {
+        if r.is_ok() {
+            if let Some(o) = &self.observer {
+                o.zero(offset, len);
+            }
+            if data {
+                self.data_written();
+            }
         }
         r
     }
@@ -258,52 +298,54 @@ impl Storage for ImageFile {
 
     unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
         let len = bufv.len();
-        let table = self.before_write(offset, len)?;
+        let (table, data) = self.before_write(offset, len)?;
         // Guest data is copied only for an observer (tests); table writes are small.
         let copy = (self.observer.is_some() || table).then(|| {
             let mut v = vec![0u8; len as usize];
             bufv.copy_into_slice(&mut v);
             v
         });
+        // Learn new tables before the write goes out: another thread may write a new L2
+        // table as soon as this L1 entry exists, and that must count as metadata.
+        if let (true, Some(d), Some(mut b)) = (table, &copy, self.barrier()) {
+            b.learn(offset, d);
+        }
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { self.inner.pure_writev(bufv, offset) }?;
-        if let Some(data) = copy {
-            if let (true, Some(b)) = (table, &self.barrier) {
-                b.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .learn(offset, &data);
-            }
-            if let Some(o) = &self.observer {
-                o.write(offset, &data);
-            }
+        // Reported before it counts, so a replay never sees an fsync that covers it first.
+        if let (Some(d), Some(o)) = (&copy, &self.observer) {
+            o.write(offset, d);
+        }
+        if data {
+            self.data_written();
         }
         Ok(())
     }
 
     unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
         // Zeroing a table is a metadata write too; there is nothing in it to learn.
-        self.before_write(offset, length)?;
+        let (_, data) = self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_write_zeroes(offset, length) };
-        self.zeroed(r, offset, length)
+        self.zeroed(r, data, offset, length)
     }
 
     unsafe fn pure_write_allocated_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
         // Zeroing a table is a metadata write too; there is nothing in it to learn.
-        self.before_write(offset, length)?;
+        let (_, data) = self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_write_allocated_zeroes(offset, length) };
-        self.zeroed(r, offset, length)
+        self.zeroed(r, data, offset, length)
     }
 
     unsafe fn pure_discard(&self, offset: u64, length: u64) -> io::Result<()> {
         // Zeroing a table is a metadata write too; there is nothing in it to learn.
-        self.before_write(offset, length)?;
+        let (_, data) = self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_discard(offset, length) };
         // A discard may or may not zero the range; imago only relies on it reading back as
         // something, and an observer modelling it as zeroes is the stricter replay.
-        self.zeroed(r, offset, length)
+        self.zeroed(r, data, offset, length)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -311,14 +353,7 @@ impl Storage for ImageFile {
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.inner.sync()?;
-        if let Some(b) = &self.barrier {
-            b.lock().unwrap_or_else(|e| e.into_inner()).unsynced_data = false;
-        }
-        if let Some(o) = &self.observer {
-            o.sync();
-        }
-        Ok(())
+        self.sync_data_writes()
     }
 
     fn settle_writes(&self) -> io::Result<()> {

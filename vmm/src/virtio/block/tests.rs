@@ -31,26 +31,26 @@ impl BlockBackend for MemDisk {
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let d = self.0.data.lock().unwrap();
         let o = offset as usize;
         buf.copy_from_slice(&d[o..o + buf.len()]);
         Ok(())
     }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         let mut d = self.0.data.lock().unwrap();
         let o = offset as usize;
         d[o..o + buf.len()].copy_from_slice(buf);
         Ok(())
     }
-    fn flush(&mut self) -> std::io::Result<()> {
+    fn flush(&self) -> std::io::Result<()> {
         *self.0.flushes.lock().unwrap() += 1;
         Ok(())
     }
-    fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
         self.write_zeroes(offset, len, true)
     }
-    fn write_zeroes(&mut self, offset: u64, len: u64, _: bool) -> std::io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, _: bool) -> std::io::Result<()> {
         let mut d = self.0.data.lock().unwrap();
         d[offset as usize..(offset + len) as usize].fill(0);
         Ok(())
@@ -97,7 +97,7 @@ impl Rig {
         self.mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
         let q = MockSplitQueue::create(&self.mem, GuestAddress(0), 16);
         let chain = q.build_desc_chain(descs).unwrap();
-        let len = execute(&self.mem, chain, &mut self.disk);
+        let len = execute(&self.mem, chain, &self.disk, &mut Vec::new());
         (len, self.mem.read_obj(GuestAddress(STATUS)).unwrap())
     }
 
@@ -141,14 +141,14 @@ fn write_then_read_with_split_buffers() {
 
 #[test]
 fn status_shares_the_last_data_descriptor() {
-    let mut r = Rig::new(false);
+    let r = Rig::new(false);
     r.header(T_IN, 0);
     let q = [desc(HDR, 16, 0), desc(DATA, 513, W)];
     r.mem.write_obj(0xeeu8, GuestAddress(DATA + 512)).unwrap();
     let chain_len = {
         let mq = MockSplitQueue::create(&r.mem, GuestAddress(0), 16);
         let chain = mq.build_desc_chain(&q).unwrap();
-        execute(&r.mem, chain, &mut r.disk)
+        execute(&r.mem, chain, &r.disk, &mut Vec::new())
     };
     assert_eq!(chain_len, 513);
     assert_eq!(
@@ -285,13 +285,13 @@ fn malformed_chains_get_errors_not_panics() {
 /// engine must finish without panicking.
 #[test]
 fn hostile_queues_terminate() {
-    let mut r = Rig::new(false);
+    let r = Rig::new(false);
     let q = MockSplitQueue::create(&r.mem, GuestAddress(0), 16);
     // Descriptor 0 points at itself.
     let looped = RawDescriptor::from(Descriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 0));
     q.add_desc_chains(&[looped], 0).unwrap();
     let mut queue: Queue = q.create_queue().unwrap();
-    process_queue(&mut queue, &r.mem, &mut r.disk);
+    process_queue(&mut queue, &r.mem, &r.disk);
 
     // Pseudo-random descriptors (xorshift, fixed seed so failures reproduce).
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -323,13 +323,13 @@ fn hostile_queues_terminate() {
             continue;
         }
         let mut queue: Queue = q.create_queue().unwrap();
-        process_queue(&mut queue, &r.mem, &mut r.disk);
+        process_queue(&mut queue, &r.mem, &r.disk);
     }
 }
 
 #[test]
 fn process_queue_serves_every_chain_and_fills_the_used_ring() {
-    let mut r = Rig::new(false);
+    let r = Rig::new(false);
     let q = MockSplitQueue::create(&r.mem, GuestAddress(0), 16);
     r.header(T_FLUSH, 0);
     let mut descs = Vec::new();
@@ -344,7 +344,7 @@ fn process_queue_serves_every_chain_and_fills_the_used_ring() {
     }
     q.add_desc_chains(&descs, 0).unwrap();
     let mut queue: Queue = q.create_queue().unwrap();
-    assert!(process_queue(&mut queue, &r.mem, &mut r.disk));
+    assert!(process_queue(&mut queue, &r.mem, &r.disk));
     assert_eq!(queue.next_used(), 3);
     assert_eq!(*r.shared.flushes.lock().unwrap(), 3);
     for i in 0..3u64 {
