@@ -2,19 +2,22 @@
 //! at once, so requests run concurrently and complete in any order (virtio allows it).
 //!
 //! Every thread waits in one shared epoll set on the kicks of the queues the driver enabled,
-//! a "work" eventfd and a stop eventfd. A thread takes one chain at a time from a queue (under
-//! that queue's lock), runs it without any lock, then publishes its used entry (under the lock
-//! again) and interrupts the driver when the ring asks for it. When it takes a chain and more
-//! are waiting, it writes the work eventfd so an idle thread takes the next one; when the ring
-//! is empty it re-arms the driver's notifications, so the next kick wakes an idle thread. A
-//! thread that finishes a request goes back to the same queue, so a queue with work never
-//! waits for a kick that notification suppression held back.
+//! a "work" eventfd and a stop eventfd. A kick marks its queue pending; a thread claims one
+//! pending queue at a time (waking another thread through the work eventfd when more are
+//! pending, so one slow request never holds up another queue). It takes one chain at a time
+//! from the queue (under that queue's lock), runs it without any lock, then publishes its used
+//! entry (under the lock again) and interrupts the driver when the ring asks for it. When it
+//! takes a chain and more are waiting, it marks the queue pending again and wakes an idle
+//! thread for them; when the ring is empty it re-arms the driver's notifications, so the next
+//! kick wakes an idle thread. A thread that finishes a request goes back to the same queue, so
+//! a queue with work never waits for a kick that notification suppression held back.
 //!
 //! Bounds: at most one request per thread is in flight (so never more than the pool size,
 //! which is at most the queue size), and each thread's bounce buffer holds at most
 //! [`request::CHUNK`] bytes, whatever the driver queues.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -35,6 +38,8 @@ struct Slot {
     index: u16,
     queue: Mutex<Queue>,
     kick: EventFd,
+    /// Kicked, or left with chains waiting: a thread should look at it.
+    pending: AtomicBool,
 }
 
 impl Slot {
@@ -80,6 +85,8 @@ impl Pool {
                 index,
                 queue: Mutex::new(queue),
                 kick,
+                // The driver may have queued requests before it set DRIVER_OK.
+                pending: AtomicBool::new(true),
             });
         }
         let fds = slots
@@ -94,7 +101,6 @@ impl Pool {
                 EpollEvent::new(EventSet::IN, token),
             )?;
         }
-        // The driver may have queued requests before it set DRIVER_OK.
         work.write(1)?;
         let shared = Arc::new(Shared {
             disk,
@@ -143,44 +149,53 @@ impl Drop for Pool {
     }
 }
 
-/// One thread: wait, serve what woke it, repeat until stopped.
+/// One thread: wait, serve the pending queues, repeat until stopped.
 fn run(sh: &Shared) {
     let mut buf = Vec::new();
     let mut ready = vec![EpollEvent::default(); sh.slots.len() + 2];
-    let mut kicked = vec![false; sh.slots.len()];
     loop {
+        while let Some(slot) = claim(sh) {
+            serve(sh, slot, &mut buf);
+        }
         let n = match sh.epoll.wait(-1, &mut ready) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
-        kicked.fill(false);
         for ev in &ready[..n] {
             match ev.data() {
                 STOP => return,
+                // Non-blocking: another thread may have read it already.
                 WORK => {
-                    // Non-blocking: another thread may have taken it already.
                     let _ = sh.work.read();
-                    kicked.fill(true);
                 }
                 t => {
                     if let Some(s) = usize::try_from(t).ok().and_then(|t| sh.slots.get(t)) {
                         let _ = s.kick.read();
-                        kicked[t as usize] = true;
+                        s.pending.store(true, Ordering::SeqCst);
                     }
                 }
             }
         }
-        for (slot, _) in sh.slots.iter().zip(&kicked).filter(|(_, &k)| k) {
-            serve(sh, slot, &mut buf);
-        }
     }
+}
+
+/// Claims a pending queue; wakes another thread when more are pending.
+fn claim(sh: &Shared) -> Option<&Slot> {
+    let slot = sh
+        .slots
+        .iter()
+        .find(|s| s.pending.swap(false, Ordering::SeqCst))?;
+    if sh.slots.iter().any(|s| s.pending.load(Ordering::SeqCst)) {
+        let _ = sh.work.write(1);
+    }
+    Some(slot)
 }
 
 /// Serves `slot` one request at a time until its ring is empty.
 fn serve(sh: &Shared, slot: &Slot, buf: &mut Vec<u8>) {
     loop {
-        let Some(chain) = take(sh, &mut slot.lock()) else {
+        let Some(chain) = take(sh, slot, &mut slot.lock()) else {
             return;
         };
         let head = chain.head_index();
@@ -200,7 +215,11 @@ fn serve(sh: &Shared, slot: &Slot, buf: &mut Vec<u8>) {
 
 /// Takes the next chain of `q`. Leaves the driver's notifications off while more chains
 /// wait (and wakes an idle thread for them), and on when the ring is empty.
-fn take<'m>(sh: &'m Shared, q: &mut Queue) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+fn take<'m>(
+    sh: &'m Shared,
+    slot: &Slot,
+    q: &mut Queue,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
     let mem = &sh.mem;
     // Twice at most: once more for a chain that raced in while notifications were re-armed.
     // A hostile avail index (more than a queue ahead) pops nothing, so this cannot spin.
@@ -211,9 +230,8 @@ fn take<'m>(sh: &'m Shared, q: &mut Queue) -> Option<DescriptorChain<&'m GuestMe
                 .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
                 .map(|a| a.0 != q.next_avail())
                 .unwrap_or(false);
-            if waiting {
-                let _ = sh.work.write(1);
-            } else if let Ok(true) = q.enable_notification(mem) {
+            if waiting || matches!(q.enable_notification(mem), Ok(true)) {
+                slot.pending.store(true, Ordering::SeqCst);
                 let _ = sh.work.write(1);
             }
             return Some(chain);
