@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
-use vmm::virtio::block::Block;
+use vmm::virtio::block::{Block, MAX_QUEUES};
 use vmm::virtio::net::tap::Tap;
 use vmm::virtio::net::Net;
 use vmm::{LinuxBoot, LoadedKernel, MachineConfig, Vm};
@@ -26,6 +26,9 @@ pub struct DiskSpec {
     pub serial: Option<String>,
     /// Untrusted image: backing files must stay beneath each image's directory.
     pub confine_backing: bool,
+    /// Request queues offered to the guest; `None` is one per vCPU. Capped at
+    /// [`vmm::virtio::block::MAX_QUEUES`].
+    pub queues: Option<u16>,
 }
 
 /// The NIC: a tap fd opened with IFF_VNET_HDR, the MAC and the MTU the guest is told.
@@ -50,7 +53,7 @@ pub struct MachineSpec {
     pub net: Option<NetSpec>,
 }
 
-/// Parses `PATH[,readonly][,format=raw|qcow2][,serial=ID]`.
+/// Parses `PATH[,readonly][,format=raw|qcow2][,serial=ID][,queues=N]`.
 pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
     let mut parts = spec.split(',');
     let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
@@ -62,6 +65,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
         format: None,
         serial: None,
         confine_backing: false,
+        queues: None,
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -69,15 +73,29 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
             Some(("format", "raw")) => d.format = Some(DiskFormat::Raw),
             Some(("format", "qcow2")) => d.format = Some(DiskFormat::Qcow2),
             Some(("serial", s)) if s.len() <= 20 => d.serial = Some(s.to_owned()),
+            Some(("queues", n)) => {
+                d.queues = Some(parse_queues(n).map_err(|e| format!("--disk {spec:?}: {e}"))?)
+            }
             _ => {
                 return Err(format!(
                     "--disk {spec:?}: unknown option {opt:?}; options are readonly, \
-                     format=raw|qcow2, serial=ID (up to 20 bytes)"
+                     format=raw|qcow2, serial=ID (up to 20 bytes), queues=N (1-{MAX_QUEUES})"
                 ))
             }
         }
     }
     Ok(d)
+}
+
+/// Parses a disk's request queue count: 1 to [`MAX_QUEUES`].
+pub fn parse_queues(n: &str) -> Result<u16, String> {
+    match n.trim().parse::<u16>() {
+        Ok(q) if (1..=MAX_QUEUES).contains(&q) => Ok(q),
+        _ => Err(format!(
+            "queues={n:?} is not a number from 1 to {MAX_QUEUES}; give the request queues per \
+             disk (default: one per vCPU)"
+        )),
+    }
 }
 
 /// Creates the VM with its devices and loads the kernel.
@@ -94,7 +112,10 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
             eprintln!("berth: {note}");
         }
         let serial = d.serial.clone().unwrap_or_else(|| format!("berth-disk{i}"));
-        vm.add_virtio(Box::new(Block::new(backend, d.read_only, &serial)))?;
+        // One queue per vCPU by default, so each vCPU submits without sharing a ring lock.
+        let queues = d.queues.unwrap_or(u16::from(spec.config.vcpus));
+        let block = Block::new(backend, d.read_only, &serial).with_queues(queues);
+        vm.add_virtio(Box::new(block))?;
     }
     if let Some(net) = &spec.net {
         let fd = net
@@ -125,10 +146,12 @@ mod tests {
                 read_only: false,
                 format: None,
                 serial: None,
-                confine_backing: false
+                confine_backing: false,
+                queues: None,
             }
         );
-        let d = parse_disk("/b.img,readonly,format=raw,serial=xyz").unwrap();
+        let d = parse_disk("/b.img,readonly,format=raw,serial=xyz,queues=4").unwrap();
+        assert_eq!(d.queues, Some(4));
         assert!(d.read_only);
         assert_eq!(d.format, Some(DiskFormat::Raw));
         assert_eq!(d.serial.as_deref(), Some("xyz"));
@@ -137,6 +160,9 @@ mod tests {
             ",readonly",
             "/a,format=vmdk",
             "/a,bogus",
+            "/a,queues=0",
+            "/a,queues=17",
+            "/a,queues=two",
             "/a,serial=123456789012345678901",
         ] {
             assert!(parse_disk(bad).is_err(), "{bad}");

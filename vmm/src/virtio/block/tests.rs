@@ -815,7 +815,7 @@ mod concurrent {
         let mut dev = device(&gate, 4);
         let (kicks, _irqs) = activate(&mut dev, &g, &[]);
         for round in 0..5u64 {
-            for q in 0..4 {
+            for (q, kick) in kicks.iter().enumerate() {
                 g.submit(
                     q,
                     T_OUT,
@@ -823,7 +823,7 @@ mod concurrent {
                     512,
                     (round * 4) as u8 + q as u8,
                 );
-                kicks[q].write(1).unwrap();
+                kick.write(1).unwrap();
             }
         }
         for q in 0..4 {
