@@ -43,7 +43,10 @@ pub trait IoObserver: Send + Sync {
     fn write(&self, offset: u64, data: &[u8]);
     /// `[offset, offset + len)` now reads as zeroes (written zeroes or a punched hole).
     fn zero(&self, offset: u64, len: u64);
-    /// An fsync completed: everything reported before is durable.
+    /// An fsync starts: everything reported before is durable once it returns (berth relies
+    /// on that only after it returned). Reported at the start because, with several threads
+    /// writing, a write reported while the fsync runs may have completed after it began: it
+    /// must not count as covered.
     fn sync(&self);
 }
 
@@ -196,12 +199,12 @@ impl ImageFile {
     /// fsync, reported to the observer; records which data writes it covers.
     fn sync_data_writes(&self) -> io::Result<()> {
         let started = self.barrier().map(|b| b.data_done);
+        if let Some(o) = &self.observer {
+            o.sync();
+        }
         self.inner.sync()?;
         if let (Some(n), Some(mut b)) = (started, self.barrier()) {
             b.data_synced = b.data_synced.max(n);
-        }
-        if let Some(o) = &self.observer {
-            o.sync();
         }
         Ok(())
     }
