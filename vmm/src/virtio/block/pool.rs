@@ -58,11 +58,15 @@ struct Shared {
     irq: Arc<dyn VirtioInterrupt>,
     epoll: Epoll,
     work: EventFd,
+    /// Set before the stop eventfd: a thread ends after its current request even while the
+    /// driver keeps the ring full (a reset must not wait for the guest to stop submitting).
+    stopping: AtomicBool,
 }
 
 /// The running pool.
 pub struct Pool {
     stop: EventFd,
+    shared: Arc<Shared>,
     threads: Vec<sandbox::Handle<()>>,
 }
 
@@ -109,9 +113,11 @@ impl Pool {
             irq: ctx.interrupt,
             epoll,
             work,
+            stopping: AtomicBool::new(false),
         });
         let mut pool = Pool {
             stop,
+            shared: shared.clone(),
             threads: Vec::with_capacity(threads),
         };
         for _ in 0..threads.max(1) {
@@ -129,6 +135,7 @@ impl Pool {
     }
 
     fn halt(&mut self) -> bool {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         // The stop eventfd is never read, so every thread sees it. If even that write fails,
         // joining would wait forever: leave the threads (they hold only Arcs).
         if self.stop.write(1).is_err() {
@@ -154,6 +161,9 @@ fn run(sh: &Shared) {
     let mut buf = Vec::new();
     let mut ready = vec![EpollEvent::default(); sh.slots.len() + 2];
     loop {
+        if sh.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         while let Some(slot) = claim(sh) {
             serve(sh, slot, &mut buf);
         }
@@ -195,6 +205,9 @@ fn claim(sh: &Shared) -> Option<&Slot> {
 /// Serves `slot` one request at a time until its ring is empty.
 fn serve(sh: &Shared, slot: &Slot, buf: &mut Vec<u8>) {
     loop {
+        if sh.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(chain) = take(sh, slot, &mut slot.lock()) else {
             return;
         };

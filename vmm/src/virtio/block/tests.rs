@@ -442,6 +442,8 @@ mod concurrent {
     const DISK: usize = 1 << 20;
     /// Requests touching this sector wait until the test opens the gate.
     const SLOW: u64 = 64;
+    /// Requests touching this sector take 100 ms.
+    const DELAYED: u64 = 128;
     const W: u16 = super::W;
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -471,6 +473,9 @@ mod concurrent {
         fn enter(&self, offset: u64) {
             let n = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(n, Ordering::SeqCst);
+            if offset == DELAYED * 512 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             if offset == SLOW * 512 {
                 // Bounded, so a failing test ends instead of hanging in the device's stop.
                 let open = self.open.lock().unwrap();
@@ -761,6 +766,32 @@ mod concurrent {
         gate.open_gate();
         assert_eq!(g.wait_used(0, 1), vec![held]);
         dev.reset();
+    }
+
+    /// A reset ends the pool after the requests in flight, not after everything the driver
+    /// queued: a guest keeping its ring full cannot hold up a reset or a shutdown.
+    #[test]
+    fn reset_does_not_drain_the_ring() {
+        let gate = Gated::new();
+        let mut g = Guest::new(1);
+        let mut dev = device(&gate, 1).with_threads(1);
+        for _ in 0..5 {
+            g.submit(0, T_IN, DELAYED, 512, 0);
+        }
+        let (_kicks, _irqs) = activate(&mut dev, &g, &[]);
+        g.wait_used(0, 1);
+        let t = Instant::now();
+        dev.reset();
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "reset took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            g.used(0).len() <= 2,
+            "{} requests served after the reset",
+            g.used(0).len()
+        );
     }
 
     /// Hostile set-ups: no queue enabled, a queue whose avail index runs far ahead, a count
