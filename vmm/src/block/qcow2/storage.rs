@@ -383,3 +383,86 @@ impl Storage for ImageFile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use imago::StorageOpenOptions;
+
+    use super::*;
+
+    /// Logs every event; the first report of a data write at `HOLD` waits until released, as
+    /// a `pwrite` that completes late.
+    struct Held {
+        log: Mutex<Vec<String>>,
+        reached: Mutex<Option<mpsc::Sender<()>>>,
+        release: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    const HOLD: u64 = 16 * 512;
+    const L2: u64 = 3 * 512;
+
+    impl IoObserver for Held {
+        fn write(&self, offset: u64, _: &[u8]) {
+            self.log.lock().unwrap().push(format!("W{offset}"));
+            if offset == HOLD {
+                if let Some(tx) = self.reached.lock().unwrap().take() {
+                    tx.send(()).unwrap();
+                    let rx = self.release.lock().unwrap().take().unwrap();
+                    rx.recv().unwrap();
+                }
+            }
+        }
+        fn zero(&self, offset: u64, _: u64) {
+            self.log.lock().unwrap().push(format!("Z{offset}"));
+        }
+        fn sync(&self) {
+            self.log.lock().unwrap().push("S".into());
+        }
+    }
+
+    /// A data write still completing while another thread's fsync runs is not covered by that
+    /// fsync: the next metadata write (an L2 table pointing at the data) fsyncs again first.
+    /// Counting a data write when it starts (the single-threaded barrier's flag) skips that
+    /// fsync, and the L2 entry could reach the disk before the data.
+    #[test]
+    fn an_fsync_does_not_cover_a_write_that_completed_after_it_began() {
+        let dir = std::env::temp_dir().join(format!("berth-barrier-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(64 * 512).unwrap();
+        let (reached_tx, reached) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let obs = Arc::new(Held {
+            log: Mutex::default(),
+            reached: Mutex::new(Some(reached_tx)),
+            release: Mutex::new(Some(release_rx)),
+        });
+        let opts = StorageOpenOptions::new().write(true).filename(&path);
+        let inner = ImagoFile::from_open_file(f, opts).unwrap();
+        // 512-byte clusters: L1 table in cluster 1, refcount table in cluster 2, an L2 table
+        // in cluster 3.
+        let barrier = WriteBarrier::new(9, 512..1024, 1024..1536, [3]);
+        let file = ImageFile::new(inner, Some(obs.clone())).with_barrier(barrier);
+        std::thread::scope(|s| {
+            let data = s.spawn(|| file.write_at(&[1; 512], HOLD).unwrap());
+            reached.recv().unwrap();
+            // Another thread's fsync (a guest flush) while the data write completes.
+            Storage::sync(&file).unwrap();
+            release.send(()).unwrap();
+            data.join().unwrap();
+        });
+        file.write_at(&[2; 512], L2).unwrap();
+        let log = obs.log.lock().unwrap().clone();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(log, ["W8192", "S", "S", "W1536"], "{log:?}");
+    }
+}
