@@ -11,7 +11,7 @@ use std::time::Duration;
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
 use vmm::metrics::{CountingDisk, CountingNet, VmMetrics};
 use vmm::virtio::balloon::{Balloon, BalloonConfig, BalloonShared};
-use vmm::virtio::block::Block;
+use vmm::virtio::block::{Block, MAX_QUEUES};
 use vmm::virtio::net::tap::Tap;
 use vmm::virtio::net::vhost::VhostNet;
 use vmm::virtio::net::{Net, NetVhost, MAX_QUEUE_PAIRS};
@@ -32,6 +32,9 @@ pub struct DiskSpec {
     pub serial: Option<String>,
     /// Untrusted image: backing files must stay beneath each image's directory.
     pub confine_backing: bool,
+    /// Request queues offered to the guest; `None` is one per vCPU. Capped at
+    /// [`vmm::virtio::block::MAX_QUEUES`].
+    pub queues: Option<u16>,
 }
 
 /// The NIC: tap fds opened with IFF_VNET_HDR (one per queue pair), the MAC and the MTU the
@@ -234,7 +237,7 @@ pub fn balloon_state(
         .map_err(|e| Failure::Setup(format!("cannot set up the balloon: {e}")))
 }
 
-/// Parses `PATH[,readonly][,format=raw|qcow2][,serial=ID]`.
+/// Parses `PATH[,readonly][,format=raw|qcow2][,serial=ID][,queues=N]`.
 pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
     let mut parts = spec.split(',');
     let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
@@ -246,6 +249,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
         format: None,
         serial: None,
         confine_backing: false,
+        queues: None,
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -253,15 +257,29 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
             Some(("format", "raw")) => d.format = Some(DiskFormat::Raw),
             Some(("format", "qcow2")) => d.format = Some(DiskFormat::Qcow2),
             Some(("serial", s)) if s.len() <= 20 => d.serial = Some(s.to_owned()),
+            Some(("queues", n)) => {
+                d.queues = Some(parse_disk_queues(n).map_err(|e| format!("--disk {spec:?}: {e}"))?)
+            }
             _ => {
                 return Err(format!(
                     "--disk {spec:?}: unknown option {opt:?}; options are readonly, \
-                     format=raw|qcow2, serial=ID (up to 20 bytes)"
+                     format=raw|qcow2, serial=ID (up to 20 bytes), queues=N (1-{MAX_QUEUES})"
                 ))
             }
         }
     }
     Ok(d)
+}
+
+/// Parses a disk's request queue count: 1 to [`MAX_QUEUES`].
+pub fn parse_disk_queues(n: &str) -> Result<u16, String> {
+    match n.trim().parse::<u16>() {
+        Ok(q) if (1..=MAX_QUEUES).contains(&q) => Ok(q),
+        _ => Err(format!(
+            "queues={n:?} is not a number from 1 to {MAX_QUEUES}; give the request queues per \
+             disk (default: one per vCPU)"
+        )),
+    }
 }
 
 /// Creates the VM with its devices and loads the kernel.
@@ -284,7 +302,10 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
         if let Some(m) = &spec.metrics {
             backend = Box::new(CountingDisk::new(backend, m.disk(&disk_name(i))));
         }
-        vm.add_virtio(Box::new(Block::new(backend, d.read_only, &serial)))?;
+        // One queue per vCPU by default, so each vCPU submits without sharing a ring lock.
+        let queues = d.queues.unwrap_or(u16::from(spec.config.vcpus));
+        let block = Block::new(backend, d.read_only, &serial).with_queues(queues);
+        vm.add_virtio(Box::new(block))?;
     }
     if let Some(net) = &spec.net {
         let dup = |fd: &OwnedFd| {
@@ -336,10 +357,12 @@ mod tests {
                 read_only: false,
                 format: None,
                 serial: None,
-                confine_backing: false
+                confine_backing: false,
+                queues: None,
             }
         );
-        let d = parse_disk("/b.img,readonly,format=raw,serial=xyz").unwrap();
+        let d = parse_disk("/b.img,readonly,format=raw,serial=xyz,queues=4").unwrap();
+        assert_eq!(d.queues, Some(4));
         assert!(d.read_only);
         assert_eq!(d.format, Some(DiskFormat::Raw));
         assert_eq!(d.serial.as_deref(), Some("xyz"));
@@ -348,6 +371,9 @@ mod tests {
             ",readonly",
             "/a,format=vmdk",
             "/a,bogus",
+            "/a,queues=0",
+            "/a,queues=17",
+            "/a,queues=two",
             "/a,serial=123456789012345678901",
         ] {
             assert!(parse_disk(bad).is_err(), "{bad}");

@@ -67,6 +67,8 @@ pub struct PodConfig {
     pub no_vnc: bool,
     /// BERTH_NESTED: offer the guest hardware virtualization (VMX/SVM).
     pub nested: bool,
+    /// BERTH_DISK_QUEUES: request queues per disk (default one per vCPU).
+    pub disk_queues: Option<u16>,
     /// VNC_PASSWORD is set (the value itself is not kept here).
     pub vnc_password: bool,
     /// VNC_INSECURE: serve the console without a password anyway.
@@ -189,6 +191,16 @@ impl PodConfig {
                 None
             }),
         };
+        let disk_queues = match env.value("BERTH_DISK_QUEUES") {
+            None => None,
+            Some(v) => match crate::machine::parse_disk_queues(v) {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    errs.push(format!("BERTH_DISK_QUEUES: {e}, or unset it"));
+                    None
+                }
+            },
+        };
         let balloon = balloon_from_env(env, ram_mb, &mut errs);
         let metrics = match env.value("BERTH_METRICS") {
             None => None,
@@ -227,6 +239,7 @@ impl PodConfig {
             control_uid,
             no_vnc: env.flag("NO_VNC"),
             nested: env.flag("BERTH_NESTED"),
+            disk_queues,
             vnc_password: env.value("VNC_PASSWORD").is_some(),
             vnc_insecure: env.flag("VNC_INSECURE"),
             vhost,
@@ -362,9 +375,11 @@ mod tests {
             ("SEED_FORMAT", "nocloud"),
             ("BERTH_ROOT", "/tmp/pod"),
             ("NO_VNC", "1"),
+            ("BERTH_DISK_QUEUES", "2"),
         ]))
         .unwrap();
         assert_eq!((c.vcpus, c.ram_mb, c.no_vnc), (4, 2048, true));
+        assert_eq!(c.disk_queues, Some(2));
         assert_eq!(c.seed_format, seed::Format::NoCloud);
         assert_eq!(c.path("/image"), PathBuf::from("/tmp/pod/image"));
         assert!(c.summary().contains("vcpus=4 memory=2048MiB"));
@@ -440,9 +455,10 @@ mod tests {
             ("BERTH_CONTROL_UID", "nobody"),
             ("BERTH_VHOST", "yes"),
             ("BERTH_NET_QUEUES", "0"),
+            ("BERTH_DISK_QUEUES", "0"),
         ]))
         .unwrap_err();
-        assert_eq!(errs.len(), 8, "{errs:#?}");
+        assert_eq!(errs.len(), 9, "{errs:#?}");
         for (e, word) in errs.iter().zip([
             "HOSTNAME",
             "IMG_VCPU",
@@ -452,6 +468,7 @@ mod tests {
             "BERTH_CONTROL_UID",
             "BERTH_VHOST",
             "BERTH_NET_QUEUES",
+            "BERTH_DISK_QUEUES",
         ]) {
             assert!(e.contains(word), "{e}");
             assert!(!e.contains('\n'));

@@ -133,7 +133,12 @@ pub fn run() -> Result<ExitReason, Failure> {
             format: Some(DiskFormat::Raw),
             serial: Some("berth-seed".into()),
             confine_backing: false,
+            queues: None,
         });
+    }
+
+    for d in &mut disks {
+        d.queues = cfg.disk_queues;
     }
 
     // Kept alive as long as VMs are built: the image's kernel lives in unnamed files.
@@ -387,6 +392,7 @@ fn raw_disk(path: PathBuf, read_only: bool) -> DiskSpec {
         format: Some(DiskFormat::Raw),
         serial: None,
         confine_backing: false,
+        queues: None,
     }
 }
 
@@ -434,6 +440,7 @@ fn root_disk(cfg: &PodConfig) -> Result<(Option<DiskSpec>, Option<PathBuf>), Fai
             format: Some(DiskFormat::Qcow2),
             serial: Some("berth-root".into()),
             confine_backing: true,
+            queues: None,
         }),
         Some(base),
     ))

@@ -237,13 +237,13 @@ impl CountingDisk {
     }
 
     fn timed<T>(
-        &mut self,
+        &self,
         op: usize,
         bytes: u64,
-        f: impl FnOnce(&mut dyn BlockBackend) -> io::Result<T>,
+        f: impl FnOnce(&dyn BlockBackend) -> io::Result<T>,
     ) -> io::Result<T> {
         let start = Instant::now();
-        let r = f(self.inner.as_mut());
+        let r = f(self.inner.as_ref());
         match &r {
             Ok(_) => {
                 self.m.ops[op].inc();
@@ -269,20 +269,20 @@ impl BlockBackend for CountingDisk {
     fn read_only(&self) -> bool {
         self.inner.read_only()
     }
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let n = buf.len() as u64;
         self.timed(READ, n, |d| d.read_at(buf, offset))
     }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.timed(WRITE, buf.len() as u64, |d| d.write_at(buf, offset))
     }
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         self.timed(FLUSH, 0, |d| d.flush())
     }
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.timed(DISCARD, 0, |d| d.discard(offset, len))
     }
-    fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
         self.timed(DISCARD, 0, |d| d.write_zeroes(offset, len, may_unmap))
     }
     fn take_notes(&mut self) -> Vec<String> {
@@ -350,32 +350,32 @@ mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
 
-    struct Mem(Vec<u8>, bool);
+    struct Mem(std::sync::Mutex<Vec<u8>>, bool);
     impl BlockBackend for Mem {
         fn size(&self) -> u64 {
-            self.0.len() as u64
+            self.0.lock().unwrap().len() as u64
         }
         fn read_only(&self) -> bool {
             false
         }
-        fn read_at(&mut self, buf: &mut [u8], o: u64) -> io::Result<()> {
+        fn read_at(&self, buf: &mut [u8], o: u64) -> io::Result<()> {
             if self.1 {
                 return Err(io::Error::other("fail"));
             }
-            buf.copy_from_slice(&self.0[o as usize..o as usize + buf.len()]);
+            buf.copy_from_slice(&self.0.lock().unwrap()[o as usize..o as usize + buf.len()]);
             Ok(())
         }
-        fn write_at(&mut self, buf: &[u8], o: u64) -> io::Result<()> {
-            self.0[o as usize..o as usize + buf.len()].copy_from_slice(buf);
+        fn write_at(&self, buf: &[u8], o: u64) -> io::Result<()> {
+            self.0.lock().unwrap()[o as usize..o as usize + buf.len()].copy_from_slice(buf);
             Ok(())
         }
-        fn flush(&mut self) -> io::Result<()> {
+        fn flush(&self) -> io::Result<()> {
             Ok(())
         }
-        fn discard(&mut self, _: u64, _: u64) -> io::Result<()> {
+        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
             Ok(())
         }
-        fn write_zeroes(&mut self, _: u64, _: u64, _: bool) -> io::Result<()> {
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
             Ok(())
         }
     }
@@ -390,7 +390,10 @@ mod tests {
     fn disk_operations_are_counted_with_their_bytes() {
         let mut reg = Registry::default();
         let m = VmMetrics::register(&mut reg);
-        let mut d = CountingDisk::new(Box::new(Mem(vec![0; 8192], false)), m.disk("vda"));
+        let d = CountingDisk::new(
+            Box::new(Mem(std::sync::Mutex::new(vec![0; 8192]), false)),
+            m.disk("vda"),
+        );
         d.write_at(&[1; 4096], 0).unwrap();
         d.write_at(&[1; 512], 4096).unwrap();
         let mut b = [0u8; 1000];
@@ -408,7 +411,10 @@ mod tests {
             assert!(t.contains(line), "{line} missing in\n{t}");
         }
         // A failing backend counts an error, not an operation.
-        let mut f = CountingDisk::new(Box::new(Mem(vec![0; 512], true)), m.disk("vdb"));
+        let f = CountingDisk::new(
+            Box::new(Mem(std::sync::Mutex::new(vec![0; 512]), true)),
+            m.disk("vdb"),
+        );
         assert!(f.read_at(&mut b[..10], 0).is_err());
         let t = text(&reg);
         assert!(

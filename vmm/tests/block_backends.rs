@@ -154,7 +154,7 @@ fn out_of_range_is_an_error() {
     let _serial = block_util::serial();
     let dir = tempfile::tempdir().unwrap();
     for (name, path, fmt, _) in images(dir.path()) {
-        let mut disk = open(&path, fmt, false);
+        let disk = open(&path, fmt, false);
         let mut two = [0u8; 2];
         for off in [SIZE - 1, SIZE, SIZE + 4096, u64::MAX - 1] {
             let e = disk.read_at(&mut two, off).unwrap_err();
@@ -179,7 +179,7 @@ fn read_only_refuses_writes_and_leaves_file_alone() {
     let dir = tempfile::tempdir().unwrap();
     for (name, path, fmt, _) in images(dir.path()) {
         let before = std::fs::read(&path).unwrap();
-        let mut disk = open(&path, fmt, true);
+        let disk = open(&path, fmt, true);
         assert!(disk.read_only(), "{name}");
         let ro = |r: std::io::Result<()>| r.unwrap_err().kind() == ErrorKind::ReadOnlyFilesystem;
         assert!(ro(disk.write_at(&[1, 2, 3], 100)), "{name}");
@@ -230,7 +230,7 @@ fn backing_chain_is_opened_read_only() {
     let top = d.join("top.qcow2");
     ensure_overlay(&mid, &top, None).unwrap();
 
-    let mut disk = open(&top, DiskFormat::Qcow2, false);
+    let disk = open(&top, DiskFormat::Qcow2, false);
     disk.write_at(&[9; 70000], 60000).unwrap();
     disk.flush().unwrap();
     // berth holds the top image twice (imago's descriptor and one for the header's dirty
@@ -352,7 +352,7 @@ fn declared_raw_is_never_probed() {
     bytes.resize(1 << 20, 0);
     std::fs::write(&evil, &bytes).unwrap();
 
-    let mut disk = open(&evil, DiskFormat::Raw, false);
+    let disk = open(&evil, DiskFormat::Raw, false);
     assert_eq!(disk.size(), 1 << 20);
     let mut buf = vec![0u8; 4096];
     disk.read_at(&mut buf, 0).unwrap();
@@ -362,7 +362,7 @@ fn declared_raw_is_never_probed() {
     // Probing (for trusted images only) does see qcow2.
     let probed = open_disk(&evil, DiskOptions::default()).unwrap();
     let mut buf = vec![0u8; 16];
-    let mut probed = probed;
+    let probed = probed;
     probed.read_at(&mut buf, 0).unwrap();
     assert_eq!(buf, vec![0x42; 16]);
 }

@@ -74,7 +74,7 @@ fn crash_child() {
         return;
     };
     let seed: u64 = std::env::var("BERTH_CRASH_SEED").unwrap().parse().unwrap();
-    let mut disk = open(Path::new(&image), DiskFormat::Qcow2, false);
+    let disk = open(Path::new(&image), DiskFormat::Qcow2, false);
     let mut out = std::io::stdout().lock();
     // libtest has printed "test crash_child ... " without a newline: markers end lines.
     writeln!(out, "OPENED").unwrap();
@@ -188,7 +188,7 @@ fn storms(name: &str, iterations: u64, make_overlay: impl Fn(&Path, &Path)) {
 /// The repaired overlay takes new writes (new clusters, possibly new L2 tables), keeps them,
 /// and stays clean.
 fn reopen_and_write(over: &Path, rng: &mut Rng, what: &str) {
-    let mut disk = Qcow2Disk::open(over, false).unwrap();
+    let disk = Qcow2Disk::open(over, false).unwrap();
     let writes: Vec<(u64, u8)> = (0..6)
         .map(|i| (rng.below(SECTORS - 64) * SECTOR as u64, 0xd0 + i))
         .collect();
@@ -202,7 +202,7 @@ fn reopen_and_write(over: &Path, rng: &mut Rng, what: &str) {
         code == 0 || code == 3,
         "{what}: corruption after new writes:\n{report}"
     );
-    let mut disk = Qcow2Disk::open(over, true).unwrap();
+    let disk = Qcow2Disk::open(over, true).unwrap();
     let mut want = std::collections::BTreeMap::new();
     for &(off, b) in &writes {
         for s in 0..64 {
@@ -287,7 +287,7 @@ fn kill_victim() {
     let Ok(image) = std::env::var("BERTH_VICTIM_IMAGE") else {
         return;
     };
-    let mut disk = open(Path::new(&image), DiskFormat::Qcow2, false);
+    let disk = open(Path::new(&image), DiskFormat::Qcow2, false);
     disk.write_at(&[0x55; 4096], 0).unwrap();
     println!("WRITTEN");
     std::io::stdout().flush().unwrap();

@@ -99,7 +99,7 @@ fn berth_writes_qemu_reads() {
     let (base, over) = base_and_overlay(d, SIZE);
     let mut reference = to_raw(&base, "qcow2", d);
 
-    let mut disk = open_rw(&over);
+    let disk = open_rw(&over);
     let mut rng = Rng(42);
     for i in 0..400u64 {
         let off = rng.below(SIZE - 1);
@@ -194,7 +194,7 @@ fn base_is_never_written() {
     let mtime = std::fs::metadata(&base).unwrap().modified().unwrap();
     let over = d.join("over.qcow2");
     ensure_overlay(&base, &over, None).unwrap();
-    let mut disk = open_rw(&over);
+    let disk = open_rw(&over);
     let mut rng = Rng(7);
     for i in 0..2000u64 {
         let off = rng.below(SIZE - 1);

@@ -103,7 +103,7 @@ fn a_second_writer_is_refused_on_either_side() {
         format: Some(DiskFormat::Raw),
         confine_backing: false,
     };
-    let mut ro = open_disk(&base, raw(true)).unwrap();
+    let ro = open_disk(&base, raw(true)).unwrap();
     let mut b = [0u8; 512];
     ro.read_at(&mut b, 0).unwrap();
     locked(open_disk(&base, raw(false)));
@@ -263,7 +263,7 @@ fn untrusted_backing_files_stay_in_their_directory() {
     for (b, name) in [(&good, "vm-1.qcow2"), (&good_rel, "vm-2.qcow2")] {
         let pet = image.join(name);
         ensure_overlay_with(b, &pet, None, true).unwrap();
-        let mut disk = open_disk(
+        let disk = open_disk(
             &pet,
             DiskOptions {
                 read_only: true,

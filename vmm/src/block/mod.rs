@@ -9,24 +9,26 @@ use std::io;
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
 
-/// Storage behind a disk. Offsets and lengths are in bytes. Methods take `&mut self`: a disk
-/// is served by one thread.
-pub trait BlockBackend: Send {
+/// Storage behind a disk. Offsets and lengths are in bytes. I/O methods take `&self`: a disk
+/// is served by several threads at once (the virtio-blk request pool), so every backend
+/// synchronises what it must itself. `flush` makes durable every write that completed before
+/// it was called; writes running concurrently with it may or may not be included.
+pub trait BlockBackend: Send + Sync {
     /// Size of the disk in bytes.
     fn size(&self) -> u64;
     /// Whether writes are refused.
     fn read_only(&self) -> bool;
     /// Fills `buf` from `offset`. Reads past the end are an error.
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes `buf` at `offset`. Writes past the end are an error.
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every completed write durable on the host (fsync of data and metadata).
-    fn flush(&mut self) -> io::Result<()>;
+    fn flush(&self) -> io::Result<()>;
     /// Tells the backend the range's contents are no longer needed; later reads may return
     /// anything, though backends should return zeroes where they can.
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes the range read as zeroes; with `may_unmap` the backend may free the space.
-    fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()>;
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()>;
     /// What opening the disk did that the user should hear about (for instance a qcow2
     /// refcount repair), one line each; empty after the first call.
     fn take_notes(&mut self) -> Vec<String> {

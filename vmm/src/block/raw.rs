@@ -1,5 +1,6 @@
 //! Raw disks: regular files and block devices, guest byte N at file byte N.
 //!
+//! Several threads read and write at once (`pread`/`pwrite` need no shared file position).
 //! I/O goes through the host page cache (like QEMU's `cache=writeback`); `flush` is
 //! `fdatasync`, which also persists the block allocation a write or hole punch changed, so no
 //! full `fsync` is needed (the file's size never changes).
@@ -9,6 +10,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::{check_range, check_write, BlockBackend, DiskError};
 
@@ -27,8 +29,9 @@ pub struct RawDisk {
     size: u64,
     read_only: bool,
     block_device: bool,
-    /// `fallocate` modes the kernel said this file does not support; not retried.
-    unsupported_modes: libc::c_int,
+    /// `fallocate` modes the kernel said this file does not support; not retried. Shared by
+    /// the threads serving the disk: a lost update only means one more failed try.
+    unsupported_modes: AtomicI32,
 }
 
 impl RawDisk {
@@ -62,7 +65,7 @@ impl RawDisk {
             size,
             read_only,
             block_device,
-            unsupported_modes: 0,
+            unsupported_modes: AtomicI32::new(0),
         })
     }
 
@@ -72,11 +75,11 @@ impl RawDisk {
     }
 
     /// `fallocate(mode)` over the range; `Ok(false)` when this file cannot do it.
-    fn fallocate(&mut self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<bool> {
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<bool> {
         if len == 0 {
             return Ok(true);
         }
-        if self.unsupported_modes & mode == mode {
+        if self.unsupported_modes.load(Ordering::Relaxed) & mode == mode {
             return Ok(false);
         }
         let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -93,7 +96,7 @@ impl RawDisk {
                 Some(libc::EINTR) => continue,
                 // The file system or device cannot do this mode (or this alignment).
                 Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ENODEV | libc::ENOTTY) => {
-                    self.unsupported_modes |= mode;
+                    self.unsupported_modes.fetch_or(mode, Ordering::Relaxed);
                     return Ok(false);
                 }
                 Some(libc::EINVAL) => return Ok(false),
@@ -103,7 +106,7 @@ impl RawDisk {
     }
 
     /// Writes literal zeroes: the fallback when the kernel cannot zero or punch the range.
-    fn write_zero_bytes(&mut self, mut offset: u64, len: u64) -> io::Result<()> {
+    fn write_zero_bytes(&self, mut offset: u64, len: u64) -> io::Result<()> {
         let zeroes = vec![0u8; ZERO_CHUNK.min(len as usize)];
         let end = offset + len;
         while offset < end {
@@ -130,24 +133,24 @@ impl BlockBackend for RawDisk {
         self.read_only
     }
 
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len() as u64)?;
         self.file.read_exact_at(buf, offset)
     }
 
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, buf.len() as u64)?;
         self.file.write_all_at(buf, offset)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         if self.read_only {
             return Ok(());
         }
         self.file.sync_data()
     }
 
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, len)?;
         // A device's discard may leave old data readable, which the trait allows.
         if self.block_device && self.blkdiscard(offset, len) {
@@ -156,7 +159,7 @@ impl BlockBackend for RawDisk {
         self.write_zeroes(offset, len, true)
     }
 
-    fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, len)?;
         // Both modes read back as zeroes; on block devices the kernel maps them to
         // REQ_OP_WRITE_ZEROES with or without unmapping.

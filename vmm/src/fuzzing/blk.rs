@@ -19,7 +19,7 @@ type Violations = Arc<Mutex<Vec<String>>>;
 /// A Vec-backed disk that records out-of-range or forbidden accesses instead of trusting the
 /// request engine's checks.
 struct MemDisk {
-    data: Vec<u8>,
+    data: Mutex<Vec<u8>>,
     read_only: bool,
     failing: bool,
     violations: Violations,
@@ -29,7 +29,7 @@ impl MemDisk {
     fn check(&self, what: &str, offset: u64, len: u64, writes: bool) -> io::Result<usize> {
         let end = offset.checked_add(len);
         let bad = match end {
-            Some(e) if e <= self.data.len() as u64 => None,
+            Some(e) if e <= self.size() => None,
             _ => Some(format!("{what} {offset:#x}+{len:#x} past the end")),
         };
         let bad = bad
@@ -47,33 +47,33 @@ impl MemDisk {
 
 impl BlockBackend for MemDisk {
     fn size(&self) -> u64 {
-        self.data.len() as u64
+        self.data.lock().unwrap().len() as u64
     }
     fn read_only(&self) -> bool {
         false
     }
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let o = self.check("read", offset, buf.len() as u64, false)?;
-        buf.copy_from_slice(&self.data[o..o + buf.len()]);
+        buf.copy_from_slice(&self.data.lock().unwrap()[o..o + buf.len()]);
         Ok(())
     }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let o = self.check("write", offset, buf.len() as u64, true)?;
-        self.data[o..o + buf.len()].copy_from_slice(buf);
+        self.data.lock().unwrap()[o..o + buf.len()].copy_from_slice(buf);
         Ok(())
     }
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         if self.failing {
             return Err(io::Error::other("injected failure"));
         }
         Ok(())
     }
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.write_zeroes(offset, len, true)
     }
-    fn write_zeroes(&mut self, offset: u64, len: u64, _may_unmap: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> io::Result<()> {
         let o = self.check("write-zeroes/discard", offset, len, true)?;
-        self.data[o..o + len as usize].fill(0);
+        self.data.lock().unwrap()[o..o + len as usize].fill(0);
         Ok(())
     }
 }
@@ -116,19 +116,21 @@ pub fn virtio_blk_request(data: &[u8]) -> BlkReport {
     let read_only = blk & blk_flags::READ_ONLY != 0;
     let violations = Violations::default();
     let backend = MemDisk {
-        data: (0..u64::from(sectors) * 512 + u64::from(extra))
-            .map(|i| (i % 251) as u8)
-            .collect(),
+        data: Mutex::new(
+            (0..u64::from(sectors) * 512 + u64::from(extra))
+                .map(|i| (i % 251) as u8)
+                .collect(),
+        ),
         read_only,
         failing: blk & blk_flags::FAILING != 0,
         violations: violations.clone(),
     };
-    let mut disk = Disk::new(Box::new(backend), read_only, "fuzz-serial");
+    let disk = Disk::new(Box::new(backend), read_only, "fuzz-serial");
 
     let chains = survey(&rig.queue, &rig.mem);
     let isolated = writes_are_isolated(&chains, &metadata(&rig.layout, &rig.mem));
 
-    let notify = process_queue(&mut rig.queue, &rig.mem, &mut disk);
+    let notify = process_queue(&mut rig.queue, &rig.mem, &disk);
 
     let v = violations.lock().unwrap();
     assert!(v.is_empty(), "backend misuse: {v:?}");

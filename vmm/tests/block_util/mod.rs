@@ -229,7 +229,7 @@ pub fn open(path: &Path, format: DiskFormat, read_only: bool) -> Box<dyn BlockBa
 
 /// The whole guest-visible content of `path`, read through berth's backend (opened read-only).
 pub fn read_all(path: &Path, format: DiskFormat) -> Vec<u8> {
-    let mut disk = open(path, format, true);
+    let disk = open(path, format, true);
     let mut buf = vec![0u8; disk.size() as usize];
     disk.read_at(&mut buf, 0).unwrap();
     buf
@@ -237,7 +237,7 @@ pub fn read_all(path: &Path, format: DiskFormat) -> Vec<u8> {
 
 /// Writes `data` at `off` into the qcow2 image `path` through berth, flushes and closes it.
 pub fn write_flushed(path: &Path, off: u64, data: &[u8]) {
-    let mut disk = open(path, DiskFormat::Qcow2, false);
+    let disk = open(path, DiskFormat::Qcow2, false);
     disk.write_at(data, off).unwrap();
     disk.flush().unwrap();
 }

@@ -12,6 +12,12 @@
 //! rebuilt ([`refcount`]) before anything is written. Operations that free clusters are
 //! followed by a flush and fsync, so a freed cluster is never reused while a pointer to it may
 //! still be on disk.
+//!
+//! Concurrency: reads, writes and flushes run from several threads at once (imago takes
+//! `&self` for them and serialises overlapping allocations itself). Operations that free
+//! clusters (write-zeroes, discard, writes over clusters a write moves) take the image
+//! exclusively, together with the flush and fsync that follows each piece, so no concurrent
+//! allocation can pick up a freed cluster before its unlinking is durable.
 
 pub mod refcount;
 mod storage;
@@ -22,7 +28,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
@@ -64,7 +70,8 @@ pub struct Qcow2Options {
 
 /// A qcow2 image and its backing chain.
 pub struct Qcow2Disk {
-    inner: FormatAccess<ImageFile>,
+    /// Shared by reads, writes and flushes; exclusive for operations that free clusters.
+    inner: RwLock<FormatAccess<ImageFile>>,
     /// The top image's file and geometry, for the dirty bit (writable images only).
     meta: Option<(ImageFile, Geometry)>,
     size: u64,
@@ -73,7 +80,7 @@ pub struct Qcow2Disk {
     cluster_bits: u32,
     /// Guest clusters of the top image a write would move to a new host cluster (compressed,
     /// preallocated zero, not COPIED), sorted: writing one frees its old host space.
-    moved_by_write: Vec<u64>,
+    moved_by_write: Mutex<Vec<u64>>,
     /// What opening did that the user should hear about (a repair).
     notes: Vec<String>,
 }
@@ -81,7 +88,7 @@ pub struct Qcow2Disk {
 impl std::fmt::Debug for Qcow2Disk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Qcow2Disk")
-            .field("image", &self.inner.to_string())
+            .field("image", &self.shared().to_string())
             .field("size", &self.size)
             .field("read_only", &self.read_only)
             .finish()
@@ -135,20 +142,26 @@ impl Qcow2Disk {
         }
         layer.moved_by_write.sort_unstable();
         Ok(Qcow2Disk {
-            inner,
+            inner: RwLock::new(inner),
             size,
             read_only: opts.read_only,
             cluster_bits: layer.cluster_bits,
-            moved_by_write: layer.moved_by_write,
+            moved_by_write: Mutex::new(layer.moved_by_write),
             meta: layer.meta,
             notes: layer.notes,
         })
     }
 
-    /// Flushes imago's caches and fsyncs: after this, the file is consistent on disk.
-    fn flush_and_sync(&mut self) -> io::Result<()> {
-        self.inner.flush()?;
-        self.inner.sync()
+    /// The image for reads, writes and flushes, which may run concurrently.
+    fn shared(&self) -> RwLockReadGuard<'_, FormatAccess<ImageFile>> {
+        // A panic while holding the lock leaves imago's state as it was; imago has no
+        // invariant that a half-done Rust call can break beyond what a crash would.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The image alone, for operations that free clusters.
+    fn exclusive(&self) -> RwLockWriteGuard<'_, FormatAccess<ImageFile>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `[offset, offset + len)` cut at every multiple of `1 << bits`.
@@ -190,20 +203,36 @@ impl Qcow2Disk {
         out
     }
 
-    /// Whether `[offset, offset + len)` touches a cluster a write would move, forgetting those
-    /// it does (they are plain data clusters after the write).
-    fn touches_moving(&mut self, offset: u64, len: u64) -> bool {
-        if self.moved_by_write.is_empty() || len == 0 {
+    /// Whether `[offset, offset + len)` touches a cluster a write would move; `forget` drops
+    /// those it does from the list (they are plain data clusters after the write). Called
+    /// with the image locked (shared to look, exclusive to forget), so a writer that found
+    /// nothing here cannot overlap the exclusive write that moves a cluster.
+    fn touches_moving(&self, offset: u64, len: u64, forget: bool) -> bool {
+        let mut moved = self
+            .moved_by_write
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if moved.is_empty() || len == 0 {
             return false;
         }
         let (first, last) = (
             offset >> self.cluster_bits,
             (offset + len - 1) >> self.cluster_bits,
         );
-        let from = self.moved_by_write.partition_point(|&c| c < first);
-        let to = self.moved_by_write.partition_point(|&c| c <= last);
-        self.moved_by_write.drain(from..to).count() > 0
+        let from = moved.partition_point(|&c| c < first);
+        let to = moved.partition_point(|&c| c <= last);
+        if forget {
+            moved.drain(from..to).count() > 0
+        } else {
+            to > from
+        }
     }
+}
+
+/// Flushes imago's caches and fsyncs: after this, the file is consistent on disk.
+fn flush_and_sync(image: &FormatAccess<ImageFile>) -> io::Result<()> {
+    image.flush()?;
+    image.sync()
 }
 
 impl Drop for Qcow2Disk {
@@ -213,7 +242,8 @@ impl Drop for Qcow2Disk {
         };
         // Clean only if everything imago cached is on disk; otherwise the dirty bit stays and
         // the next open rebuilds the refcounts.
-        if self.inner.flush().is_ok() && self.inner.sync().is_ok() {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if flush_and_sync(inner).is_ok() {
             let _ = refcount::set_dirty(meta, g, false);
         }
     }
@@ -620,46 +650,56 @@ impl BlockBackend for Qcow2Disk {
         self.read_only
     }
 
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         // imago zero-fills past the end; the trait wants an error.
         check_range(self.size, offset, buf.len() as u64)?;
-        self.inner.read(buf, offset)
+        self.shared().read(buf, offset)
     }
 
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, buf.len() as u64)?;
-        if !self.touches_moving(offset, buf.len() as u64) {
-            return self.inner.write(buf, offset);
+        let len = buf.len() as u64;
+        {
+            let image = self.shared();
+            if !self.touches_moving(offset, len, false) {
+                return image.write(buf, offset);
+            }
         }
         // Such a write frees the old host space (after allocating the new cluster): see
         // write_zeroes. One cluster at a time, so no allocation follows a free inside one imago
-        // call (and a single-cluster write keeps a preallocated zero cluster where it is).
-        for (at, n) in self.split_at(offset, buf.len() as u64, self.cluster_bits) {
+        // call (and a single-cluster write keeps a preallocated zero cluster where it is), and
+        // with the image to itself, so no other thread allocates in between.
+        let image = self.exclusive();
+        self.touches_moving(offset, len, true);
+        for (at, n) in self.split_at(offset, len, self.cluster_bits) {
             let from = (at - offset) as usize;
-            self.inner.write(&buf[from..from + n as usize], at)?;
-            self.flush_and_sync()?;
+            image.write(&buf[from..from + n as usize], at)?;
+            flush_and_sync(&image)?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         if self.read_only {
             return Ok(());
         }
         // flush writes imago's cached L2 tables and refcount blocks back to the file (in
-        // dependency order); sync then makes the file durable (fsync).
-        self.flush_and_sync()
+        // dependency order); sync then makes the file durable (fsync). Writes that completed
+        // before this call are in the cache or the file already, so both cover them.
+        flush_and_sync(&self.shared())
     }
 
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         // Discarding to zero rather than to "anything" keeps the base's data from showing
         // through again in an overlay.
         self.write_zeroes(offset, len, true)
     }
 
-    fn write_zeroes(&mut self, offset: u64, len: u64, _may_unmap: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, len)?;
-        self.touches_moving(offset, len);
+        // Exclusive: frees must not meet another thread's allocation (see below).
+        let mut image = self.exclusive();
+        self.touches_moving(offset, len, true);
         // imago may free clusters here, and frees them in its cache at once: the next
         // allocation could hand one out again while the L2 entry that still points to it is
         // only in the cache, and after a crash that cluster would belong to two places.
@@ -675,8 +715,8 @@ impl BlockBackend for Qcow2Disk {
         // free) when a multi-cluster write lands on it. So whole clusters are unmapped either
         // way; they read as zeroes the same.
         for (at, n) in self.zeroing_pieces(offset, len) {
-            self.inner.discard_to_zero(at, n)?;
-            self.flush_and_sync()?;
+            image.discard_to_zero(at, n)?;
+            flush_and_sync(&image)?;
         }
         Ok(())
     }

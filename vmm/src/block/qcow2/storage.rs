@@ -15,6 +15,14 @@
 //! new L2 tables and refcount blocks from the L1 and refcount table entries imago writes) and
 //! issues an fsync before a metadata write whenever other writes happened since the last one
 //! (QEMU's "depends on flush" between its data and L2 caches).
+//!
+//! Several threads write at once (the virtio-blk request pool). A data write counts once it
+//! has *completed* (its `pwrite` returned), and an fsync covers the data writes that had
+//! completed when it started: imago links a new cluster into its cached L2 table only after
+//! the data write returned (`prepare_data_mapping`, write, `commit_data_mapping`), so any L2
+//! table holding that link is written after the count went up, and waits for an fsync that
+//! began after it. Counting a write when it starts would let an fsync running beside it
+//! clear the flag before the data got there.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -35,7 +43,10 @@ pub trait IoObserver: Send + Sync {
     fn write(&self, offset: u64, data: &[u8]);
     /// `[offset, offset + len)` now reads as zeroes (written zeroes or a punched hole).
     fn zero(&self, offset: u64, len: u64);
-    /// An fsync completed: everything reported before is durable.
+    /// An fsync starts: everything reported before is durable once it returns (berth relies
+    /// on that only after it returned). Reported at the start because, with several threads
+    /// writing, a write reported while the fsync runs may have completed after it began: it
+    /// must not count as covered.
     fn sync(&self);
 }
 
@@ -55,7 +66,10 @@ pub struct WriteBarrier {
     reftable: Range<u64>,
     /// Clusters of L2 tables and refcount blocks (and the header, cluster 0).
     metadata: HashSet<u64>,
-    unsynced_data: bool,
+    /// Data writes completed so far.
+    data_done: u64,
+    /// How many of them a completed fsync covers (the count when it started).
+    data_synced: u64,
 }
 
 impl WriteBarrier {
@@ -74,7 +88,8 @@ impl WriteBarrier {
             l1,
             reftable,
             metadata,
-            unsynced_data: false,
+            data_done: 0,
+            data_synced: 0,
         }
     }
 
@@ -147,29 +162,51 @@ impl ImageFile {
         self
     }
 
-    /// fsync (reported to the observer) before a metadata write that follows data writes;
-    /// notes data writes. Returns whether the write lands in a table berth learns from.
-    fn before_write(&self, offset: u64, len: u64) -> io::Result<bool> {
-        let Some(b) = &self.barrier else {
-            return Ok(false);
+    fn barrier(&self) -> Option<std::sync::MutexGuard<'_, WriteBarrier>> {
+        self.barrier
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// What a write of `len` bytes at `offset` is: `(table, data)`. A metadata write first
+    /// waits for an fsync covering every data write completed so far. `table` says it lands
+    /// in a table berth learns from, `data` that it is a data write to count when it is done.
+    fn before_write(&self, offset: u64, len: u64) -> io::Result<(bool, bool)> {
+        let Some(b) = self.barrier() else {
+            return Ok((false, false));
         };
-        let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
         if len == 0 {
-            return Ok(false);
+            return Ok((false, false));
         }
         let table = b.is_table(offset, len);
-        if b.is_metadata(offset, len) {
-            if b.unsynced_data {
-                self.inner.sync()?;
-                if let Some(o) = &self.observer {
-                    o.sync();
-                }
-                b.unsynced_data = false;
-            }
-        } else {
-            b.unsynced_data = true;
+        if !b.is_metadata(offset, len) {
+            return Ok((table, true));
         }
-        Ok(table)
+        if b.data_done > b.data_synced {
+            drop(b);
+            self.sync_data_writes()?;
+        }
+        Ok((table, false))
+    }
+
+    /// A data write completed: the next metadata write waits for an fsync after it.
+    fn data_written(&self) {
+        if let Some(mut b) = self.barrier() {
+            b.data_done += 1;
+        }
+    }
+
+    /// fsync, reported to the observer; records which data writes it covers.
+    fn sync_data_writes(&self) -> io::Result<()> {
+        let started = self.barrier().map(|b| b.data_done);
+        if let Some(o) = &self.observer {
+            o.sync();
+        }
+        self.inner.sync()?;
+        if let (Some(n), Some(mut b)) = (started, self.barrier()) {
+            b.data_synced = b.data_synced.max(n);
+        }
+        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zero.
@@ -202,9 +239,15 @@ impl ImageFile {
         self.inner.size()
     }
 
-    fn zeroed(&self, r: io::Result<()>, offset: u64, len: u64) -> io::Result<()> {
-        if let (Ok(()), Some(o)) = (&r, &self.observer) {
-            o.zero(offset, len);
+    /// Reports a completed zeroing to the observer and counts it when it was a data write.
+    fn zeroed(&self, r: io::Result<()>, data: bool, offset: u64, len: u64) -> io::Result<()> {
+        if r.is_ok() {
+            if let Some(o) = &self.observer {
+                o.zero(offset, len);
+            }
+            if data {
+                self.data_written();
+            }
         }
         r
     }
@@ -258,52 +301,54 @@ impl Storage for ImageFile {
 
     unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
         let len = bufv.len();
-        let table = self.before_write(offset, len)?;
+        let (table, data) = self.before_write(offset, len)?;
         // Guest data is copied only for an observer (tests); table writes are small.
         let copy = (self.observer.is_some() || table).then(|| {
             let mut v = vec![0u8; len as usize];
             bufv.copy_into_slice(&mut v);
             v
         });
+        // Learn new tables before the write goes out: another thread may write a new L2
+        // table as soon as this L1 entry exists, and that must count as metadata.
+        if let (true, Some(d), Some(mut b)) = (table, &copy, self.barrier()) {
+            b.learn(offset, d);
+        }
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { self.inner.pure_writev(bufv, offset) }?;
-        if let Some(data) = copy {
-            if let (true, Some(b)) = (table, &self.barrier) {
-                b.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .learn(offset, &data);
-            }
-            if let Some(o) = &self.observer {
-                o.write(offset, &data);
-            }
+        // Reported before it counts, so a replay never sees an fsync that covers it first.
+        if let (Some(d), Some(o)) = (&copy, &self.observer) {
+            o.write(offset, d);
+        }
+        if data {
+            self.data_written();
         }
         Ok(())
     }
 
     unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
         // Zeroing a table is a metadata write too; there is nothing in it to learn.
-        self.before_write(offset, length)?;
+        let (_, data) = self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_write_zeroes(offset, length) };
-        self.zeroed(r, offset, length)
+        self.zeroed(r, data, offset, length)
     }
 
     unsafe fn pure_write_allocated_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
         // Zeroing a table is a metadata write too; there is nothing in it to learn.
-        self.before_write(offset, length)?;
+        let (_, data) = self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_write_allocated_zeroes(offset, length) };
-        self.zeroed(r, offset, length)
+        self.zeroed(r, data, offset, length)
     }
 
     unsafe fn pure_discard(&self, offset: u64, length: u64) -> io::Result<()> {
         // Zeroing a table is a metadata write too; there is nothing in it to learn.
-        self.before_write(offset, length)?;
+        let (_, data) = self.before_write(offset, length)?;
         // SAFETY: the caller's contract is passed on unchanged.
         let r = unsafe { self.inner.pure_discard(offset, length) };
         // A discard may or may not zero the range; imago only relies on it reading back as
         // something, and an observer modelling it as zeroes is the stricter replay.
-        self.zeroed(r, offset, length)
+        self.zeroed(r, data, offset, length)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -311,14 +356,7 @@ impl Storage for ImageFile {
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.inner.sync()?;
-        if let Some(b) = &self.barrier {
-            b.lock().unwrap_or_else(|e| e.into_inner()).unsynced_data = false;
-        }
-        if let Some(o) = &self.observer {
-            o.sync();
-        }
-        Ok(())
+        self.sync_data_writes()
     }
 
     fn settle_writes(&self) -> io::Result<()> {
@@ -343,5 +381,88 @@ impl Storage for ImageFile {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use imago::StorageOpenOptions;
+
+    use super::*;
+
+    /// Logs every event; the first report of a data write at `HOLD` waits until released, as
+    /// a `pwrite` that completes late.
+    struct Held {
+        log: Mutex<Vec<String>>,
+        reached: Mutex<Option<mpsc::Sender<()>>>,
+        release: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    const HOLD: u64 = 16 * 512;
+    const L2: u64 = 3 * 512;
+
+    impl IoObserver for Held {
+        fn write(&self, offset: u64, _: &[u8]) {
+            self.log.lock().unwrap().push(format!("W{offset}"));
+            if offset == HOLD {
+                if let Some(tx) = self.reached.lock().unwrap().take() {
+                    tx.send(()).unwrap();
+                    let rx = self.release.lock().unwrap().take().unwrap();
+                    rx.recv().unwrap();
+                }
+            }
+        }
+        fn zero(&self, offset: u64, _: u64) {
+            self.log.lock().unwrap().push(format!("Z{offset}"));
+        }
+        fn sync(&self) {
+            self.log.lock().unwrap().push("S".into());
+        }
+    }
+
+    /// A data write still completing while another thread's fsync runs is not covered by that
+    /// fsync: the next metadata write (an L2 table pointing at the data) fsyncs again first.
+    /// Counting a data write when it starts (the single-threaded barrier's flag) skips that
+    /// fsync, and the L2 entry could reach the disk before the data.
+    #[test]
+    fn an_fsync_does_not_cover_a_write_that_completed_after_it_began() {
+        let dir = std::env::temp_dir().join(format!("berth-barrier-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(64 * 512).unwrap();
+        let (reached_tx, reached) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let obs = Arc::new(Held {
+            log: Mutex::default(),
+            reached: Mutex::new(Some(reached_tx)),
+            release: Mutex::new(Some(release_rx)),
+        });
+        let opts = StorageOpenOptions::new().write(true).filename(&path);
+        let inner = ImagoFile::from_open_file(f, opts).unwrap();
+        // 512-byte clusters: L1 table in cluster 1, refcount table in cluster 2, an L2 table
+        // in cluster 3.
+        let barrier = WriteBarrier::new(9, 512..1024, 1024..1536, [3]);
+        let file = ImageFile::new(inner, Some(obs.clone())).with_barrier(barrier);
+        std::thread::scope(|s| {
+            let data = s.spawn(|| file.write_at(&[1; 512], HOLD).unwrap());
+            reached.recv().unwrap();
+            // Another thread's fsync (a guest flush) while the data write completes.
+            Storage::sync(&file).unwrap();
+            release.send(()).unwrap();
+            data.join().unwrap();
+        });
+        file.write_at(&[2; 512], L2).unwrap();
+        let log = obs.log.lock().unwrap().clone();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(log, ["W8192", "S", "S", "W1536"], "{log:?}");
     }
 }

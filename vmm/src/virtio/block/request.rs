@@ -35,12 +35,14 @@ pub const ID_BYTES: usize = 20;
 pub const MAX_SEGMENTS: u32 = 32;
 /// Largest sector count of one discard/write-zeroes segment.
 pub const MAX_SEGMENT_SECTORS: u32 = 1 << 22;
-/// Bounce buffer granularity: data moves in pieces of at most this size.
-const CHUNK: usize = 1 << 20;
+/// Bounce buffer granularity: data moves in pieces of at most this size, so each thread
+/// serving a disk holds at most this much, whatever the guest asks for.
+pub const CHUNK: usize = 1 << 20;
 /// write-zeroes flag: the device may deallocate.
 const FLAG_UNMAP: u32 = 1;
 
-/// A disk as the request engine sees it.
+/// A disk as the request engine sees it. Shared by the threads serving it: requests run
+/// concurrently, each with a bounce buffer of its thread's.
 pub struct Disk {
     /// Storage.
     pub backend: Box<dyn BlockBackend>,
@@ -48,8 +50,6 @@ pub struct Disk {
     pub read_only: bool,
     /// Serial number for GET_ID, NUL padded.
     pub serial: [u8; ID_BYTES],
-    /// Reusable bounce buffer.
-    pub buf: Vec<u8>,
 }
 
 impl Disk {
@@ -62,7 +62,6 @@ impl Disk {
             read_only: read_only || backend.read_only(),
             backend,
             serial: s,
-            buf: Vec::new(),
         }
     }
 
@@ -78,9 +77,15 @@ impl Disk {
     }
 }
 
-/// Executes the request in `chain`; returns the number of bytes written into the chain's
-/// device-writable buffers (what goes into the used ring).
-pub fn execute<T>(mem: &GuestMemoryMmap, chain: DescriptorChain<T>, disk: &mut Disk) -> u32
+/// Executes the request in `chain`, moving data through `buf` (grown to at most [`CHUNK`]
+/// bytes); returns the number of bytes written into the chain's device-writable buffers (what
+/// goes into the used ring).
+pub fn execute<T>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<T>,
+    disk: &Disk,
+    buf: &mut Vec<u8>,
+) -> u32
 where
     T: std::ops::Deref + Clone,
     T::Target: vm_memory::GuestMemory + Sized,
@@ -99,13 +104,18 @@ where
     let Ok(mut status_w) = writer.split_at(avail - 1) else {
         return 0;
     };
-    let (status, written) = run(&mut reader, &mut writer, disk);
+    let (status, written) = run(&mut reader, &mut writer, disk, buf);
     let _ = status_w.write_all(&[status]);
     (written + 1) as u32
 }
 
 /// Parses and runs one request; returns its status and the data bytes written to the guest.
-fn run(reader: &mut Reader<'_>, data: &mut Writer<'_>, disk: &mut Disk) -> (u8, usize) {
+fn run(
+    reader: &mut Reader<'_>,
+    data: &mut Writer<'_>,
+    disk: &Disk,
+    buf: &mut Vec<u8>,
+) -> (u8, usize) {
     let mut hdr = [0u8; 16];
     if reader.read_exact(&mut hdr).is_err() {
         return (S_IOERR, 0);
@@ -113,8 +123,8 @@ fn run(reader: &mut Reader<'_>, data: &mut Writer<'_>, disk: &mut Disk) -> (u8, 
     let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
     let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap());
     match kind {
-        T_IN => read(sector, data, disk),
-        T_OUT => (write(sector, reader, disk), 0),
+        T_IN => read(sector, data, disk, buf),
+        T_OUT => (write(sector, reader, disk, buf), 0),
         T_FLUSH => (status_of(disk.backend.flush()), 0),
         T_GET_ID => {
             let n = ID_BYTES.min(data.available_bytes());
@@ -136,7 +146,7 @@ fn status_of(r: std::io::Result<()>) -> u8 {
     }
 }
 
-fn read(sector: u64, data: &mut Writer<'_>, disk: &mut Disk) -> (u8, usize) {
+fn read(sector: u64, data: &mut Writer<'_>, disk: &Disk, buf: &mut Vec<u8>) -> (u8, usize) {
     let len = data.available_bytes();
     if !(len as u64).is_multiple_of(SECTOR_SIZE) {
         return (S_IOERR, 0);
@@ -147,9 +157,9 @@ fn read(sector: u64, data: &mut Writer<'_>, disk: &mut Disk) -> (u8, usize) {
     let mut done = 0;
     while done < len {
         let n = CHUNK.min(len - done);
-        disk.buf.resize(n, 0);
-        if disk.backend.read_at(&mut disk.buf[..n], offset).is_err()
-            || data.write_all(&disk.buf[..n]).is_err()
+        buf.resize(n, 0);
+        if disk.backend.read_at(&mut buf[..n], offset).is_err()
+            || data.write_all(&buf[..n]).is_err()
         {
             return (S_IOERR, done);
         }
@@ -159,7 +169,7 @@ fn read(sector: u64, data: &mut Writer<'_>, disk: &mut Disk) -> (u8, usize) {
     (S_OK, done)
 }
 
-fn write(sector: u64, reader: &mut Reader<'_>, disk: &mut Disk) -> u8 {
+fn write(sector: u64, reader: &mut Reader<'_>, disk: &Disk, buf: &mut Vec<u8>) -> u8 {
     if disk.read_only {
         return S_IOERR;
     }
@@ -173,9 +183,9 @@ fn write(sector: u64, reader: &mut Reader<'_>, disk: &mut Disk) -> u8 {
     let mut done = 0;
     while done < len {
         let n = CHUNK.min(len - done);
-        disk.buf.resize(n, 0);
-        if reader.read_exact(&mut disk.buf[..n]).is_err()
-            || disk.backend.write_at(&disk.buf[..n], offset).is_err()
+        buf.resize(n, 0);
+        if reader.read_exact(&mut buf[..n]).is_err()
+            || disk.backend.write_at(&buf[..n], offset).is_err()
         {
             return S_IOERR;
         }
@@ -185,7 +195,7 @@ fn write(sector: u64, reader: &mut Reader<'_>, disk: &mut Disk) -> u8 {
     S_OK
 }
 
-fn segments(kind: u32, reader: &mut Reader<'_>, disk: &mut Disk) -> u8 {
+fn segments(kind: u32, reader: &mut Reader<'_>, disk: &Disk) -> u8 {
     if disk.read_only {
         return S_IOERR;
     }
