@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod error;
 pub mod nft;
 mod nlattr;
@@ -19,6 +20,7 @@ pub mod tap;
 
 pub use config::NetConfig;
 pub use dhcp::{DhcpConfig, DhcpServer, Responder};
+pub use dhcp6::{Config6, Dhcp6Server, Responder6};
 pub use error::{Error, Result};
 pub use ethmac::{MacAddr, MacParseError};
 pub use pod::{PodInfo, PodNetwork};
