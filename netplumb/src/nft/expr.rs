@@ -292,10 +292,11 @@ pub fn ip6_addr_cmp(offset: u32, op: CmpOp, addr: std::net::Ipv6Addr) -> [Expr; 
 }
 
 /// `ip6 saddr` (offset 8) or `ip6 daddr` (offset 24) `NET/PREFIX` (or `!=` with `op`):
-/// nft loads only the bytes the prefix covers, masks the last partial byte, and compares.
+/// as nft writes it: a prefix on a byte boundary loads only the bytes it covers and compares
+/// them; any other loads the whole address and masks it first.
 pub fn ip6_net_cmp(offset: u32, op: CmpOp, net: std::net::Ipv6Addr, prefix: u8) -> Vec<Expr> {
     let prefix = u32::from(prefix.min(128));
-    let len = prefix.div_ceil(8);
+    let len = if prefix % 8 == 0 { prefix / 8 } else { 16 };
     let mask: u128 = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
     let masked = (u128::from(net) & mask).to_be_bytes()[..len as usize].to_vec();
     let mut v = vec![Expr::Payload {

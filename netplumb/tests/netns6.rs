@@ -1,0 +1,306 @@
+//! IPv6 namespace tests: a dual-stack and an IPv6-only pod namespace, berth's plumbing with
+//! its router advertisements and DHCPv6 server, and a "vm" namespace that configures itself
+//! like a guest: the kernel's SLAAC, rdisc6 (ndisc6) reading the advertisement, and
+//! dhclient -6 and dhcpcd taking the DHCPv6 address. Needs root, `ip`, `nft`, rdisc6,
+//! dhclient and dhcpcd (scripts/setup installs them).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::*;
+use netplumb::{Dhcp6Server, MacAddr, NetConfig, PodNetwork};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(10);
+const CLIENT_IP6: &str = "2001:db8:1::1";
+const POD_IP6: &str = "2001:db8:1::2";
+const DNS6: &str = "fd00:96::10";
+const VM_MAC: &str = "52:54:00:12:34:56";
+/// The SLAAC (EUI-64) address of VM_MAC in the default VM /64: berth's default VM_IP6.
+const VM_IP6: &str = "fd62:6572:7468:0:5054:ff:fe12:3456";
+
+/// Adds IPv6 to a pod from [`Pod::with`]: 2001:db8:1::1/64 on the client, ::2 on the pod
+/// (without DAD, as CNIs configure them), a default route, and an IPv6 nameserver first in
+/// resolv.conf.
+fn with_ipv6(pod: &Pod) {
+    pod.client
+        .ip(&["addr", "add", &format!("{CLIENT_IP6}/64"), "dev", "c0", "nodad"]);
+    pod.pod
+        .ip(&["addr", "add", &format!("{POD_IP6}/64"), "dev", "eth0", "nodad"]);
+    pod.pod
+        .ip(&["-6", "route", "add", "default", "via", CLIENT_IP6]);
+    let text = std::fs::read_to_string(&pod.resolv).unwrap();
+    std::fs::write(&pod.resolv, format!("nameserver {DNS6}\n{text}")).unwrap();
+}
+
+fn config(pod: &Pod) -> NetConfig {
+    NetConfig {
+        hostname: "vm6".into(),
+        vm_mac: VM_MAC.parse::<MacAddr>().unwrap(),
+        resolv_conf: pod.resolv.clone(),
+        ..NetConfig::default()
+    }
+}
+
+fn serve(tag: &'static str, tcp: &[u16], udp: &[u16]) {
+    for &port in tcp {
+        let l = TcpListener::bind(("::", port)).unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let peer = c.peer_addr().unwrap().ip();
+                let _ = write!(c, "{tag}:{port}:{peer}");
+            }
+        });
+    }
+    for &port in udp {
+        let s = UdpSocket::bind(("::", port)).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(format!("{tag}-udp:{port}:{}", from.ip()).as_bytes(), from);
+            }
+        });
+    }
+}
+
+fn tcp_get(addr: &str) -> Result<String, std::io::Error> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut c = TcpStream::connect_timeout(&addr, T)?;
+    c.set_read_timeout(Some(T))?;
+    let mut s = String::new();
+    c.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+fn udp_get(addr: &str) -> Result<(String, SocketAddr), std::io::Error> {
+    let s = UdpSocket::bind("[::]:0")?;
+    s.set_read_timeout(Some(T))?;
+    s.send_to(b"ping", addr)?;
+    let mut buf = [0u8; 128];
+    let (n, from) = s.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+/// Polls `f` until it is true or `limit` passes.
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// The `ip6 berth` table as `nft -j` lists it, without handles and metainfo.
+fn nft6_json(ns: &Netns) -> Value {
+    let v: Value =
+        serde_json::from_str(&ns.exec(&["nft", "-j", "list", "table", "ip6", "berth"])).unwrap();
+    let mut items: Vec<Value> = v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.get("metainfo").is_none())
+        .cloned()
+        .collect();
+    for i in &mut items {
+        for (_, obj) in i.as_object_mut().unwrap().iter_mut() {
+            obj.as_object_mut().unwrap().remove("handle");
+        }
+    }
+    Value::Array(items)
+}
+
+/// The table nft itself writes from the documented text: the oracle for ours.
+fn nft6_oracle() -> Value {
+    let text = format!(
+        "table ip6 berth {{\n chain antispoof {{\n  type filter hook prerouting priority raw; policy accept;\n  \
+         iifname \"br0\" ip6 saddr :: return\n  \
+         iifname \"br0\" ip6 saddr != fd62:6572:7468::/64 ip6 saddr != fe80::/10 drop\n  \
+         iifname \"eth0\" ip6 saddr fd62:6572:7468::/64 drop\n }}\n \
+         chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
+         ip6 daddr {POD_IP6} tcp dport 5900 return\n  ip6 daddr {POD_IP6} dnat to {VM_IP6}\n }}\n \
+         chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  \
+         ip6 saddr fd62:6572:7468::/64 snat to {POD_IP6}\n }}\n}}\n"
+    );
+    let scratch = Netns::new("ref6");
+    let dir = TempDir::new("ref6");
+    let f = dir.path("rules.nft");
+    std::fs::write(&f, text).unwrap();
+    scratch.exec(&["nft", "-f", f.to_str().unwrap()]);
+    nft6_json(&scratch)
+}
+
+/// Sets up berth in the pod, joins the VM side to the bridge and waits for the kernel's
+/// SLAAC in the "vm" namespace to form VM_IP6 and the default route from berth's RA.
+fn bring_up(pod: &Pod) -> (PodNetwork, Dhcp6Server, Netns) {
+    let cfg = config(pod);
+    let vm = pod.vm_side(VM_MAC);
+    let c = cfg.clone();
+    let (net, ra) = pod.pod.run(move || {
+        let net = PodNetwork::setup(&c).unwrap();
+        let ra = Dhcp6Server::spawn(&c.bridge, net.ipv6_config().unwrap()).unwrap();
+        (net, ra)
+    });
+    assert_eq!(net.info().ip6.unwrap().to_string(), POD_IP6);
+    pod.pod
+        .ip(&["link", "set", "vmport", "master", "br0", "up"]);
+    let ok = wait_for(Duration::from_secs(20), || {
+        let a = vm.ip(&["-6", "addr", "show", "dev", "vmnic"]);
+        let r = vm.ip(&["-6", "route", "show", "default"]);
+        a.contains(VM_IP6) && !a.contains("tentative") && r.contains("via fe80::1")
+    });
+    assert!(
+        ok,
+        "SLAAC: {}\n{}",
+        vm.ip(&["-6", "addr"]),
+        vm.ip(&["-6", "route"])
+    );
+    (net, ra, vm)
+}
+
+/// rdisc6 reads the advertisement: prefix, MTU, flags, DNS servers, search list, source.
+fn check_rdisc6(vm: &Netns) {
+    let out = vm.exec(&["rdisc6", "-1", "-w", "3000", "vmnic"]);
+    for want in [
+        "Stateful address conf.    :          Yes",
+        "Stateful other conf.      :          Yes",
+        "Router lifetime           :         1800",
+        "Prefix                   : fd62:6572:7468::/64",
+        "MTU                      :         1450",
+        &format!("Recursive DNS server     : {DNS6}"),
+        "DNS search list          : default.svc.cluster.local svc.cluster.local cluster.local corp.example.com",
+        "from fe80::1",
+    ] {
+        assert!(out.contains(want), "rdisc6 lacks {want:?}:\n{out}");
+    }
+    // The link MTU is what the guest's kernel took from the RA.
+    let mtu = vm.exec(&["cat", "/proc/sys/net/ipv6/conf/vmnic/mtu"]);
+    assert_eq!(mtu.trim(), "1450");
+}
+
+/// TCP and UDP to the pod's IPv6 address reach the VM (from the client's address), except
+/// tcp/5900; the VM's outbound traffic leaves with the pod's IPv6 address.
+fn check_nat(pod: &Pod, vm: &Netns) {
+    vm.run(|| serve("vm", &[22, 8080, 5900], &[5353]));
+    pod.pod.run(|| serve("pod", &[5900], &[]));
+    let got = pod.client.run(|| {
+        let p = POD_IP6;
+        (
+            tcp_get(&format!("[{p}]:22")).unwrap(),
+            tcp_get(&format!("[{p}]:8080")).unwrap(),
+            tcp_get(&format!("[{p}]:5900")).unwrap(),
+            udp_get(&format!("[{p}]:5353")).unwrap(),
+        )
+    });
+    assert_eq!(got.0, format!("vm:22:{CLIENT_IP6}"));
+    assert_eq!(got.1, format!("vm:8080:{CLIENT_IP6}"));
+    assert_eq!(got.2, format!("pod:5900:{CLIENT_IP6}"), "tcp/5900 stays in the pod");
+    assert_eq!(got.3 .0, format!("vm-udp:5353:{CLIENT_IP6}"));
+    assert_eq!(got.3 .1.ip().to_string(), POD_IP6, "reply from the pod address");
+    pod.client.run(|| serve("client", &[9000], &[9001]));
+    let (tcp, udp) = vm.run(|| {
+        (
+            tcp_get(&format!("[{CLIENT_IP6}]:9000")).unwrap(),
+            udp_get(&format!("[{CLIENT_IP6}]:9001")).unwrap().0,
+        )
+    });
+    assert_eq!(tcp, format!("client:9000:{POD_IP6}"));
+    assert_eq!(udp, format!("client-udp:9001:{POD_IP6}"));
+}
+
+/// dhclient runs its script with a clean environment: the dump path is written into it.
+const DHCLIENT_SCRIPT: &str = r#"#!/bin/sh
+env | grep -E '^(reason|new_)' | sort >> DUMP
+exit 0
+"#;
+
+/// dhclient -6 takes the DHCPv6 address with the DNS servers and search list.
+fn check_dhclient(vm: &Netns) {
+    let dir = TempDir::new("dhc6");
+    let script = dir.path("script");
+    let dump = dir.path("dump");
+    let text = DHCLIENT_SCRIPT.replace("DUMP", dump.to_str().unwrap());
+    std::fs::write(&script, text).unwrap();
+    run(&["chmod", "+x", script.to_str().unwrap()]);
+    let (lf, pf) = (dir.path("leases"), dir.path("pid"));
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &vm.name, "dhclient", "-6", "-1", "-v"])
+        .args(["-sf", script.to_str().unwrap()])
+        .args(["-lf", lf.to_str().unwrap(), "-pf", pf.to_str().unwrap()])
+        .arg("vmnic")
+        .output()
+        .unwrap();
+    // It forks into the background once bound; stop it.
+    if let Ok(pid) = std::fs::read_to_string(&pf) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).output();
+    }
+    let text = std::fs::read_to_string(&dump).unwrap_or_default();
+    assert!(
+        out.status.success() && text.contains("reason=BOUND6"),
+        "dhclient -6: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        format!("new_ip6_address={VM_IP6}"),
+        format!("new_dhcp6_name_servers={DNS6}"),
+        "new_dhcp6_domain_search=default.svc.cluster.local. svc.cluster.local. cluster.local. corp.example.com.".to_string(),
+    ] {
+        assert!(text.contains(&want), "dhclient lacks {want:?}:\n{text}");
+    }
+}
+
+#[test]
+fn dual_stack_pod() {
+    let pod = Pod::new();
+    with_ipv6(&pod);
+    let (net, ra, vm) = bring_up(&pod);
+    assert_eq!(net.info().ip.unwrap().to_string(), POD_IP);
+    assert_eq!(nft6_json(&pod.pod), nft6_oracle());
+    assert_eq!(
+        pod.pod
+            .exec(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])
+            .trim(),
+        "1"
+    );
+    check_rdisc6(&vm);
+    check_nat(&pod, &vm);
+    check_dhclient(&vm);
+    assert!(ra.lease_bound(), "dhclient's Request was answered");
+    drop(ra);
+    drop(net);
+    assert!(!pod.pod.exec_ok(&["nft", "list", "table", "ip6", "berth"]));
+}
+
+#[test]
+fn ipv6_only_pod() {
+    let pod = Pod::with(false, false);
+    with_ipv6(&pod);
+    let (net, _ra, vm) = bring_up(&pod);
+    assert_eq!(net.info().ip, None);
+    assert!(
+        !pod.pod.exec_ok(&["nft", "list", "table", "ip", "berth"]),
+        "no IPv4 table in an IPv6-only pod"
+    );
+    check_rdisc6(&vm);
+    check_nat(&pod, &vm);
+}
+
+#[test]
+fn no_ipv6_leaves_ipv6_alone() {
+    let pod = Pod::new();
+    with_ipv6(&pod);
+    let cfg = NetConfig {
+        no_ipv6: true,
+        ..config(&pod)
+    };
+    let net = pod.pod.run(move || PodNetwork::setup(&cfg).unwrap());
+    assert_eq!(net.info().ip6, None);
+    assert!(net.ipv6_config().is_none());
+    assert!(!pod.pod.exec_ok(&["nft", "list", "table", "ip6", "berth"]));
+    assert!(pod.pod.exec_ok(&["nft", "list", "table", "ip", "berth"]));
+}
