@@ -228,29 +228,69 @@ fn check_dhclient(vm: &Netns) {
     std::fs::write(&script, text).unwrap();
     run(&["chmod", "+x", script.to_str().unwrap()]);
     let (lf, pf) = (dir.path("leases"), dir.path("pid"));
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &vm.name, "dhclient", "-6", "-1", "-v"])
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &vm.name, "dhclient", "-6", "-d", "-1"])
         .args(["-sf", script.to_str().unwrap()])
         .args(["-lf", lf.to_str().unwrap(), "-pf", pf.to_str().unwrap()])
         .arg("vmnic")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    // It forks into the background once bound; stop it.
-    if let Ok(pid) = std::fs::read_to_string(&pf) {
-        let _ = std::process::Command::new("kill").arg(pid.trim()).output();
-    }
-    let text = std::fs::read_to_string(&dump).unwrap_or_default();
-    assert!(
-        out.status.success() && text.contains("reason=BOUND6"),
-        "dhclient -6: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let read = || std::fs::read_to_string(&dump).unwrap_or_default();
+    let bound = wait_for(Duration::from_secs(20), || read().contains("reason=BOUND6"));
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let text = read();
+    assert!(bound, "dhclient -6 did not bind:\n{text}");
     for want in [
         format!("new_ip6_address={VM_IP6}"),
         format!("new_dhcp6_name_servers={DNS6}"),
         "new_dhcp6_domain_search=default.svc.cluster.local. svc.cluster.local. cluster.local. corp.example.com.".to_string(),
     ] {
         assert!(text.contains(&want), "dhclient lacks {want:?}:\n{text}");
+    }
+}
+
+/// dhcpcd (what many images use) follows the RA's M flag to DHCPv6 and binds VM_IP6 with
+/// the DNS servers and search list.
+fn check_dhcpcd(vm: &Netns) {
+    let dir = TempDir::new("dhcpcd");
+    let script = dir.path("script");
+    let dump = dir.path("dump");
+    let text = DHCLIENT_SCRIPT.replace("DUMP", dump.to_str().unwrap());
+    std::fs::write(&script, text).unwrap();
+    run(&["chmod", "+x", script.to_str().unwrap()]);
+    // In the foreground until it has bound (its oneshot mode exits after the RA alone).
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &vm.name, "dhcpcd", "-B", "-6", "-t", "20"])
+        .args(["-f", "/dev/null", "-c", script.to_str().unwrap()])
+        .args(["-o", "domain_name_servers", "-o", "domain_search", "vmnic"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&dump).unwrap_or_default();
+    // REBOOT6 (Confirm, then the remembered lease) when /var/lib/dhcpcd holds one from
+    // an earlier run, BOUND6 otherwise: both are a bound address.
+    let bound = wait_for(Duration::from_secs(20), || {
+        let t = read();
+        t.contains("reason=BOUND6") || t.contains("reason=REBOOT6")
+    });
+    // SIGTERM, so that it stops its privilege-separation helpers too.
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let text = read();
+    let has = |w: &str| text.lines().any(|l| l.starts_with(w));
+    assert!(bound, "dhcpcd did not bind:\n{text}");
+    for want in [
+        format!("new_dhcp6_ia_na1_ia_addr1={VM_IP6}"),
+        format!("new_dhcp6_name_servers={DNS6}"),
+        "new_dhcp6_domain_search=default.svc.cluster.local svc.cluster.local cluster.local corp.example.com".to_string(),
+    ] {
+        assert!(has(&want), "dhcpcd lacks {want:?}:\n{text}");
     }
 }
 
@@ -270,6 +310,7 @@ fn dual_stack_pod() {
     check_rdisc6(&vm);
     check_nat(&pod, &vm);
     check_dhclient(&vm);
+    check_dhcpcd(&vm);
     assert!(ra.lease_bound(), "dhclient's Request was answered");
     drop(ra);
     drop(net);
