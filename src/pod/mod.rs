@@ -132,6 +132,14 @@ pub fn run() -> Result<ExitReason, Failure> {
         format: cfg.seed_format,
         hostname: cfg.hostname.clone(),
         mac: Some(netcfg.vm_mac),
+        ipv4: info.ip.is_some(),
+        ipv6: info.ip6.map(|_| seed::Ipv6Seed {
+            address: netcfg.vm_ip6(),
+            prefix: 64,
+            gateway: netcfg.vm_gw6,
+            dns: info.dns.nameservers6.clone(),
+            search: info.dns.search.clone(),
+        }),
     };
     if let Some(iso) = seed::build_drive(&sources, &options, &seed_out)
         .map_err(|e| Failure::Input(e.to_string()))?
