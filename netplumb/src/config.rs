@@ -330,8 +330,8 @@ mod tests {
             ("fd00:1:2:3::1", "fd00:1:2:3::1"), // equal
             ("fe80::2", "fe80::1"),             // link-local
         ] {
-            let e = NetConfig::from_env_map(&Env::from([("VM_IP6", ip), ("VM_GW6", gw)]))
-                .unwrap_err();
+            let e =
+                NetConfig::from_env_map(&Env::from([("VM_IP6", ip), ("VM_GW6", gw)])).unwrap_err();
             assert!(matches!(e, Error::BadVmSubnet6 { .. }), "{ip} {gw}: {e}");
             assert!(e.to_string().contains("/64"), "{e}");
         }

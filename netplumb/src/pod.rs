@@ -4,8 +4,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
 use crate::config::{NetConfig, VNC_PORT};
-use crate::dhcp6::Config6;
 use crate::dhcp::DhcpConfig;
+use crate::dhcp6::Config6;
 use crate::error::{Error, Result};
 use crate::nft::{NatSpec, NatSpec6, Nft};
 use crate::resolv::DnsConfig;
@@ -167,7 +167,10 @@ impl PodNetwork {
         cfg.validate()?;
         let mut rtnl = Rtnl::open()?;
         let info = PodInfo::discover_with(&mut rtnl, cfg)?;
-        if let Some(pod_ip) = info.ip.filter(|&ip| overlaps(ip, info.prefix, cfg.vm_gw, 30)) {
+        if let Some(pod_ip) = info
+            .ip
+            .filter(|&ip| overlaps(ip, info.prefix, cfg.vm_gw, 30))
+        {
             let (vm_gw, prefix) = (cfg.vm_gw, info.prefix);
             return Err(Error::VmSubnetOverlapsPod {
                 vm_gw,
@@ -408,13 +411,22 @@ mod tests {
         assert_eq!(c, Some((g2.addr, 64)));
         assert!(why.contains("first of 2 global") && why.contains("not 2001:db8::5"));
         let (c, why) = choose_ipv6("eth0", &[ll], true);
-        assert_eq!((c, why.as_str()), (None, "ipv6: off: eth0: it has only a link-local IPv6 address"));
+        assert_eq!(
+            (c, why.as_str()),
+            (
+                None,
+                "ipv6: off: eth0: it has only a link-local IPv6 address"
+            )
+        );
         let (c, why) = choose_ipv6("eth0", &[ll, tentative], true);
         assert!(c.is_none() && why.contains("tentative"), "{why}");
         let (c, why) = choose_ipv6("eth0", &[], true);
         assert!(c.is_none() && why.contains("no IPv6 address"), "{why}");
         let (c, why) = choose_ipv6("eth0", &[g1], false);
-        assert!(c.is_none() && why.contains("no IPv6 default route"), "{why}");
+        assert!(
+            c.is_none() && why.contains("no IPv6 default route"),
+            "{why}"
+        );
     }
 
     #[test]

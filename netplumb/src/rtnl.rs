@@ -266,7 +266,8 @@ impl Rtnl {
         msg.header.index = index;
         msg.header.flags = AddressHeaderFlags::Nodad;
         msg.attributes.push(AddressAttribute::Local(addr.into()));
-        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
         let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
         let r = self.request(
             RouteNetlinkMessage::NewAddress(msg),

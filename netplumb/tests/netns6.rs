@@ -26,10 +26,22 @@ const VM_IP6: &str = "fd62:6572:7468:0:5054:ff:fe12:3456";
 /// (without DAD, as CNIs configure them), a default route, and an IPv6 nameserver first in
 /// resolv.conf.
 fn with_ipv6(pod: &Pod) {
-    pod.client
-        .ip(&["addr", "add", &format!("{CLIENT_IP6}/64"), "dev", "c0", "nodad"]);
-    pod.pod
-        .ip(&["addr", "add", &format!("{POD_IP6}/64"), "dev", "eth0", "nodad"]);
+    pod.client.ip(&[
+        "addr",
+        "add",
+        &format!("{CLIENT_IP6}/64"),
+        "dev",
+        "c0",
+        "nodad",
+    ]);
+    pod.pod.ip(&[
+        "addr",
+        "add",
+        &format!("{POD_IP6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
     pod.pod
         .ip(&["-6", "route", "add", "default", "via", CLIENT_IP6]);
     let text = std::fs::read_to_string(&pod.resolv).unwrap();
@@ -199,9 +211,17 @@ fn check_nat(pod: &Pod, vm: &Netns) {
     });
     assert_eq!(got.0, format!("vm:22:{CLIENT_IP6}"));
     assert_eq!(got.1, format!("vm:8080:{CLIENT_IP6}"));
-    assert_eq!(got.2, format!("pod:5900:{CLIENT_IP6}"), "tcp/5900 stays in the pod");
+    assert_eq!(
+        got.2,
+        format!("pod:5900:{CLIENT_IP6}"),
+        "tcp/5900 stays in the pod"
+    );
     assert_eq!(got.3 .0, format!("vm-udp:5353:{CLIENT_IP6}"));
-    assert_eq!(got.3 .1.ip().to_string(), POD_IP6, "reply from the pod address");
+    assert_eq!(
+        got.3 .1.ip().to_string(),
+        POD_IP6,
+        "reply from the pod address"
+    );
     pod.client.run(|| serve("client", &[9000], &[9001]));
     let (tcp, udp) = vm.run(|| {
         (

@@ -31,7 +31,10 @@ pub(crate) fn files(
                     files.insert(format!("{dir}/user_data"), ud.to_vec());
                 }
                 if let Some(mac) = mac {
-                    files.insert(format!("{dir}/network_data.json"), network_data(mac, v4, v6));
+                    files.insert(
+                        format!("{dir}/network_data.json"),
+                        network_data(mac, v4, v6),
+                    );
                 }
             }
             ("config-2", files)
@@ -42,7 +45,10 @@ pub(crate) fn files(
             // NoCloud needs a user-data file even when there is nothing in it.
             files.insert("user-data".into(), userdata.unwrap_or_default().to_vec());
             if let Some(mac) = mac {
-                files.insert("network-config".into(), network_config(mac, v4, v6).into_bytes());
+                files.insert(
+                    "network-config".into(),
+                    network_config(mac, v4, v6).into_bytes(),
+                );
             }
             ("cidata", files)
         }
@@ -186,7 +192,12 @@ mod tests {
     fn config_drive_layout() {
         let md = Metadata::new();
         let mac = Some("52:54:00:00:00:01".parse().unwrap());
-        let (label, f) = files(Format::ConfigDrive, &md, Some(b"#!/bin/sh\n"), &opts(mac, None));
+        let (label, f) = files(
+            Format::ConfigDrive,
+            &md,
+            Some(b"#!/bin/sh\n"),
+            &opts(mac, None),
+        );
         assert_eq!(label, "config-2");
         let names: Vec<&str> = f.keys().map(String::as_str).collect();
         assert_eq!(

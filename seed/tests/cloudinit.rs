@@ -141,7 +141,12 @@ fn cloudinit_reads_ipv6() {
                 search: vec!["svc.cluster.local".into()],
             });
             let input = input(Some(b"#cloud-config\n"), None);
-            let iso = build_to(dir.path(), &format!("v6-{format}-{ipv4}.iso"), &input, &opts);
+            let iso = build_to(
+                dir.path(),
+                &format!("v6-{format}-{ipv4}.iso"),
+                &input,
+                &opts,
+            );
             let seen = cloudinit_read(dir.path(), &iso, format, true);
             let iface = &seen["interfaces"][0];
             assert_eq!(iface["mac"], MAC, "{ctx}");

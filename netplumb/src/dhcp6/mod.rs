@@ -21,7 +21,7 @@ use crate::config::{net64, NetConfig};
 use crate::pod::{PodInfo, ROUTER_LL};
 use crate::MacAddr;
 use msg::{opt, put, status, status_value, ty, Message};
-use wire::{build_icmp, build_udp, multicast_mac, parse_frame, encode_names, Packet};
+use wire::{build_icmp, build_udp, encode_names, multicast_mac, parse_frame, Packet};
 
 /// ICMPv6 router solicitation.
 pub const ICMP_RS: u8 = 133;
@@ -153,8 +153,7 @@ impl Responder6 {
             } => Some(self.advertisement()),
             Packet::Icmp { .. } => None,
             Packet::Udp { src_port, payload } => {
-                if f.src_mac != self.cfg.client_mac || f.src_ip.segments()[0] & 0xffc0 != 0xfe80
-                {
+                if f.src_mac != self.cfg.client_mac || f.src_ip.segments()[0] & 0xffc0 != 0xfe80 {
                     return None;
                 }
                 let req = Message::parse(payload)?;
@@ -230,12 +229,16 @@ impl Responder6 {
                 };
                 put(&mut out, opt::STATUS_CODE, &status_value(code, ""));
             }
-            ty::RELEASE | ty::DECLINE => {
-                put(&mut out, opt::STATUS_CODE, &status_value(status::SUCCESS, ""))
-            }
-            ty::INFORMATION_REQUEST => {
-                put(&mut out, opt::INFORMATION_REFRESH_TIME, &86400u32.to_be_bytes())
-            }
+            ty::RELEASE | ty::DECLINE => put(
+                &mut out,
+                opt::STATUS_CODE,
+                &status_value(status::SUCCESS, ""),
+            ),
+            ty::INFORMATION_REQUEST => put(
+                &mut out,
+                opt::INFORMATION_REFRESH_TIME,
+                &86400u32.to_be_bytes(),
+            ),
             _ => {}
         }
         if with_ias {
@@ -319,7 +322,7 @@ fn ra_body(cfg: &Config6, mac: MacAddr) -> Vec<u8> {
     let mut b = vec![64, MANAGED | OTHER];
     b.extend_from_slice(&RA_LIFETIME.to_be_bytes());
     b.extend_from_slice(&[0; 8]); // reachable time, retrans timer: unspecified
-    // Source link-layer address.
+                                  // Source link-layer address.
     b.extend_from_slice(&[1, 1]);
     b.extend_from_slice(&mac.0);
     // MTU.

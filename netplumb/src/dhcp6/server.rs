@@ -69,8 +69,13 @@ fn packet_socket(iface: &str) -> Result<(OwnedFd, i32, MacAddr)> {
         };
         let p = &prog as *const libc::sock_fprog as *const libc::c_void;
         let plen = std::mem::size_of::<libc::sock_fprog>() as u32;
-        if libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, p, plen)
-            < 0
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            p,
+            plen,
+        ) < 0
         {
             return Err(last("dhcp6: attach socket filter"));
         }
@@ -125,9 +130,7 @@ impl Dhcp6Server {
             serve(sock, ifindex, stop_rd, responder, &bound2)
         })
         .map_err(|e| Error::io("dhcp6: spawn thread", e))?;
-        log::info!(
-            "dhcp6: advertising {prefix}/64 and serving {client} on {iface} ({mac})"
-        );
+        log::info!("dhcp6: advertising {prefix}/64 and serving {client} on {iface} ({mac})");
         Ok(Dhcp6Server {
             stop,
             thread: Some(thread),
@@ -239,7 +242,10 @@ fn serve(
         if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
             && fds[0].revents & libc::POLLIN == 0
         {
-            log::error!("dhcp6: packet socket failed (revents {:#x})", fds[0].revents);
+            log::error!(
+                "dhcp6: packet socket failed (revents {:#x})",
+                fds[0].revents
+            );
             return;
         }
         if fds[0].revents & libc::POLLIN == 0 {

@@ -50,7 +50,11 @@ fn dhcp_frame(from: MacAddr, msg: &[u8]) -> Vec<u8> {
 
 fn client_msg(t: u8, extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
     let mut m = vec![t, 0xab, 0xcd, 0xef];
-    put(&mut m, opt::CLIENTID, &[0, 3, 0, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    put(
+        &mut m,
+        opt::CLIENTID,
+        &[0, 3, 0, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56],
+    );
     for (c, v) in extra {
         put(&mut m, *c, v);
     }
@@ -84,7 +88,13 @@ fn solicitation_gets_a_full_advertisement() {
     assert_eq!(&f[..6], &[0x33, 0x33, 0, 0, 0, 1]);
     let p = parse_frame(&f).unwrap();
     assert_eq!((p.src_ip, p.dst_ip), (ROUTER_LL, ip("ff02::1")));
-    let Packet::Icmp { ty, hop_limit, body, .. } = p.packet else {
+    let Packet::Icmp {
+        ty,
+        hop_limit,
+        body,
+        ..
+    } = p.packet
+    else {
         panic!()
     };
     assert_eq!((ty, hop_limit), (ICMP_RA, 255));
@@ -114,7 +124,9 @@ fn solicitation_gets_a_full_advertisement() {
 #[test]
 fn solicit_request_renew_rebind() {
     let mut r = Responder6::new(cfg(), BR);
-    let adv = r.handle(&dhcp_frame(VM, &client_msg(ty::SOLICIT, &[ia_na(7)]))).unwrap();
+    let adv = r
+        .handle(&dhcp_frame(VM, &client_msg(ty::SOLICIT, &[ia_na(7)])))
+        .unwrap();
     assert_eq!(&adv[..6], &VM.0, "unicast to the client's MAC");
     let adv = reply_msg(&adv);
     let m = Message::parse(&adv).unwrap();
@@ -128,7 +140,10 @@ fn solicit_request_renew_rebind() {
     // A Request for another server is not ours.
     let other = (opt::SERVERID, vec![0, 3, 0, 1, 1, 2, 3, 4, 5, 6]);
     assert!(r
-        .handle(&dhcp_frame(VM, &client_msg(ty::REQUEST, &[ia_na(7), other])))
+        .handle(&dhcp_frame(
+            VM,
+            &client_msg(ty::REQUEST, &[ia_na(7), other])
+        ))
         .is_none());
     for t in [ty::REQUEST, ty::RENEW] {
         let req = client_msg(t, &[ia_na(7), (opt::SERVERID, server_id.clone())]);
@@ -138,8 +153,14 @@ fn solicit_request_renew_rebind() {
         assert_eq!(ia_addr(&m), Some(cfg().client_ip));
         assert_eq!(r.binding(), Binding::Bound);
     }
-    let rep = reply_msg(&r.handle(&dhcp_frame(VM, &client_msg(ty::REBIND, &[ia_na(7)]))).unwrap());
-    assert_eq!(ia_addr(&Message::parse(&rep).unwrap()), Some(cfg().client_ip));
+    let rep = reply_msg(
+        &r.handle(&dhcp_frame(VM, &client_msg(ty::REBIND, &[ia_na(7)])))
+            .unwrap(),
+    );
+    assert_eq!(
+        ia_addr(&Message::parse(&rep).unwrap()),
+        Some(cfg().client_ip)
+    );
     let rel = client_msg(ty::RELEASE, &[ia_na(7), (opt::SERVERID, server_id)]);
     assert!(r.handle(&dhcp_frame(VM, &rel)).is_some());
     assert_eq!(r.binding(), Binding::Free);
@@ -148,12 +169,19 @@ fn solicit_request_renew_rebind() {
 #[test]
 fn rapid_commit_information_request_confirm_and_strangers() {
     let mut r = Responder6::new(cfg(), BR);
-    let sol = client_msg(ty::SOLICIT, &[ia_na(1), ia_na(2), (opt::RAPID_COMMIT, vec![])]);
+    let sol = client_msg(
+        ty::SOLICIT,
+        &[ia_na(1), ia_na(2), (opt::RAPID_COMMIT, vec![])],
+    );
     let rep = reply_msg(&r.handle(&dhcp_frame(VM, &sol)).unwrap());
     let m = Message::parse(&rep).unwrap();
     assert_eq!(m.ty, ty::REPLY);
     assert!(m.option(opt::RAPID_COMMIT).is_some());
-    assert_eq!(m.all(opt::IA_NA).count(), 2, "the second IA gets NoAddrsAvail");
+    assert_eq!(
+        m.all(opt::IA_NA).count(),
+        2,
+        "the second IA gets NoAddrsAvail"
+    );
     assert_eq!(r.binding(), Binding::Bound);
 
     let info = reply_msg(
@@ -186,7 +214,9 @@ fn rapid_commit_information_request_confirm_and_strangers() {
     let stranger = MacAddr([2, 0, 0, 0, 0, 9]);
     assert!(r.handle(&dhcp_frame(stranger, &sol)).is_none());
     assert!(r.handle(&dhcp_frame(VM, &[ty::SOLICIT, 0, 0, 0])).is_none());
-    assert!(r.handle(&dhcp_frame(VM, &[ty::SOLICIT, 0, 0, 0, 0, 1, 0, 9])).is_none());
+    assert!(r
+        .handle(&dhcp_frame(VM, &[ty::SOLICIT, 0, 0, 0, 0, 1, 0, 9]))
+        .is_none());
     assert!(r.handle(&[0; 10]).is_none());
 }
 
@@ -210,7 +240,10 @@ impl Rng {
 fn random_and_mutated_frames_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut r = Responder6::new(cfg(), BR);
-    let server_id = (opt::SERVERID, vec![0, 3, 0, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x57]);
+    let server_id = (
+        opt::SERVERID,
+        vec![0, 3, 0, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x57],
+    );
     let mut seeds = vec![rs(255)];
     for (t, extra) in [
         (ty::SOLICIT, vec![ia_na(1), (opt::RAPID_COMMIT, vec![])]),
@@ -259,5 +292,8 @@ fn random_and_mutated_frames_never_panic() {
             }
         }
     }
-    assert!(answered > 100, "mutations of valid requests are often answered: {answered}");
+    assert!(
+        answered > 100,
+        "mutations of valid requests are often answered: {answered}"
+    );
 }

@@ -231,7 +231,11 @@ mod tests {
         assert_eq!(f[21], 255);
         assert!(matches!(
             parse_frame(&f).unwrap().packet,
-            Packet::Icmp { ty: 134, hop_limit: 255, .. }
+            Packet::Icmp {
+                ty: 134,
+                hop_limit: 255,
+                ..
+            }
         ));
         for n in 0..f.len() {
             let _ = parse_frame(&f[..n]);

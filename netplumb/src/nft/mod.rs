@@ -349,11 +349,7 @@ pub fn install_batch6(spec: &NatSpec6, seq: u32) -> (Vec<u8>, Vec<u32>) {
     table_batch(NFPROTO_IPV6_U8, rules6(spec), seq)
 }
 
-fn table_batch(
-    family: u8,
-    rules: Vec<(&'static str, Vec<Expr>)>,
-    seq: u32,
-) -> (Vec<u8>, Vec<u32>) {
+fn table_batch(family: u8, rules: Vec<(&'static str, Vec<Expr>)>, seq: u32) -> (Vec<u8>, Vec<u32>) {
     let mut batch = Batch::new(seq, family);
     batch.drop_table();
     batch.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| {
