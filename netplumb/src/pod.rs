@@ -37,6 +37,9 @@ pub struct PodInfo {
     pub ip6: Option<Ipv6Addr>,
     /// That address's prefix length (0 without one).
     pub prefix6: u8,
+    /// One line for the operator saying which IPv6 address the VM takes over or why it gets
+    /// no IPv6 (berth's entrypoint prints it).
+    pub ipv6_status: String,
     /// Its MTU, handed to the VM by DHCP.
     pub mtu: u32,
     /// The default route's gateway (some CNIs use a device route without one).
@@ -57,17 +60,14 @@ impl PodInfo {
             iface: iface.clone(),
         })?;
         let v4 = rtnl.ipv4_addrs(link.index)?.first().copied();
-        let v6 = if cfg.no_ipv6 {
-            log::info!("ipv6: off: NO_IPV6 is set");
-            None
+        let (v6, ipv6_status) = if cfg.no_ipv6 {
+            (None, "ipv6: off: NO_IPV6 is set".to_string())
         } else {
-            let (chosen, why) = choose_ipv6(
+            choose_ipv6(
                 &iface,
                 &rtnl.ipv6_addrs(link.index)?,
                 rtnl.has_default_route_v6()?,
-            );
-            log::info!("{why}");
-            chosen
+            )
         };
         if v4.is_none() && v6.is_none() {
             return Err(Error::NoPodIpv4 {
@@ -86,6 +86,7 @@ impl PodInfo {
             prefix: v4.map_or(0, |(_, p)| p),
             ip6: v6.map(|(a, _)| a),
             prefix6: v6.map_or(0, |(_, p)| p),
+            ipv6_status,
             mtu: link.mtu,
             gateway,
             dns,
@@ -95,14 +96,16 @@ impl PodInfo {
 
 /// Which of the pod interface's IPv6 addresses the VM takes over, and the one log line
 /// saying so or why the VM gets no IPv6: it needs a usable global address (not link-local,
-/// tentative, deprecated or temporary) and an IPv6 default route. With several, the first
-/// the kernel lists (the oldest) wins, as for IPv4.
+/// tentative, deprecated or temporary) and an IPv6 default route. With several, the oldest
+/// wins (the one the CNI configured first, as for IPv4): the kernel lists a link's IPv6
+/// addresses of one scope newest first, so that is the last usable one.
 pub fn choose_ipv6(
     iface: &str,
     addrs: &[Addr6],
     default_route: bool,
 ) -> (Option<(Ipv6Addr, u8)>, String) {
-    let usable: Vec<&Addr6> = addrs.iter().filter(|a| a.usable_global()).collect();
+    let mut usable: Vec<&Addr6> = addrs.iter().filter(|a| a.usable_global()).collect();
+    usable.reverse();
     let Some(first) = usable.first() else {
         let why = if addrs.iter().any(|a| !a.usable_global() && !a.link_scope) {
             "its global IPv6 addresses are tentative, deprecated or temporary"
@@ -128,7 +131,7 @@ pub fn choose_ipv6(
     } else {
         let rest: Vec<String> = usable[1..].iter().map(|a| a.addr.to_string()).collect();
         format!(
-            "ipv6: the VM takes over {}/{}, the first of {} global addresses on {iface} (not {})",
+            "ipv6: the VM takes over {}/{}, the oldest of {} global addresses on {iface} (not {})",
             first.addr,
             first.prefix,
             usable.len(),
@@ -244,8 +247,11 @@ impl PodNetwork {
                 mtu
             );
         }
-        if self.info.ip6.is_some() && !enable_ipv6_forwarding(self.info.ip.is_none())? {
-            self.info.ip6 = None;
+        if self.info.ip6.is_some() {
+            if let Some(off) = enable_ipv6_forwarding(self.info.ip.is_none())? {
+                self.info.ip6 = None;
+                self.info.ipv6_status = off;
+            }
         }
         if let Some(pod_ip6) = self.info.ip6 {
             self.rtnl.add_ipv6(br.index, ROUTER_LL, 64)?;
@@ -354,24 +360,23 @@ impl PodNetwork {
 }
 
 /// Turns IPv6 forwarding on (see [`IPV6_FORWARD`]). Where the sysctl is read-only and off,
-/// the VM gets no IPv6: `Ok(false)` with the one log line saying how to fix it, or an error
-/// when IPv6 is all the pod has (`required`).
-fn enable_ipv6_forwarding(required: bool) -> Result<bool> {
+/// the VM gets no IPv6: `Ok(Some(line))` with the one line saying how to fix it, or an
+/// error when IPv6 is all the pod has (`required`).
+fn enable_ipv6_forwarding(required: bool) -> Result<Option<String>> {
     let err = match std::fs::write(IPV6_FORWARD, "1\n") {
-        Ok(()) => return Ok(true),
+        Ok(()) => return Ok(None),
         Err(e) => e,
     };
     if std::fs::read_to_string(IPV6_FORWARD).is_ok_and(|v| v.trim() == "1") {
-        return Ok(true);
+        return Ok(None);
     }
     if required {
         return Err(Error::NoIpv6Forwarding { source: err });
     }
-    log::warn!(
+    Ok(Some(format!(
         "ipv6: off: cannot enable IPv6 forwarding ({IPV6_FORWARD}: {err}): set the pod sysctl \
          net.ipv6.conf.all.forwarding=1 (securityContext.sysctls) for the VM to get IPv6"
-    );
-    Ok(false)
+    )))
 }
 
 impl Drop for PodNetwork {
@@ -407,9 +412,13 @@ mod tests {
         let (c, why) = choose_ipv6("eth0", &[ll, g1], true);
         assert_eq!(c, Some((g1.addr, 64)));
         assert_eq!(why, "ipv6: the VM takes over 2001:db8::5/64");
+        // Newest first, as the kernel lists them: g1 is the oldest.
         let (c, why) = choose_ipv6("eth0", &[ll, tentative, g2, g1], true);
-        assert_eq!(c, Some((g2.addr, 64)));
-        assert!(why.contains("first of 2 global") && why.contains("not 2001:db8::5"));
+        assert_eq!(c, Some((g1.addr, 64)));
+        assert!(
+            why.contains("oldest of 2 global") && why.contains("not fd00::5"),
+            "{why}"
+        );
         let (c, why) = choose_ipv6("eth0", &[ll], true);
         assert_eq!(
             (c, why.as_str()),

@@ -365,3 +365,28 @@ fn no_ipv6_leaves_ipv6_alone() {
     assert!(!pod.pod.exec_ok(&["nft", "list", "table", "ip6", "berth"]));
     assert!(pod.pod.exec_ok(&["nft", "list", "table", "ip", "berth"]));
 }
+
+#[test]
+fn ipv6_choice_is_one_line() {
+    // Only the kernel's link-local address on eth0: IPv4 only, and the line says why.
+    let pod = Pod::new();
+    let cfg = config(&pod);
+    let net = pod.pod.run(move || PodNetwork::setup(&cfg).unwrap());
+    assert_eq!(net.info().ip6, None);
+    assert_eq!(
+        net.info().ipv6_status,
+        "ipv6: off: eth0: it has only a link-local IPv6 address"
+    );
+    drop(net);
+    // Two global addresses: the oldest wins, the line names the other.
+    with_ipv6(&pod);
+    pod.pod
+        .ip(&["addr", "add", "2001:db8:1::3/64", "dev", "eth0", "nodad"]);
+    let cfg = config(&pod);
+    let net = pod.pod.run(move || PodNetwork::setup(&cfg).unwrap());
+    assert_eq!(net.info().ip6.unwrap().to_string(), POD_IP6);
+    assert_eq!(
+        net.info().ipv6_status,
+        "ipv6: the VM takes over 2001:db8:1::2/64, the oldest of 2 global addresses on eth0 (not 2001:db8:1::3)"
+    );
+}

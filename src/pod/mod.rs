@@ -91,6 +91,8 @@ pub fn run() -> Result<ExitReason, Failure> {
             netcfg.vm_mac, netcfg.vm_ip, info.iface, info.mtu
         ));
     }
+    // Which IPv6 address the VM takes over, or why it gets none (always one line).
+    log(&info.ipv6_status);
     if let Some(ip6) = info.ip6 {
         log(format!(
             "network: the VM ({} at {}) takes over pod IPv6 {ip6} on {} (MTU {})",
