@@ -132,7 +132,6 @@ fn frame(
     src: Ipv6Addr,
     dst: Ipv6Addr,
     nh: u8,
-    hop_limit: u8,
     mut l4: Vec<u8>,
     csum_at: usize,
 ) -> Vec<u8> {
@@ -146,7 +145,8 @@ fn frame(
     f.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
     f.extend_from_slice(&[0x60, 0, 0, 0]);
     f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[nh, hop_limit]);
+    // Hop limit 255: neighbour discovery requires it, and nothing here leaves the link.
+    f.extend_from_slice(&[nh, 255]);
     f.extend_from_slice(&src.octets());
     f.extend_from_slice(&dst.octets());
     f.extend_from_slice(&l4);
@@ -165,7 +165,7 @@ pub fn build_icmp(
 ) -> Vec<u8> {
     let mut l4 = vec![ty, 0, 0, 0];
     l4.extend_from_slice(body);
-    frame(src_mac, dst_mac, src, dst, NH_ICMPV6, 255, l4, 2)
+    frame(src_mac, dst_mac, src, dst, NH_ICMPV6, l4, 2)
 }
 
 /// A UDP datagram from the DHCPv6 server port to `dst_port`.
@@ -183,7 +183,7 @@ pub fn build_udp(
     l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     l4.extend_from_slice(&[0, 0]);
     l4.extend_from_slice(payload);
-    frame(src_mac, dst_mac, src, dst, NH_UDP, 255, l4, 6)
+    frame(src_mac, dst_mac, src, dst, NH_UDP, l4, 6)
 }
 
 /// Domain names in DNS wire format without compression, as DHCPv6 (RFC 8415 10) and the
