@@ -390,3 +390,62 @@ fn ipv6_choice_is_one_line() {
         "ipv6: the VM takes over 2001:db8:1::2/64, the oldest of 2 global addresses on eth0 (not 2001:db8:1::3)"
     );
 }
+
+/// A guest soliciting as fast as it can gets at most one advertisement per 3 s (RFC 4861's
+/// MIN_DELAY_BETWEEN_RAS), not one per solicitation.
+#[test]
+fn solicitation_flood_is_rate_limited() {
+    let pod = Pod::new();
+    with_ipv6(&pod);
+    let (_net, _ra, vm) = bring_up(&pod);
+    let (sent, ras) = vm.run(|| {
+        // SAFETY: plain socket calls on a fresh AF_PACKET socket owned by this closure.
+        unsafe {
+            let proto = (libc::ETH_P_IPV6 as u16).to_be() as i32;
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto);
+            assert!(fd >= 0);
+            let idx = libc::if_nametoindex(c"vmnic".as_ptr()) as i32;
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto as u16;
+            sll.sll_ifindex = idx;
+            let sp = &sll as *const libc::sockaddr_ll as *const libc::sockaddr;
+            let slen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            assert_eq!(libc::bind(fd, sp, slen), 0);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            let tp = &tv as *const libc::timeval as *const libc::c_void;
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tp, 16);
+            // A router solicitation from the VM's MAC: :: to ff02::2, hop limit 255.
+            let mac: MacAddr = VM_MAC.parse().unwrap();
+            let mut f = vec![0x33, 0x33, 0, 0, 0, 2];
+            f.extend_from_slice(&mac.0);
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 58, 255]);
+            f.extend_from_slice(&[0; 16]);
+            f.extend_from_slice(&"ff02::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+            f.extend_from_slice(&[133, 0, 0, 0, 0, 0, 0, 0]);
+            let start = Instant::now();
+            let (mut sent, mut ras) = (0, 0);
+            let mut buf = [0u8; 2048];
+            while start.elapsed() < Duration::from_secs(4) {
+                if libc::sendto(fd, f.as_ptr().cast(), f.len(), 0, sp, slen) > 0 {
+                    sent += 1;
+                }
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT);
+                if n > 54 && buf[20] == 58 && buf[54] == 134 {
+                    ras += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            libc::close(fd);
+            (sent, ras)
+        }
+    });
+    assert!(sent > 100, "{sent} solicitations sent");
+    assert!(
+        (1..=3).contains(&ras),
+        "{ras} advertisements for {sent} solicitations in 4 s"
+    );
+}

@@ -13,6 +13,14 @@ use crate::error::{Error, Result};
 use crate::MacAddr;
 
 const ETH_P_IPV6: u16 = 0x86dd;
+/// RFC 4861 10: the least time between multicast router advertisements.
+const MIN_DELAY_BETWEEN_RAS: Duration = Duration::from_secs(3);
+
+/// Whether a frame the responder answered was a router solicitation (ICMPv6 right after the
+/// IPv6 header; DHCPv6 is UDP).
+fn is_solicitation(request: &[u8]) -> bool {
+    request.get(20) == Some(&super::wire::NH_ICMPV6)
+}
 
 /// A running router and DHCPv6 server. [`Dhcp6Server::stop`] (or dropping it) stops it.
 pub struct Dhcp6Server {
@@ -201,11 +209,13 @@ fn serve(
     // for a guest that booted before berth's thread or ignores solicitations' answers.
     let mut initial = 3;
     let mut next = Instant::now();
+    let mut last_ra: Option<Instant> = None;
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
         if now >= next {
             send(&sock, ifindex, &responder.advertisement());
+            last_ra = Some(now);
             let wait = if initial > 0 {
                 initial -= 1;
                 Duration::from_secs(4)
@@ -271,8 +281,16 @@ fn serve(
         }
         let reply = responder.handle(&buf[..len as usize]);
         bound.store(responder.binding() == Binding::Bound, Ordering::SeqCst);
-        if let Some(reply) = reply {
-            send(&sock, ifindex, &reply);
+        match reply {
+            // The answer to a solicitation is the multicast advertisement: sent now, or at
+            // most one per MIN_DELAY_BETWEEN_RAS (RFC 4861 6.2.6), however fast a guest
+            // solicits.
+            Some(_) if is_solicitation(&buf[..len as usize]) => {
+                let earliest = last_ra.map_or(now, |t| t + MIN_DELAY_BETWEEN_RAS);
+                next = next.min(earliest.max(Instant::now()));
+            }
+            Some(reply) => send(&sock, ifindex, &reply),
+            None => {}
         }
     }
 }
