@@ -449,3 +449,69 @@ fn solicitation_flood_is_rate_limited() {
         "{ras} advertisements for {sent} solicitations in 4 s"
     );
 }
+
+/// UDP receiver in the current namespace reporting each datagram's source address.
+fn udp6_sources(port: u16) -> std::sync::mpsc::Receiver<std::net::IpAddr> {
+    let s = UdpSocket::bind(("::", port)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            if tx.send(from.ip()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The IPv6 anti-spoofing rules: from the VM, only sources in its /64 leave the pod (as the
+/// pod address); from the pod's network, nobody may claim the VM's /64.
+#[test]
+fn spoofed_ipv6_sources_do_not_leave_the_pod() {
+    let pod = Pod::new();
+    with_ipv6(&pod);
+    let (_net, _ra, vm) = bring_up(&pod);
+    // Two addresses the VM has no right to: a neighbour's on the pod network, one from nowhere.
+    for a in ["2001:db8:1::77/128", "2001:db8:99::9/128"] {
+        vm.ip(&["addr", "add", a, "dev", "vmnic", "nodad"]);
+    }
+    let got = pod.client.run(|| udp6_sources(9100));
+    let to = format!("[{CLIENT_IP6}]:9100");
+    for src in ["2001:db8:1::77", "2001:db8:99::9", VM_IP6] {
+        let to = to.clone();
+        vm.run(move || {
+            let s = UdpSocket::bind((src, 0)).unwrap();
+            s.send_to(b"x", to.as_str()).unwrap();
+        });
+    }
+    assert_eq!(got.recv_timeout(T).unwrap().to_string(), POD_IP6);
+    let late: Vec<_> =
+        std::iter::from_fn(|| got.recv_timeout(Duration::from_millis(500)).ok()).collect();
+    assert!(late.is_empty(), "spoofed packets left the pod: {late:?}");
+
+    // From the cluster side, a packet claiming an address in the VM's /64, sent to the pod's
+    // address (DNATed to the VM if it got through), never reaches the VM.
+    let vm_got = vm.run(|| udp6_sources(5353));
+    pod.client.run(|| {
+        let s = UdpSocket::bind((CLIENT_IP6, 0)).unwrap();
+        s.send_to(b"x", format!("[{POD_IP6}]:5353")).unwrap();
+    });
+    assert_eq!(vm_got.recv_timeout(T).unwrap().to_string(), CLIENT_IP6);
+    pod.client.ip(&[
+        "addr",
+        "add",
+        "fd62:6572:7468::99/128",
+        "dev",
+        "c0",
+        "nodad",
+    ]);
+    pod.client.run(|| {
+        let s = UdpSocket::bind(("fd62:6572:7468::99", 0)).unwrap();
+        s.send_to(b"x", format!("[{POD_IP6}]:5353")).unwrap();
+    });
+    assert!(
+        vm_got.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a packet claiming the VM's /64 reached it"
+    );
+}
