@@ -1,8 +1,10 @@
-//! Pod network plumbing for berth: the VM takes over the pod's IPv4 address.
+//! Pod network plumbing for berth: the VM takes over the pod's IPv4 address, and its IPv6
+//! address in a dual-stack or IPv6-only pod.
 //!
 //! [`PodNetwork::setup`] reads the pod's interface and resolv.conf, creates the bridge with
-//! VM_GW/30 and a tap enslaved to it, enables forwarding and installs the NAT table
-//! ([`nft`]); [`DhcpServer::spawn`] gives the VM its one lease. Everything is netlink and
+//! VM_GW/30 (and VM_GW6/64) and a tap enslaved to it, enables forwarding and installs the NAT
+//! tables ([`nft`]); [`DhcpServer::spawn`] gives the VM its one lease, [`Dhcp6Server::spawn`]
+//! its router advertisements and DHCPv6 address ([`dhcp6`]). Everything is netlink and
 //! sockets: no external program runs. See README.md for the table and the DHCP options.
 
 #![warn(missing_docs)]

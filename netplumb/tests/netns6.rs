@@ -321,6 +321,10 @@ fn dual_stack_pod() {
     let (net, ra, vm) = bring_up(&pod);
     assert_eq!(net.info().ip.unwrap().to_string(), POD_IP);
     assert_eq!(nft6_json(&pod.pod), nft6_oracle());
+    // Multicast snooping off, so the VM's DHCPv6 Solicits to ff02::1:2 reach berth's socket.
+    let br: Value =
+        serde_json::from_str(&pod.pod.ip(&["-d", "-j", "link", "show", "br0"])).unwrap();
+    assert_eq!(br[0]["linkinfo"]["info_data"]["mcast_snooping"], 0);
     assert_eq!(
         pod.pod
             .exec(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])
