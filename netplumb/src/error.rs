@@ -48,6 +48,16 @@ pub enum Error {
         /// The pod's prefix length.
         prefix: u8,
     },
+    /// The VM link's /64 overlaps the pod's IPv6 network.
+    #[error("VM_GW6's /64 ({vm_gw6}/64) overlaps the pod's IPv6 network {pod_ip6}/{prefix}: choose VM_IP6 and VM_GW6 outside it, or set NO_IPV6")]
+    VmSubnet6OverlapsPod {
+        /// The bridge's IPv6 address.
+        vm_gw6: Ipv6Addr,
+        /// The pod's IPv6 address.
+        pod_ip6: Ipv6Addr,
+        /// Its prefix length.
+        prefix: u8,
+    },
     /// An environment variable holds something that does not parse.
     #[error("{var}={value:?} is not valid: {why}")]
     BadValue {

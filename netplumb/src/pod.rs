@@ -141,6 +141,13 @@ pub fn choose_ipv6(
     (Some((first.addr, first.prefix)), why)
 }
 
+/// Whether IPv6 prefixes a/alen and b/blen share an address.
+fn overlaps6(a: Ipv6Addr, alen: u8, b: Ipv6Addr, blen: u8) -> bool {
+    let len = alen.min(blen).min(128);
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    u128::from(a) & mask == u128::from(b) & mask
+}
+
 /// Whether prefixes a/alen and b/blen share an address.
 fn overlaps(a: Ipv4Addr, alen: u8, b: Ipv4Addr, blen: u8) -> bool {
     let len = alen.min(blen).min(32);
@@ -178,6 +185,17 @@ impl PodNetwork {
             return Err(Error::VmSubnetOverlapsPod {
                 vm_gw,
                 pod_ip,
+                prefix,
+            });
+        }
+        if let Some(pod_ip6) = info
+            .ip6
+            .filter(|&a| overlaps6(a, info.prefix6, cfg.vm_gw6, 64))
+        {
+            let (vm_gw6, prefix) = (cfg.vm_gw6, info.prefix6);
+            return Err(Error::VmSubnet6OverlapsPod {
+                vm_gw6,
+                pod_ip6,
                 prefix,
             });
         }
@@ -389,7 +407,7 @@ impl Drop for PodNetwork {
 
 #[cfg(test)]
 mod tests {
-    use super::{choose_ipv6, overlaps};
+    use super::{choose_ipv6, overlaps, overlaps6};
     use crate::rtnl::Addr6;
 
     fn a6(addr: &str, link_scope: bool, flags: u32) -> Addr6 {
@@ -401,6 +419,17 @@ mod tests {
             link_scope,
             flags,
         }
+    }
+
+    #[test]
+    fn ipv6_prefix_overlap() {
+        let ip = |s: &str| s.parse().unwrap();
+        let gw = ip("fd62:6572:7468::1");
+        assert!(overlaps6(ip("fd62:6572:7468::5"), 128, gw, 64));
+        assert!(overlaps6(ip("fd62:6572::5"), 32, gw, 64));
+        assert!(!overlaps6(ip("fd62:6572:7468:1::5"), 64, gw, 64));
+        assert!(!overlaps6(ip("2001:db8::2"), 64, gw, 64));
+        assert!(overlaps6(ip("2001:db8::2"), 0, gw, 64));
     }
 
     #[test]

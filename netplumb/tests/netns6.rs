@@ -519,3 +519,25 @@ fn spoofed_ipv6_sources_do_not_leave_the_pod() {
         "a packet claiming the VM's /64 reached it"
     );
 }
+
+#[test]
+fn vm_prefix_inside_the_pod_network_is_refused() {
+    let pod = Pod::new();
+    with_ipv6(&pod);
+    let cfg = NetConfig {
+        vm_gw6: "2001:db8:1::1:1".parse().unwrap(),
+        ..config(&pod)
+    };
+    let e = pod
+        .pod
+        .run(move || PodNetwork::setup(&cfg).err().map(|e| e.to_string()));
+    let e = e.expect("setup must fail");
+    assert!(
+        e.starts_with(
+            "VM_GW6's /64 (2001:db8:1::1:1/64) overlaps the pod's IPv6 network 2001:db8:1::2/64"
+        ),
+        "{e}"
+    );
+    // Nothing was built.
+    assert!(!pod.pod.exec_ok(&["ip", "link", "show", "br0"]));
+}
