@@ -68,6 +68,8 @@ fn build(args: SeedArgs) -> Result<String, Failure> {
         format,
         hostname: args.hostname.unwrap_or_else(default_hostname),
         mac,
+        ipv6: None,
+        ipv4: true,
     };
     match seed::build_drive(&sources, &options, &args.output).map_err(failure)? {
         Some(out) => Ok(format!(

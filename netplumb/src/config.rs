@@ -1,7 +1,7 @@
 //! The network configuration berth's entrypoint hands to [`crate::PodNetwork::setup`].
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
@@ -11,6 +11,11 @@ use crate::{MacAddr, MacParseError};
 pub const DEFAULT_VM_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 2);
 /// Default address of the bridge, the VM's gateway.
 pub const DEFAULT_VM_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 254, 1);
+/// The VM link's IPv6 /64: a unique local prefix whose 40-bit global id spells "berth" in
+/// ASCII (62 65 72 74 68), so it is recognisable in a guest's `ip -6 addr`.
+pub const DEFAULT_VM_NET6: Ipv6Addr = Ipv6Addr::new(0xfd62, 0x6572, 0x7468, 0, 0, 0, 0, 0);
+/// Default IPv6 address of the bridge (`VM_GW6`), the VM's DNS-free router and DHCPv6 server.
+pub const DEFAULT_VM_GW6: Ipv6Addr = Ipv6Addr::new(0xfd62, 0x6572, 0x7468, 0, 0, 0, 0, 1);
 /// The TCP port kept in the pod for berth's VNC server unless `NO_VNC` is set.
 pub const VNC_PORT: u16 = 5900;
 
@@ -23,11 +28,18 @@ pub struct NetConfig {
     pub vm_gw: Ipv4Addr,
     /// `NO_VNC`: DNAT tcp/5900 to the VM too instead of keeping it for berth's VNC server.
     pub no_vnc: bool,
-    /// `NO_DHCP`: do not run the DHCP responder.
+    /// `NO_DHCP`: do not run the DHCP responder, nor router advertisements and DHCPv6.
     pub no_dhcp: bool,
     /// More TCP ports on the pod IP kept in the pod for berth's own servers (the metrics
     /// endpoint) instead of forwarded to the VM.
     pub keep_ports: Vec<u16>,
+    /// `NO_IPV6`: leave the pod's IPv6 side alone (no IPv6 for the VM).
+    pub no_ipv6: bool,
+    /// The VM's IPv6 address (`VM_IP6`); `None`: the SLAAC (EUI-64) address of `vm_mac` in
+    /// `vm_gw6`'s /64, see [`NetConfig::vm_ip6`].
+    pub vm_ip6: Option<Ipv6Addr>,
+    /// The bridge's IPv6 address (`VM_GW6`); its /64 is the VM link's prefix.
+    pub vm_gw6: Ipv6Addr,
     /// The VM NIC's MAC (`VM_MAC`, else derived from the hostname).
     pub vm_mac: MacAddr,
     /// The hostname handed to the VM (DHCP option 12); empty means none is sent.
@@ -55,6 +67,9 @@ impl Default for NetConfig {
             no_vnc: false,
             no_dhcp: false,
             keep_ports: Vec::new(),
+            no_ipv6: false,
+            vm_ip6: None,
+            vm_gw6: DEFAULT_VM_GW6,
             vm_mac: MacAddr::from_hostname(""),
             hostname: String::new(),
             pod_iface: "eth0".into(),
@@ -122,9 +137,38 @@ fn ip(env: &Env, var: &'static str, default: Ipv4Addr) -> Result<Ipv4Addr> {
     }
 }
 
+fn ip6(env: &Env, var: &'static str) -> Result<Option<Ipv6Addr>> {
+    match env.value(var) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| Error::BadValue {
+            var,
+            value: v.into(),
+            why: "expected an IPv6 address such as fd62:6572:7468::2",
+        }),
+    }
+}
+
+/// The /64 prefix of `a` (its first 64 bits).
+pub fn net64(a: Ipv6Addr) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(a) & !(u64::MAX as u128))
+}
+
 impl NetConfig {
+    /// The VM's IPv6 address: `VM_IP6`, else the address a SLAAC guest forms from its MAC
+    /// (modified EUI-64, RFC 4291 appendix A) in the VM link's /64, so that a guest using
+    /// SLAAC and one using DHCPv6 end up with the same address, the one the DNAT targets.
+    pub fn vm_ip6(&self) -> Ipv6Addr {
+        self.vm_ip6.unwrap_or_else(|| {
+            let m = self.vm_mac.0;
+            let iid = [m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]];
+            let mut b = net64(self.vm_gw6).octets();
+            b[8..].copy_from_slice(&iid);
+            Ipv6Addr::from(b)
+        })
+    }
+
     /// Builds a validated config from environment variables: `VM_IP`, `VM_GW`, `NO_VNC`,
-    /// `NO_DHCP`, `VM_MAC`, `HOSTNAME`, and berth's own `POD_IFACE` (default eth0) and
+    /// `NO_DHCP`, `NO_IPV6`, `VM_IP6`, `VM_GW6`, `VM_MAC`, `HOSTNAME`, and berth's own `POD_IFACE` (default eth0) and
     /// `RESOLV_CONF` (default /etc/resolv.conf).
     pub fn from_env_map(env: &Env) -> Result<NetConfig> {
         let hostname = env.raw("HOSTNAME").unwrap_or_default().to_owned();
@@ -145,6 +189,9 @@ impl NetConfig {
             vm_gw: ip(env, "VM_GW", DEFAULT_VM_GW)?,
             no_vnc: env.flag("NO_VNC"),
             no_dhcp: env.flag("NO_DHCP"),
+            no_ipv6: env.flag("NO_IPV6"),
+            vm_ip6: ip6(env, "VM_IP6")?,
+            vm_gw6: ip6(env, "VM_GW6")?.unwrap_or(DEFAULT_VM_GW6),
             vm_mac,
             hostname,
             ..NetConfig::default()
@@ -168,6 +215,16 @@ impl NetConfig {
             return Err(Error::BadVmSubnet {
                 vm_ip: self.vm_ip,
                 vm_gw: self.vm_gw,
+            });
+        }
+        let (ip6, gw6) = (self.vm_ip6(), self.vm_gw6);
+        let special = |a: Ipv6Addr| {
+            a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.segments()[0] == 0xfe80
+        };
+        if net64(ip6) != net64(gw6) || ip6 == gw6 || special(ip6) || special(gw6) {
+            return Err(Error::BadVmSubnet6 {
+                vm_ip6: ip6,
+                vm_gw6: gw6,
             });
         }
         if self.vm_mac.is_multicast() || self.vm_mac.is_zero() {
@@ -255,6 +312,37 @@ mod tests {
         // Empty flags are unset, as in the original's `[ -n "$NO_VNC" ]`.
         let c = NetConfig::from_env_map(&Env::from([("NO_VNC", ""), ("NO_DHCP", "")])).unwrap();
         assert!(!c.no_vnc && !c.no_dhcp);
+    }
+
+    #[test]
+    fn ipv6_defaults_and_overrides() {
+        let c = NetConfig::from_env_map(&Env::from([("VM_MAC", "52:54:00:12:34:56")])).unwrap();
+        assert!(!c.no_ipv6);
+        assert_eq!(c.vm_gw6, DEFAULT_VM_GW6);
+        // The kernel's EUI-64 address for this MAC (what `ip -6 addr` shows after SLAAC).
+        assert_eq!(c.vm_ip6().to_string(), "fd62:6572:7468:0:5054:ff:fe12:3456");
+        let c = NetConfig::from_env_map(&Env::from([
+            ("VM_IP6", "fd00:1:2:3::9"),
+            ("VM_GW6", "fd00:1:2:3::1"),
+            ("NO_IPV6", "1"),
+        ]))
+        .unwrap();
+        assert!(c.no_ipv6);
+        assert_eq!(c.vm_ip6().to_string(), "fd00:1:2:3::9");
+        for (k, v) in [("VM_IP6", "fd00::1::2"), ("VM_GW6", "10.0.0.1")] {
+            let e = NetConfig::from_env_map(&Env::from([(k, v)])).unwrap_err();
+            assert!(matches!(e, Error::BadValue { var, .. } if var == k), "{e}");
+        }
+        for (ip, gw) in [
+            ("fd00:1:2:4::9", "fd00:1:2:3::1"), // other /64
+            ("fd00:1:2:3::1", "fd00:1:2:3::1"), // equal
+            ("fe80::2", "fe80::1"),             // link-local
+        ] {
+            let e =
+                NetConfig::from_env_map(&Env::from([("VM_IP6", ip), ("VM_GW6", gw)])).unwrap_err();
+            assert!(matches!(e, Error::BadVmSubnet6 { .. }), "{ip} {gw}: {e}");
+            assert!(e.to_string().contains("/64"), "{e}");
+        }
     }
 
     #[test]

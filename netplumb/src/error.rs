@@ -2,7 +2,7 @@
 //! message that names the fix.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 /// Everything that can go wrong while plumbing the pod's network or serving DHCP.
@@ -30,6 +30,14 @@ pub enum Error {
         /// The gateway (bridge) address.
         vm_gw: Ipv4Addr,
     },
+    /// VM_IP6 and VM_GW6 are not two distinct unicast addresses of one /64.
+    #[error("VM_IP6={vm_ip6} and VM_GW6={vm_gw6} must be two distinct global or unique local addresses of one /64 (e.g. VM_GW6=fd62:6572:7468::1 VM_IP6=fd62:6572:7468::2): fix VM_IP6 or VM_GW6")]
+    BadVmSubnet6 {
+        /// The VM's IPv6 address.
+        vm_ip6: Ipv6Addr,
+        /// The bridge's IPv6 address.
+        vm_gw6: Ipv6Addr,
+    },
     /// The VM's /30 overlaps the pod's own subnet, so routing to the VM would be ambiguous.
     #[error("VM_GW/30 ({vm_gw}/30) overlaps the pod network {pod_ip}/{prefix}: choose VM_IP and VM_GW outside it")]
     VmSubnetOverlapsPod {
@@ -38,6 +46,16 @@ pub enum Error {
         /// The pod's address.
         pod_ip: Ipv4Addr,
         /// The pod's prefix length.
+        prefix: u8,
+    },
+    /// The VM link's /64 overlaps the pod's IPv6 network.
+    #[error("VM_GW6's /64 ({vm_gw6}/64) overlaps the pod's IPv6 network {pod_ip6}/{prefix}: choose VM_IP6 and VM_GW6 outside it, or set NO_IPV6")]
+    VmSubnet6OverlapsPod {
+        /// The bridge's IPv6 address.
+        vm_gw6: Ipv6Addr,
+        /// The pod's IPv6 address.
+        pod_ip6: Ipv6Addr,
+        /// Its prefix length.
         prefix: u8,
     },
     /// An environment variable holds something that does not parse.
@@ -56,8 +74,8 @@ pub enum Error {
         /// The interface name.
         iface: String,
     },
-    /// The pod's interface has no IPv4 address.
-    #[error("pod interface {iface} has no IPv4 address: berth needs an IPv4 pod network (dual-stack or IPv4 CNI)")]
+    /// The pod's interface has no IPv4 address and no usable IPv6 one either.
+    #[error("pod interface {iface} has no IPv4 address and no usable IPv6 one (a global address with an IPv6 default route): berth needs an IPv4, dual-stack or IPv6 pod network")]
     NoPodIpv4 {
         /// The interface name.
         iface: String,
@@ -65,6 +83,12 @@ pub enum Error {
     /// The pod has no IPv4 default route.
     #[error("the pod has no IPv4 default route: the CNI must install one (check the pod's network setup)")]
     NoDefaultRoute,
+    /// An IPv6-only pod where IPv6 forwarding cannot be turned on.
+    #[error("cannot enable IPv6 forwarding (/proc/sys/net/ipv6/conf/all/forwarding: {source}): set the pod sysctl net.ipv6.conf.all.forwarding=1 (securityContext.sysctls)")]
+    NoIpv6Forwarding {
+        /// Why writing the sysctl failed.
+        source: io::Error,
+    },
     /// resolv.conf cannot be read.
     #[error("cannot read {path}: {source}: mount a readable resolv.conf or point berth at one")]
     ResolvConf {

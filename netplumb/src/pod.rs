@@ -1,17 +1,25 @@
 //! The pod side as a whole: discover the pod's network, build bridge + tap + NAT, tear down.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
 use crate::config::{NetConfig, VNC_PORT};
 use crate::dhcp::DhcpConfig;
+use crate::dhcp6::Config6;
 use crate::error::{Error, Result};
-use crate::nft::{NatSpec, Nft};
+use crate::nft::{NatSpec, NatSpec6, Nft};
 use crate::resolv::DnsConfig;
-use crate::rtnl::Rtnl;
+use crate::rtnl::{Addr6, Rtnl};
 use crate::tap::Tap;
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// IPv6 forwarding has no per-device switch the kernel honours for forwarding (ip6_forward
+/// checks `all`) nor a netlink interface to set it, so this one sysctl is the way: writable
+/// where /proc/sys is, or set for the pod (`securityContext.sysctls`, it is namespaced).
+const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+/// The link-local address of the bridge: the VM's IPv6 router (the source of router
+/// advertisements and DHCPv6 replies, and the VM's default gateway).
+pub const ROUTER_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// What berth learns about the pod's network before taking it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +28,18 @@ pub struct PodInfo {
     pub iface: String,
     /// Its index.
     pub ifindex: u32,
-    /// Its first IPv4 address: the pod IP the VM takes over.
-    pub ip: Ipv4Addr,
-    /// That address's prefix length.
+    /// Its first IPv4 address: the pod IP the VM takes over; `None` in an IPv6-only pod.
+    pub ip: Option<Ipv4Addr>,
+    /// That address's prefix length (0 without one).
     pub prefix: u8,
+    /// The global IPv6 address the VM takes over; `None`: no IPv6 for the VM (see
+    /// [`choose_ipv6`] for why).
+    pub ip6: Option<Ipv6Addr>,
+    /// That address's prefix length (0 without one).
+    pub prefix6: u8,
+    /// One line for the operator saying which IPv6 address the VM takes over or why it gets
+    /// no IPv6 (berth's entrypoint prints it).
+    pub ipv6_status: String,
     /// Its MTU, handed to the VM by DHCP.
     pub mtu: u32,
     /// The default route's gateway (some CNIs use a device route without one).
@@ -43,25 +59,93 @@ impl PodInfo {
         let link = rtnl.link(&iface)?.ok_or_else(|| Error::NoPodInterface {
             iface: iface.clone(),
         })?;
-        let (ip, prefix) =
-            *rtnl
-                .ipv4_addrs(link.index)?
-                .first()
-                .ok_or_else(|| Error::NoPodIpv4 {
-                    iface: iface.clone(),
-                })?;
-        let (gateway, _) = rtnl.default_route_v4()?.ok_or(Error::NoDefaultRoute)?;
+        let v4 = rtnl.ipv4_addrs(link.index)?.first().copied();
+        let (v6, ipv6_status) = if cfg.no_ipv6 {
+            (None, "ipv6: off: NO_IPV6 is set".to_string())
+        } else {
+            choose_ipv6(
+                &iface,
+                &rtnl.ipv6_addrs(link.index)?,
+                rtnl.has_default_route_v6()?,
+            )
+        };
+        if v4.is_none() && v6.is_none() {
+            return Err(Error::NoPodIpv4 {
+                iface: iface.clone(),
+            });
+        }
+        let gateway = match v4 {
+            Some(_) => rtnl.default_route_v4()?.ok_or(Error::NoDefaultRoute)?.0,
+            None => None,
+        };
         let dns = DnsConfig::read(&cfg.resolv_conf)?;
         Ok(PodInfo {
             iface,
             ifindex: link.index,
-            ip,
-            prefix,
+            ip: v4.map(|(a, _)| a),
+            prefix: v4.map_or(0, |(_, p)| p),
+            ip6: v6.map(|(a, _)| a),
+            prefix6: v6.map_or(0, |(_, p)| p),
+            ipv6_status,
             mtu: link.mtu,
             gateway,
             dns,
         })
     }
+}
+
+/// Which of the pod interface's IPv6 addresses the VM takes over, and the one log line
+/// saying so or why the VM gets no IPv6: it needs a usable global address (not link-local,
+/// tentative, deprecated or temporary) and an IPv6 default route. With several, the oldest
+/// wins (the one the CNI configured first, as for IPv4): the kernel lists a link's IPv6
+/// addresses of one scope newest first, so that is the last usable one.
+pub fn choose_ipv6(
+    iface: &str,
+    addrs: &[Addr6],
+    default_route: bool,
+) -> (Option<(Ipv6Addr, u8)>, String) {
+    let mut usable: Vec<&Addr6> = addrs.iter().filter(|a| a.usable_global()).collect();
+    usable.reverse();
+    let Some(first) = usable.first() else {
+        let why = if addrs.iter().any(|a| !a.usable_global() && !a.link_scope) {
+            "its global IPv6 addresses are tentative, deprecated or temporary"
+        } else if addrs.is_empty() {
+            "it has no IPv6 address"
+        } else {
+            "it has only a link-local IPv6 address"
+        };
+        return (None, format!("ipv6: off: {iface}: {why}"));
+    };
+    if !default_route {
+        return (
+            None,
+            format!(
+                "ipv6: off: {iface} has {} but the pod has no IPv6 default route",
+                first.addr
+            ),
+        );
+    }
+    let others = usable.len() - 1;
+    let why = if others == 0 {
+        format!("ipv6: the VM takes over {}/{}", first.addr, first.prefix)
+    } else {
+        let rest: Vec<String> = usable[1..].iter().map(|a| a.addr.to_string()).collect();
+        format!(
+            "ipv6: the VM takes over {}/{}, the oldest of {} global addresses on {iface} (not {})",
+            first.addr,
+            first.prefix,
+            usable.len(),
+            rest.join(", ")
+        )
+    };
+    (Some((first.addr, first.prefix)), why)
+}
+
+/// Whether IPv6 prefixes a/alen and b/blen share an address.
+fn overlaps6(a: Ipv6Addr, alen: u8, b: Ipv6Addr, blen: u8) -> bool {
+    let len = alen.min(blen).min(128);
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    u128::from(a) & mask == u128::from(b) & mask
 }
 
 /// Whether prefixes a/alen and b/blen share an address.
@@ -93,11 +177,25 @@ impl PodNetwork {
         cfg.validate()?;
         let mut rtnl = Rtnl::open()?;
         let info = PodInfo::discover_with(&mut rtnl, cfg)?;
-        if overlaps(info.ip, info.prefix, cfg.vm_gw, 30) {
-            let (vm_gw, pod_ip, prefix) = (cfg.vm_gw, info.ip, info.prefix);
+        if let Some(pod_ip) = info
+            .ip
+            .filter(|&ip| overlaps(ip, info.prefix, cfg.vm_gw, 30))
+        {
+            let (vm_gw, prefix) = (cfg.vm_gw, info.prefix);
             return Err(Error::VmSubnetOverlapsPod {
                 vm_gw,
                 pod_ip,
+                prefix,
+            });
+        }
+        if let Some(pod_ip6) = info
+            .ip6
+            .filter(|&a| overlaps6(a, info.prefix6, cfg.vm_gw6, 64))
+        {
+            let (vm_gw6, prefix) = (cfg.vm_gw6, info.prefix6);
+            return Err(Error::VmSubnet6OverlapsPod {
+                vm_gw6,
+                pod_ip6,
                 prefix,
             });
         }
@@ -129,7 +227,9 @@ impl PodNetwork {
             source: std::io::Error::from_raw_os_error(libc::ENODEV),
         })?;
         self.bridge_index = Some(br.index);
-        self.rtnl.add_ipv4(br.index, cfg.vm_gw, 30)?;
+        if self.info.ip.is_some() {
+            self.rtnl.add_ipv4(br.index, cfg.vm_gw, 30)?;
+        }
         let tap = Tap::create_queues(&cfg.tun_device, &cfg.tap, cfg.tap_queues.max(1))?;
         let tap_link = self.rtnl.link(tap.name())?.ok_or_else(|| Error::Netlink {
             op: format!("create tap {}", cfg.tap),
@@ -140,28 +240,60 @@ impl PodNetwork {
         self.rtnl.set_master(tap_link.index, br.index)?;
         self.rtnl.set_up(tap_link.index)?;
         self.rtnl.set_up(br.index)?;
-        self.enable_forwarding(br.index)?;
-        let spec = NatSpec {
-            pod_ip: self.info.ip,
-            vm_ip: cfg.vm_ip,
-            keep_vnc: !cfg.no_vnc,
-            vnc_port: VNC_PORT,
-            keep_ports: cfg.keep_ports.clone(),
-            vm_bridge: cfg.bridge.clone(),
-            pod_iface: self.info.iface.clone(),
-        };
-        self.nft.install(&spec)?;
-        log::info!(
-            "pod network: {} ({}/{}) -> {} via {} {}/30, tap {}, mtu {}",
-            self.info.iface,
-            self.info.ip,
-            self.info.prefix,
-            cfg.vm_ip,
-            cfg.bridge,
-            cfg.vm_gw,
-            cfg.tap,
-            mtu
-        );
+        // Any table of a family the pod no longer has (a restart after a CNI change) goes.
+        self.nft.remove()?;
+        self.nft.remove6()?;
+        if let Some(pod_ip) = self.info.ip {
+            self.enable_forwarding(br.index)?;
+            let spec = NatSpec {
+                pod_ip,
+                vm_ip: cfg.vm_ip,
+                keep_vnc: !cfg.no_vnc,
+                vnc_port: VNC_PORT,
+                keep_ports: cfg.keep_ports.clone(),
+                vm_bridge: cfg.bridge.clone(),
+                pod_iface: self.info.iface.clone(),
+            };
+            self.nft.install(&spec)?;
+            log::info!(
+                "pod network: {} ({pod_ip}/{}) -> {} via {} {}/30, tap {}, mtu {}",
+                self.info.iface,
+                self.info.prefix,
+                cfg.vm_ip,
+                cfg.bridge,
+                cfg.vm_gw,
+                cfg.tap,
+                mtu
+            );
+        }
+        if self.info.ip6.is_some() {
+            if let Some(off) = enable_ipv6_forwarding(self.info.ip.is_none())? {
+                self.info.ip6 = None;
+                self.info.ipv6_status = off;
+            }
+        }
+        if let Some(pod_ip6) = self.info.ip6 {
+            self.rtnl.add_ipv6(br.index, ROUTER_LL, 64)?;
+            self.rtnl.add_ipv6(br.index, cfg.vm_gw6, 64)?;
+            let spec = NatSpec6 {
+                pod_ip: pod_ip6,
+                vm_ip: cfg.vm_ip6(),
+                keep_vnc: !cfg.no_vnc,
+                vnc_port: VNC_PORT,
+                keep_ports: cfg.keep_ports.clone(),
+                vm_bridge: cfg.bridge.clone(),
+                pod_iface: self.info.iface.clone(),
+            };
+            self.nft.install6(&spec)?;
+            log::info!(
+                "pod network: {} ({pod_ip6}/{}) -> {} via {} {}/64",
+                self.info.iface,
+                self.info.prefix6,
+                cfg.vm_ip6(),
+                cfg.bridge,
+                cfg.vm_gw6,
+            );
+        }
         Ok(())
     }
 
@@ -177,6 +309,13 @@ impl PodNetwork {
         // The pod side's reverse-path check: a packet arriving on the pod interface with a
         // source that routes elsewhere (the VM's /30 behind the bridge) is a forgery.
         self.rtnl.enable_rp_filter(self.info.ifindex)
+    }
+
+    /// The router advertisement and DHCPv6 settings for the VM; `None` when the VM has no
+    /// IPv6 side.
+    pub fn ipv6_config(&self) -> Option<Config6> {
+        self.info.ip6?;
+        Some(Config6::new(&self.cfg, &self.info))
     }
 
     /// What was discovered about the pod.
@@ -230,6 +369,9 @@ impl PodNetwork {
         }
         self.active = false;
         let mut first = self.nft.remove().err();
+        if let Err(e) = self.nft.remove6() {
+            first.get_or_insert(e);
+        }
         // Delete the tap explicitly: the VMM may still hold a dup of its fd.
         if let Some(tap) = self.tap.take() {
             if let Err(e) = self.rtnl.delete_link_by_name(tap.name()) {
@@ -245,6 +387,26 @@ impl PodNetwork {
     }
 }
 
+/// Turns IPv6 forwarding on (see [`IPV6_FORWARD`]). Where the sysctl is read-only and off,
+/// the VM gets no IPv6: `Ok(Some(line))` with the one line saying how to fix it, or an
+/// error when IPv6 is all the pod has (`required`).
+fn enable_ipv6_forwarding(required: bool) -> Result<Option<String>> {
+    let err = match std::fs::write(IPV6_FORWARD, "1\n") {
+        Ok(()) => return Ok(None),
+        Err(e) => e,
+    };
+    if std::fs::read_to_string(IPV6_FORWARD).is_ok_and(|v| v.trim() == "1") {
+        return Ok(None);
+    }
+    if required {
+        return Err(Error::NoIpv6Forwarding { source: err });
+    }
+    Ok(Some(format!(
+        "ipv6: off: cannot enable IPv6 forwarding ({IPV6_FORWARD}: {err}): set the pod sysctl \
+         net.ipv6.conf.all.forwarding=1 (securityContext.sysctls) for the VM to get IPv6"
+    )))
+}
+
 impl Drop for PodNetwork {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
@@ -255,7 +417,65 @@ impl Drop for PodNetwork {
 
 #[cfg(test)]
 mod tests {
-    use super::overlaps;
+    use super::{choose_ipv6, overlaps, overlaps6};
+    use crate::rtnl::Addr6;
+
+    fn a6(addr: &str, link_scope: bool, flags: u32) -> Addr6 {
+        let prefix = 64;
+        let addr = addr.parse().unwrap();
+        Addr6 {
+            addr,
+            prefix,
+            link_scope,
+            flags,
+        }
+    }
+
+    #[test]
+    fn ipv6_prefix_overlap() {
+        let ip = |s: &str| s.parse().unwrap();
+        let gw = ip("fd62:6572:7468::1");
+        assert!(overlaps6(ip("fd62:6572:7468::5"), 128, gw, 64));
+        assert!(overlaps6(ip("fd62:6572::5"), 32, gw, 64));
+        assert!(!overlaps6(ip("fd62:6572:7468:1::5"), 64, gw, 64));
+        assert!(!overlaps6(ip("2001:db8::2"), 64, gw, 64));
+        assert!(overlaps6(ip("2001:db8::2"), 0, gw, 64));
+    }
+
+    #[test]
+    fn ipv6_choice_and_reason() {
+        let ll = a6("fe80::1", true, 0x80);
+        let g1 = a6("2001:db8::5", false, 0x80);
+        let g2 = a6("fd00::5", false, 0x80);
+        let tentative = a6("2001:db8::6", false, 0x40);
+        let (c, why) = choose_ipv6("eth0", &[ll, g1], true);
+        assert_eq!(c, Some((g1.addr, 64)));
+        assert_eq!(why, "ipv6: the VM takes over 2001:db8::5/64");
+        // Newest first, as the kernel lists them: g1 is the oldest.
+        let (c, why) = choose_ipv6("eth0", &[ll, tentative, g2, g1], true);
+        assert_eq!(c, Some((g1.addr, 64)));
+        assert!(
+            why.contains("oldest of 2 global") && why.contains("not fd00::5"),
+            "{why}"
+        );
+        let (c, why) = choose_ipv6("eth0", &[ll], true);
+        assert_eq!(
+            (c, why.as_str()),
+            (
+                None,
+                "ipv6: off: eth0: it has only a link-local IPv6 address"
+            )
+        );
+        let (c, why) = choose_ipv6("eth0", &[ll, tentative], true);
+        assert!(c.is_none() && why.contains("tentative"), "{why}");
+        let (c, why) = choose_ipv6("eth0", &[], true);
+        assert!(c.is_none() && why.contains("no IPv6 address"), "{why}");
+        let (c, why) = choose_ipv6("eth0", &[g1], false);
+        assert!(
+            c.is_none() && why.contains("no IPv6 default route"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn prefix_overlap() {

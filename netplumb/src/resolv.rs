@@ -137,6 +137,9 @@ fn search_list<'a>(words: impl Iterator<Item = &'a str>) -> Vec<String> {
 pub struct DnsConfig {
     /// Every IPv4 nameserver, in file order, without duplicates (DHCPv4 cannot carry IPv6 ones).
     pub nameservers: Vec<Ipv4Addr>,
+    /// Every IPv6 nameserver the VM can reach through the NAT (link-local ones cannot be),
+    /// in file order, without duplicates: for router advertisements (RDNSS) and DHCPv6.
+    pub nameservers6: Vec<Ipv6Addr>,
     /// The search domains, lowercase, without trailing dots; names DNS wire format cannot
     /// carry are left out.
     pub search: Vec<String>,
@@ -159,12 +162,16 @@ impl From<&ResolvConf> for DnsConfig {
     /// how many it uses.
     fn from(conf: &ResolvConf) -> DnsConfig {
         let mut nameservers = Vec::new();
+        let mut nameservers6 = Vec::new();
         for addr in &conf.nameservers {
             match addr {
                 IpAddr::V4(a) if !nameservers.contains(a) => nameservers.push(*a),
                 IpAddr::V4(_) => {}
-                // DHCPv4 has no place for an IPv6 server.
-                IpAddr::V6(a) => log::debug!("resolv.conf: skipping IPv6 nameserver {a}"),
+                IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 || a.is_loopback() => {
+                    log::debug!("resolv.conf: the VM cannot reach IPv6 nameserver {a}")
+                }
+                IpAddr::V6(a) if !nameservers6.contains(a) => nameservers6.push(*a),
+                IpAddr::V6(_) => {}
             }
         }
         let search = conf
@@ -181,6 +188,7 @@ impl From<&ResolvConf> for DnsConfig {
             .collect();
         DnsConfig {
             nameservers,
+            nameservers6,
             search,
         }
     }
@@ -292,6 +300,7 @@ mod tests {
         );
         let dns = DnsConfig::from(&conf);
         assert_eq!(dns.search, ["a.example"]);
+        assert_eq!(dns.nameservers6, ["fd00::1".parse::<Ipv6Addr>().unwrap()]);
         assert_eq!(
             dns.nameservers,
             ["10.0.0.1", "10.0.0.2", "10.0.0.3"].map(|s| s.parse::<Ipv4Addr>().unwrap())

@@ -1,12 +1,14 @@
 //! Links, addresses and routes over a blocking NETLINK_ROUTE socket (netlink-packet-route).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::link::{
     InfoBridge, InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -31,6 +33,28 @@ pub struct Link {
     pub master: Option<u32>,
     /// The link kind (`bridge`, `tun`, `veth`, ...).
     pub kind: Option<String>,
+}
+
+/// One IPv6 address of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr6 {
+    /// The address.
+    pub addr: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// Scope link (or host) rather than global.
+    pub link_scope: bool,
+    /// `IFA_F_*` flags (tentative, deprecated, temporary, ...).
+    pub flags: u32,
+}
+
+impl Addr6 {
+    /// A global address that is usable as a source: not link-scoped, not tentative, not
+    /// failed DAD, not deprecated, and not a temporary (privacy) address.
+    pub fn usable_global(&self) -> bool {
+        const BAD: u32 = 0x01 | 0x08 | 0x20 | 0x40; // secondary(temporary), dadfailed, deprecated, tentative
+        !self.link_scope && self.flags & BAD == 0 && self.addr.segments()[0] & 0xffc0 != 0xfe80
+    }
 }
 
 /// A NETLINK_ROUTE socket, bound to the network namespace it was opened in.
@@ -166,6 +190,93 @@ impl Rtnl {
         Ok(out)
     }
 
+    /// The IPv6 addresses of link `index` as the kernel lists them, with their flags.
+    pub fn ipv6_addrs(&mut self, index: u32) -> Result<Vec<Addr6>> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(msg),
+            NLM_F_DUMP,
+            "dump IPv6 addresses",
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.index != index || a.header.family != AddressFamily::Inet6 {
+                continue;
+            }
+            let addr = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(IpAddr::V6(v)) => Some(*v),
+                _ => None,
+            });
+            // IFA_FLAGS (32 bits) supersedes the header's 8-bit flags when present.
+            let flags = a
+                .attributes
+                .iter()
+                .find_map(|x| match x {
+                    AddressAttribute::Flags(f) => Some(f.bits()),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(a.header.flags.bits()));
+            if let Some(addr) = addr {
+                out.push(Addr6 {
+                    addr,
+                    prefix: a.header.prefix_len,
+                    link_scope: a.header.scope != AddressScope::Universe,
+                    flags,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the main table has an IPv6 default route (`::/0`).
+    pub fn has_default_route_v6(&mut self) -> Result<bool> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet6;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetRoute(msg),
+            NLM_F_DUMP,
+            "dump IPv6 routes",
+        )?;
+        Ok(msgs.into_iter().any(|m| {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                return false;
+            };
+            let table = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            });
+            r.header.address_family == AddressFamily::Inet6
+                && r.header.destination_prefix_length == 0
+                && table.unwrap_or(u32::from(r.header.table)) == u32::from(libc::RT_TABLE_MAIN)
+                && r.header.kind == netlink_packet_route::route::RouteType::Unicast
+        }))
+    }
+
+    /// Adds an IPv6 address without duplicate address detection: the VM link has one other
+    /// host, whose addresses berth chose, and a tentative address could not be used to answer
+    /// the VM until DAD finished (an existing identical address is not an error).
+    pub fn add_ipv6(&mut self, index: u32, addr: Ipv6Addr, prefix: u8) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes.push(AddressAttribute::Local(addr.into()));
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        let r = self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            flags,
+            &format!("add {addr}/{prefix}"),
+        );
+        unless_errno(r, libc::EEXIST).map(|_| ())
+    }
+
     /// The IPv4 default route of the main table: (gateway if any, output interface if any).
     pub fn default_route_v4(&mut self) -> Result<Option<(Option<Ipv4Addr>, Option<u32>)>> {
         let mut msg = RouteMessage::default();
@@ -210,7 +321,13 @@ impl Rtnl {
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Bridge),
-            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::ForwardDelay(0)])),
+            // No multicast snooping: with one port there is nothing to save, and snooping
+            // could keep the VM's DHCPv6 Solicits to ff02::1:2 (a group the bridge device
+            // never joins) from berth's packet socket.
+            LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::ForwardDelay(0),
+                InfoBridge::MulticastSnooping(false),
+            ])),
         ]));
         let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
         self.request(

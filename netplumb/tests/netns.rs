@@ -159,7 +159,7 @@ fn vm_takes_over_the_pod_ip() {
         let dhcp = DhcpServer::spawn(&c.bridge, net.dhcp_config()).unwrap();
         (net, dhcp)
     });
-    assert_eq!(net.info().ip.to_string(), POD_IP);
+    assert_eq!(net.info().ip.unwrap().to_string(), POD_IP);
     assert_eq!(net.info().mtu, 1450);
 
     // The tap: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, enslaved to the bridge, up.

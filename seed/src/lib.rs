@@ -160,6 +160,26 @@ pub struct Options {
     pub hostname: String,
     /// The VM NIC's MAC: when set, the drive describes DHCP on that NIC.
     pub mac: Option<MacAddr>,
+    /// The VM's IPv6 side, when the pod has one: described as a static address so that
+    /// cloud-init configures it even where router advertisements are filtered.
+    pub ipv6: Option<Ipv6Seed>,
+    /// Whether the VM has an IPv4 side (DHCPv4 on the NIC); false in an IPv6-only pod.
+    pub ipv4: bool,
+}
+
+/// The VM's IPv6 configuration as the drive describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Seed {
+    /// The VM's address (VM_IP6).
+    pub address: std::net::Ipv6Addr,
+    /// Its prefix length (64).
+    pub prefix: u8,
+    /// The default gateway (VM_GW6).
+    pub gateway: std::net::Ipv6Addr,
+    /// IPv6 DNS servers.
+    pub dns: Vec<std::net::Ipv6Addr>,
+    /// The DNS search list.
+    pub search: Vec<String>,
 }
 
 /// The seed files' contents, as read.
@@ -231,7 +251,7 @@ pub fn build_image(input: &Input, options: &Options) -> Result<Vec<u8>, SeedErro
         options.format,
         &options.hostname,
     );
-    let (label, files) = layout::files(options.format, &md, input.userdata.as_deref(), options.mac);
+    let (label, files) = layout::files(options.format, &md, input.userdata.as_deref(), options);
     Ok(iso::write_image(label, &files)?)
 }
 

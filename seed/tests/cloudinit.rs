@@ -122,3 +122,41 @@ fn cloudinit_reads_config_drive() {
 fn cloudinit_reads_nocloud() {
     check(Format::NoCloud);
 }
+
+/// The IPv6 side (a dual-stack or IPv6-only pod) reaches cloud-init as a static address with
+/// a default route, DNS servers and search list, in both formats.
+#[test]
+fn cloudinit_reads_ipv6() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in [Format::ConfigDrive, Format::NoCloud] {
+        for ipv4 in [true, false] {
+            let ctx = format!("{format} ipv4={ipv4}");
+            let mut opts = options(format, true);
+            opts.ipv4 = ipv4;
+            opts.ipv6 = Some(seed::Ipv6Seed {
+                address: "fd62:6572:7468:0:5054:ff:fe12:3456".parse().unwrap(),
+                prefix: 64,
+                gateway: "fd62:6572:7468::1".parse().unwrap(),
+                dns: vec!["fd00:96::10".parse().unwrap()],
+                search: vec!["svc.cluster.local".into()],
+            });
+            let input = input(Some(b"#cloud-config\n"), None);
+            let iso = build_to(
+                dir.path(),
+                &format!("v6-{format}-{ipv4}.iso"),
+                &input,
+                &opts,
+            );
+            let seen = cloudinit_read(dir.path(), &iso, format, true);
+            let iface = &seen["interfaces"][0];
+            assert_eq!(iface["mac"], MAC, "{ctx}");
+            assert_eq!(iface["dhcp4"], ipv4, "{ctx}");
+            let v6 = iface["ipv6"].to_string();
+            for want in ["fd62:6572:7468:0:5054:ff:fe12:3456", "fd62:6572:7468::1"] {
+                assert!(v6.contains(want), "{ctx}: {want} not in {v6}");
+            }
+            let all = seen.to_string();
+            assert!(all.contains("fd00:96::10"), "{ctx}: no DNS server: {all}");
+        }
+    }
+}

@@ -42,13 +42,21 @@ def main():
     if net is not None:
         # Raises if cloud-init cannot use the network description.
         state = network_state.parse_net_config_data(net)
-        extra["interfaces"] = [
-            {"mac": i.get("mac_address"), "dhcp4": any(s.get("type") in ("dhcp", "dhcp4") for s in i.get("subnets", []))}
-            for i in state.iter_interfaces()
-        ]
+        extra["interfaces"] = []
+        for i in state.iter_interfaces():
+            subnets = i.get("subnets", [])
+            iface = {"mac": i.get("mac_address"), "dhcp4": any(s.get("type") in ("dhcp", "dhcp4") for s in subnets)}
+            # Static IPv6 subnets, only when there are any (the IPv4-only shape stays as it was).
+            v6 = [s for s in subnets if s.get("type") in ("static", "static6") and ":" in str(s.get("address"))]
+            if v6:
+                iface["ipv6"] = v6
+            extra["interfaces"].append(iface)
+        if any("ipv6" in i for i in extra["interfaces"]):
+            extra["dns"] = state.dns_nameservers
+            extra["search"] = state.dns_searchdomains
     if isinstance(ud, str):
         ud = ud.encode()
-    print(json.dumps({"metadata": md, "userdata_hex": (ud or b"").hex(), **extra}))
+    print(json.dumps({"metadata": md, "userdata_hex": (ud or b"").hex(), **extra}, default=str))
 
 
 if __name__ == "__main__":

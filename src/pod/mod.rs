@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use netplumb::config::Env;
-use netplumb::{DhcpServer, NetConfig, PodNetwork};
+use netplumb::{Dhcp6Server, DhcpServer, NetConfig, PodNetwork};
 use serde_json::json;
 use vmm::block::overlay::{ensure_overlay_with, extra_disks, pet_overlay_path, root_device};
 use vmm::block::DiskFormat;
@@ -94,13 +94,34 @@ pub fn run() -> Result<ExitReason, Failure> {
     }
     let mut pod_net = PodNetwork::setup(&netcfg).map_err(|e| Failure::Network(e.to_string()))?;
     let info = pod_net.info().clone();
-    log(format!(
-        "network: the VM ({} at {}) takes over pod IP {} on {} (MTU {})",
-        netcfg.vm_mac, netcfg.vm_ip, info.ip, info.iface, info.mtu
-    ));
+    if let Some(ip) = info.ip {
+        log(format!(
+            "network: the VM ({} at {}) takes over pod IP {ip} on {} (MTU {})",
+            netcfg.vm_mac, netcfg.vm_ip, info.iface, info.mtu
+        ));
+    }
+    // Which IPv6 address the VM takes over, or why it gets none (always one line).
+    log(&info.ipv6_status);
+    if let Some(ip6) = info.ip6 {
+        log(format!(
+            "network: the VM ({} at {}) takes over pod IPv6 {ip6} on {} (MTU {})",
+            netcfg.vm_mac,
+            netcfg.vm_ip6(),
+            info.iface,
+            info.mtu
+        ));
+    }
+    let dhcp6 = match pod_net.ipv6_config() {
+        Some(c) if !netcfg.no_dhcp => Some(
+            Dhcp6Server::spawn(&netcfg.bridge, c).map_err(|e| Failure::Network(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let dhcp = if netcfg.no_dhcp {
-        log("NO_DHCP is set: no DHCP server; configure the guest's address yourself");
+        log("NO_DHCP is set: no DHCP server, router advertisements or DHCPv6; configure the guest's address yourself");
         None
+    } else if info.ip.is_none() {
+        None // IPv6-only pod: an IPv4 lease would lead nowhere.
     } else {
         Some(Arc::new(
             DhcpServer::spawn(&netcfg.bridge, pod_net.dhcp_config())
@@ -122,6 +143,14 @@ pub fn run() -> Result<ExitReason, Failure> {
         format: cfg.seed_format,
         hostname: cfg.hostname.clone(),
         mac: Some(netcfg.vm_mac),
+        ipv4: info.ip.is_some(),
+        ipv6: info.ip6.map(|_| seed::Ipv6Seed {
+            address: netcfg.vm_ip6(),
+            prefix: 64,
+            gateway: netcfg.vm_gw6,
+            dns: info.dns.nameservers6.clone(),
+            search: info.dns.search.clone(),
+        }),
     };
     if let Some(iso) = seed::build_drive(&sources, &options, &seed_out)
         .map_err(|e| Failure::Input(e.to_string()))?
@@ -147,9 +176,11 @@ pub fn run() -> Result<ExitReason, Failure> {
         let mut s = status.lock().expect("status lock poisoned");
         s.disks = disks.iter().map(|d| d.path.display().to_string()).collect();
         s.net = Some(json!({
-            "pod_ip": info.ip.to_string(),
-            "vm_ip": netcfg.vm_ip.to_string(),
-            "gateway": netcfg.vm_gw.to_string(),
+            "pod_ip": info.ip.map(|a| a.to_string()),
+            "vm_ip": info.ip.map(|_| netcfg.vm_ip.to_string()),
+            "gateway": info.ip.map(|_| netcfg.vm_gw.to_string()),
+            "pod_ip6": info.ip6.map(|a| a.to_string()),
+            "vm_ip6": info.ip6.map(|_| netcfg.vm_ip6().to_string()),
             "mac": netcfg.vm_mac.to_string(),
             "mtu": info.mtu,
         }));
@@ -189,12 +220,19 @@ pub fn run() -> Result<ExitReason, Failure> {
             vhost_required: cfg.vhost == crate::machine::VhostMode::On,
         }),
     };
+    // berth's own servers (VNC, metrics) listen on the pod's IPv4 address where there is
+    // one, else on its IPv6 address.
+    let pod_ip = info
+        .ip
+        .map(std::net::IpAddr::from)
+        .or(info.ip6.map(std::net::IpAddr::from));
     let vnc = if cfg.no_vnc {
         log("NO_VNC is set: no VNC console; tcp/5900 goes to the VM like every other port");
         None
     } else {
+        let ip = pod_ip.ok_or_else(|| Failure::Network("the pod has no address for VNC".into()))?;
         Some(start_vnc(
-            std::net::SocketAddr::new(info.ip.into(), VNC_PORT),
+            std::net::SocketAddr::new(ip, VNC_PORT),
             &env,
             cfg.vnc_insecure,
         )?)
@@ -206,7 +244,12 @@ pub fn run() -> Result<ExitReason, Failure> {
     }
     if let Some(m) = cfg.metrics {
         let addr = match m {
-            config::MetricsAt::PodIp(p) => std::net::SocketAddr::new(info.ip.into(), p),
+            config::MetricsAt::PodIp(p) => {
+                let ip = pod_ip.ok_or_else(|| {
+                    Failure::Network("the pod has no address for the metrics endpoint".into())
+                })?;
+                std::net::SocketAddr::new(ip, p)
+            }
             config::MetricsAt::Addr(a) => a,
         };
         let at = metrics::serve(addr, exporter).map_err(|e| {
@@ -229,6 +272,7 @@ pub fn run() -> Result<ExitReason, Failure> {
     );
     status.lock().expect("status lock poisoned").state = State::Stopping;
     drop(dhcp);
+    drop(dhcp6);
     result
 }
 

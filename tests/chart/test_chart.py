@@ -38,6 +38,9 @@ def scenarios() -> dict[str, dict[str, Any]]:
         v = cirros()
         v["ipForward"] = {"mode": mode}
         s[f"ipForward {mode}"] = v
+    v = cirros()
+    v["ipForward"] = {"mode": "sysctl", "ipv6": True}
+    s["ipForward sysctl + ipv6"] = v
     for typ in ("ClusterIP", "NodePort", "LoadBalancer"):
         v = cirros()
         v["service"] = {"enabled": True, "type": typ}
@@ -343,6 +346,9 @@ class FullValues(unittest.TestCase):
             "IMG_SHA256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "VM_IP": "10.254.0.2",
             "VM_GW": "10.254.0.1",
+            "VM_IP6": "fd00:1:2:3::9",
+            "VM_GW6": "fd00:1:2:3::1",
+            "NO_IPV6": "1",
             "NO_VNC": "1",
             "NO_DHCP": "1",
             "SEED_FORMAT": "nocloud",
@@ -480,6 +486,20 @@ class Variants(unittest.TestCase):
                 self.assertEqual("sysctls" in pod["securityContext"], mode == "sysctl")
                 self.assertEqual(pod.get("hostUsers", True), mode != "procMount")
                 self.assertEqual(sc.get("procMount", "Default"), "Unmasked" if mode == "procMount" else "Default")
+
+    def test_ipv6_forwarding_sysctl(self) -> None:
+        for mode, ipv6, want in [
+            ("netlink", True, [{"name": "net.ipv6.conf.all.forwarding", "value": "1"}]),
+            ("sysctl", True, [{"name": "net.ipv4.ip_forward", "value": "1"},
+                              {"name": "net.ipv6.conf.all.forwarding", "value": "1"}]),
+            ("netlink", False, None),
+        ]:
+            with self.subTest(mode=mode, ipv6=ipv6):
+                v = cirros()
+                v["ipForward"] = {"mode": mode, "ipv6": ipv6}
+                objs, _ = render(v)
+                pod = find(objs, "StatefulSet", "cirros-test")["spec"]["template"]["spec"]
+                self.assertEqual(pod["securityContext"].get("sysctls"), want)
 
     def test_service_switch(self) -> None:
         on = cirros()

@@ -78,6 +78,8 @@ def bad_inputs() -> list[tuple[str, dict[str, Any], list[str]]]:
          ["invalid propertyName '" + "v" * 53 + "'", "maxLength: got 53, want 52"]),
         ("vm_ip not an address", with_vm(c, VM, **{"netconfig.vm_ip": "192.168.254.300"}),
          [f"at '{AT}/netconfig/vm_ip'", "'192.168.254.300' does not match", "ipv4_address"]),
+        ("vm_ip6 not an address", with_vm(c, VM, **{"netconfig.vm_ip6": "192.168.254.2"}),
+         [f"at '{AT}/netconfig/vm_ip6'", "'192.168.254.2' does not match"]),
         ("sha256 short", with_vm(c, VM, **{"vmconfig.rootfs.sha256": "abc"}),
          [f"at '{AT}/vmconfig/rootfs/sha256'", "sha256_64_hex_digits"]),
         ("seed_format unknown", with_vm(c, VM, **{"cloudconfig.seed_format": "iso"}),

@@ -76,6 +76,8 @@ fn builds_a_config_drive_and_a_nocloud_drive() {
         format: seed::Format::ConfigDrive,
         hostname: "vm-0".into(),
         mac: Some("52:54:00:12:34:56".parse().unwrap()),
+        ipv6: None,
+        ipv4: true,
     };
     let want = seed::build_image(&input, &opts).unwrap();
     assert!(

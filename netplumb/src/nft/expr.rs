@@ -43,6 +43,8 @@ pub const REG_VERDICT: u32 = 0;
 pub const REG_1: u32 = 1;
 /// `NFPROTO_IPV4`.
 pub const NFPROTO_IPV4: u32 = 2;
+/// `NFPROTO_IPV6`.
+pub const NFPROTO_IPV6: u32 = 10;
 
 /// Where a payload load starts (`enum nft_payload_bases`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,10 +145,12 @@ pub enum Expr {
     },
     /// `[ immediate reg 0 <verdict> ]`
     Verdict(Verdict),
-    /// `[ nat <kind> ip addr_min reg <reg> ]`
+    /// `[ nat <kind> ip|ip6 addr_min reg <reg> ]`
     Nat {
         /// SNAT or DNAT.
         kind: NatKind,
+        /// [`NFPROTO_IPV4`] or [`NFPROTO_IPV6`]: the address family of the new address.
+        family: u32,
         /// Register holding the new address.
         addr_reg: u32,
     },
@@ -213,9 +217,13 @@ impl Expr {
                     })
                 });
             }
-            Expr::Nat { kind, addr_reg } => {
+            Expr::Nat {
+                kind,
+                family,
+                addr_reg,
+            } => {
                 b.put_be32(NFTA_NAT_TYPE, *kind as u32);
-                b.put_be32(NFTA_NAT_FAMILY, NFPROTO_IPV4);
+                b.put_be32(NFTA_NAT_FAMILY, *family);
                 b.put_be32(NFTA_NAT_REG_ADDR_MIN, *addr_reg);
             }
         });
@@ -264,6 +272,53 @@ pub fn ip_net_eq(offset: u32, net: std::net::Ipv4Addr, prefix: u8) -> [Expr; 3] 
             data: (u32::from(net) & mask).to_be_bytes().to_vec(),
         },
     ]
+}
+
+/// `ip6 saddr` (offset 8) or `ip6 daddr` (offset 24) `== addr` (or `!=` with `op`).
+pub fn ip6_addr_cmp(offset: u32, op: CmpOp, addr: std::net::Ipv6Addr) -> [Expr; 2] {
+    [
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset,
+            len: 16,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op,
+            data: addr.octets().to_vec(),
+        },
+    ]
+}
+
+/// `ip6 saddr` (offset 8) or `ip6 daddr` (offset 24) `NET/PREFIX` (or `!=` with `op`):
+/// as nft writes it: a prefix on a byte boundary loads only the bytes it covers and compares
+/// them; any other loads the whole address and masks it first.
+pub fn ip6_net_cmp(offset: u32, op: CmpOp, net: std::net::Ipv6Addr, prefix: u8) -> Vec<Expr> {
+    let prefix = u32::from(prefix.min(128));
+    let len = if prefix % 8 == 0 { prefix / 8 } else { 16 };
+    let mask: u128 = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+    let masked = (u128::from(net) & mask).to_be_bytes()[..len as usize].to_vec();
+    let mut v = vec![Expr::Payload {
+        base: PayloadBase::Network,
+        offset,
+        len,
+        dreg: REG_1,
+    }];
+    if prefix % 8 != 0 {
+        v.push(Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: mask.to_be_bytes()[..len as usize].to_vec(),
+            xor: vec![0; len as usize],
+        });
+    }
+    v.push(Expr::Cmp {
+        sreg: REG_1,
+        op,
+        data: masked,
+    });
+    v
 }
 
 /// `iifname NAME`: the input interface's name, compared as nft does (NUL-padded to IFNAMSIZ).

@@ -22,17 +22,42 @@
 //!     }
 //! }
 //! ```
+//!
+//! The VM's IPv6 side, when the pod has it, is a second table of the same shape in family
+//! `ip6` (see [`rules6`]); the IPv4 table is unchanged by it:
+//! ```text
+//! table ip6 berth {
+//!     chain antispoof {
+//!         type filter hook prerouting priority raw; policy accept;
+//!         iifname "br0" ip6 saddr :: return                # duplicate address detection
+//!         iifname "br0" ip6 saddr != VM_NET6/64 ip6 saddr != fe80::/10 drop
+//!         iifname "eth0" ip6 saddr VM_NET6/64 drop
+//!     }
+//!     chain prerouting {
+//!         type nat hook prerouting priority dstnat; policy accept;
+//!         ip6 daddr POD_IP6 tcp dport 5900 return          # absent with NO_VNC
+//!         ip6 daddr POD_IP6 dnat to VM_IP6
+//!     }
+//!     chain postrouting {
+//!         type nat hook postrouting priority srcnat; policy accept;
+//!         ip6 saddr VM_NET6/64 snat to POD_IP6
+//!     }
+//! }
+//! ```
+//! Neighbour discovery to and from the pod address is untouched: conntrack does not track
+//! NDP, so the NAT never sees it and the kernel answers for the pod address as before.
 
 pub mod expr;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
 use crate::nlattr::{parse_replies, NlBuf, NLMSG_ERROR};
 use expr::{
-    iifname_eq, ip_addr_eq, ip_net_eq, CmpOp, Expr, MetaKey, NatKind, PayloadBase, Verdict, REG_1,
+    iifname_eq, ip6_addr_cmp, ip6_net_cmp, ip_addr_eq, ip_net_eq, CmpOp, Expr, MetaKey, NatKind,
+    PayloadBase, Verdict, NFPROTO_IPV6, REG_1,
 };
 
 /// The table's name (family ip).
@@ -63,6 +88,7 @@ const NF_IP_PRI_RAW: i32 = -300;
 const NF_IP_PRI_NAT_DST: i32 = -100;
 const NF_IP_PRI_NAT_SRC: i32 = 100;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6_U8: u8 = 10;
 const AF_UNSPEC: u8 = 0;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
@@ -90,6 +116,81 @@ pub struct NatSpec {
 
 /// The VM's network behind the bridge: VM_IP and VM_GW share a /30.
 pub const VM_PREFIX: u8 = 30;
+
+/// What the `ip6 berth` table maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatSpec6 {
+    /// The pod's IPv6 address: traffic to it goes to the VM, the VM's leaves as it.
+    pub pod_ip: Ipv6Addr,
+    /// The VM's IPv6 address (VM_IP6), the DNAT target.
+    pub vm_ip: Ipv6Addr,
+    /// Keep tcp/`vnc_port` in the pod instead of forwarding it.
+    pub keep_vnc: bool,
+    /// The VNC port (5900).
+    pub vnc_port: u16,
+    /// More TCP ports kept in the pod (berth's metrics endpoint).
+    pub keep_ports: Vec<u16>,
+    /// The bridge the VM's tap is in.
+    pub vm_bridge: String,
+    /// The pod interface.
+    pub pod_iface: String,
+}
+
+/// The VM link's IPv6 prefix length.
+pub const VM_PREFIX6: u8 = 64;
+
+/// The rules of the `ip6 berth` table, as (chain, expressions) in order.
+///
+/// Antispoofing covers the VM's /64 rather than VM_IP6 alone: a SLAAC guest may also use
+/// temporary (privacy) addresses in it, all of which leave as the pod address. Link-local
+/// sources stay allowed (neighbour discovery, DHCPv6); the kernel never forwards them.
+pub fn rules6(spec: &NatSpec6) -> Vec<(&'static str, Vec<Expr>)> {
+    let net = crate::config::net64(spec.vm_ip);
+    let link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0);
+    let mut out = Vec::new();
+    let mut dad = iifname_eq(&spec.vm_bridge).to_vec();
+    dad.extend(ip6_addr_cmp(8, CmpOp::Eq, Ipv6Addr::UNSPECIFIED));
+    dad.push(Expr::Verdict(Verdict::Return));
+    out.push(("antispoof", dad));
+    let mut spoof = iifname_eq(&spec.vm_bridge).to_vec();
+    spoof.extend(ip6_net_cmp(8, CmpOp::Neq, net, VM_PREFIX6));
+    spoof.extend(ip6_net_cmp(8, CmpOp::Neq, link_local, 10));
+    spoof.push(Expr::Verdict(Verdict::Drop));
+    out.push(("antispoof", spoof));
+    let mut rp = iifname_eq(&spec.pod_iface).to_vec();
+    rp.extend(ip6_net_cmp(8, CmpOp::Eq, net, VM_PREFIX6));
+    rp.push(Expr::Verdict(Verdict::Drop));
+    out.push(("antispoof", rp));
+    let vnc = spec.keep_vnc.then_some(spec.vnc_port);
+    for port in vnc.into_iter().chain(spec.keep_ports.iter().copied()) {
+        let mut e = ip6_addr_cmp(24, CmpOp::Eq, spec.pod_ip).to_vec();
+        e.extend(l4_dport_eq(libc::IPPROTO_TCP as u8, port));
+        e.push(Expr::Verdict(Verdict::Return));
+        out.push(("prerouting", e));
+    }
+    let mut dnat = ip6_addr_cmp(24, CmpOp::Eq, spec.pod_ip).to_vec();
+    dnat.extend(nat_to(NatKind::Dnat, NFPROTO_IPV6, &spec.vm_ip.octets()));
+    out.push(("prerouting", dnat));
+    let mut snat = ip6_net_cmp(8, CmpOp::Eq, net, VM_PREFIX6);
+    snat.extend(nat_to(NatKind::Snat, NFPROTO_IPV6, &spec.pod_ip.octets()));
+    out.push(("postrouting", snat));
+    out
+}
+
+/// `immediate` TO into REG_1 and the `nat` that uses it.
+fn nat_to(kind: NatKind, family: u32, to: &[u8]) -> [Expr; 2] {
+    [
+        Expr::Immediate {
+            dreg: REG_1,
+            data: to.to_vec(),
+        },
+        Expr::Nat {
+            kind,
+            family,
+            addr_reg: REG_1,
+        },
+    ]
+}
 
 /// The rules of the table, as (chain, expressions) in order.
 pub fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
@@ -171,14 +272,7 @@ fn l4_dport_eq(proto: u8, port: u16) -> [Expr; 4] {
 /// (offset 12, [`NatKind::Snat`]): the address match, `immediate` TO and `nat`.
 fn nat(offset: u32, from: Ipv4Addr, kind: NatKind, to: Ipv4Addr) -> Vec<Expr> {
     let mut e = ip_addr_eq(offset, from).to_vec();
-    e.push(Expr::Immediate {
-        dreg: REG_1,
-        data: to.octets().to_vec(),
-    });
-    e.push(Expr::Nat {
-        kind,
-        addr_reg: REG_1,
-    });
+    e.extend(nat_to(kind, expr::NFPROTO_IPV4, &to.octets()));
     e
 }
 
@@ -187,14 +281,16 @@ struct Batch {
     b: NlBuf,
     seq: u32,
     acked: Vec<u32>,
+    family: u8,
 }
 
 impl Batch {
-    fn new(seq: u32) -> Batch {
+    fn new(seq: u32, family: u8) -> Batch {
         let mut batch = Batch {
             b: NlBuf::default(),
             seq,
             acked: Vec::new(),
+            family,
         };
         batch.control(NFNL_MSG_BATCH_BEGIN);
         batch
@@ -217,7 +313,7 @@ impl Batch {
         );
         self.acked.push(self.seq);
         self.seq = self.seq.wrapping_add(1);
-        self.b.raw(&[NFPROTO_IPV4, 0, 0, 0]);
+        self.b.raw(&[self.family, 0, 0, 0]);
         body(&mut self.b);
         self.b.end_msg(m);
     }
@@ -252,7 +348,16 @@ fn base_chain(batch: &mut Batch, name: &str, hook: u32, prio: i32, kind: &str) {
 /// The batch that atomically replaces any existing `ip berth` table with the one for `spec`.
 /// Returns the bytes and the sequence numbers that will be acknowledged.
 pub fn install_batch(spec: &NatSpec, seq: u32) -> (Vec<u8>, Vec<u32>) {
-    let mut batch = Batch::new(seq);
+    table_batch(NFPROTO_IPV4, rules(spec), seq)
+}
+
+/// The batch that atomically replaces any existing `ip6 berth` table with the one for `spec`.
+pub fn install_batch6(spec: &NatSpec6, seq: u32) -> (Vec<u8>, Vec<u32>) {
+    table_batch(NFPROTO_IPV6_U8, rules6(spec), seq)
+}
+
+fn table_batch(family: u8, rules: Vec<(&'static str, Vec<Expr>)>, seq: u32) -> (Vec<u8>, Vec<u32>) {
+    let mut batch = Batch::new(seq, family);
     batch.drop_table();
     batch.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| {
         b.put_str(NFTA_TABLE_NAME, TABLE)
@@ -278,7 +383,7 @@ pub fn install_batch(spec: &NatSpec, seq: u32) -> (Vec<u8>, Vec<u32>) {
         NF_IP_PRI_NAT_SRC,
         "nat",
     );
-    for (chain, exprs) in rules(spec) {
+    for (chain, exprs) in rules {
         batch.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |b| {
             b.put_str(NFTA_RULE_TABLE, TABLE);
             b.put_str(NFTA_RULE_CHAIN, chain);
@@ -294,7 +399,11 @@ pub fn install_batch(spec: &NatSpec, seq: u32) -> (Vec<u8>, Vec<u32>) {
 
 /// The batch that removes the table if it exists (and succeeds if it does not).
 pub fn remove_batch(seq: u32) -> (Vec<u8>, Vec<u32>) {
-    let mut batch = Batch::new(seq);
+    remove_family_batch(NFPROTO_IPV4, seq)
+}
+
+fn remove_family_batch(family: u8, seq: u32) -> (Vec<u8>, Vec<u32>) {
+    let mut batch = Batch::new(seq, family);
     batch.drop_table();
     batch.finish()
 }
@@ -325,6 +434,18 @@ impl Nft {
     pub fn remove(&mut self) -> Result<()> {
         let (bytes, acked) = remove_batch(self.seq);
         self.send(&bytes, &acked, "remove nftables table ip berth")
+    }
+
+    /// Installs (or atomically replaces) the `ip6 berth` table.
+    pub fn install6(&mut self, spec: &NatSpec6) -> Result<()> {
+        let (bytes, acked) = install_batch6(spec, self.seq);
+        self.send(&bytes, &acked, "install nftables table ip6 berth")
+    }
+
+    /// Removes the `ip6 berth` table; succeeds if it is already gone.
+    pub fn remove6(&mut self) -> Result<()> {
+        let (bytes, acked) = remove_family_batch(NFPROTO_IPV6_U8, self.seq);
+        self.send(&bytes, &acked, "remove nftables table ip6 berth")
     }
 
     fn send(&mut self, bytes: &[u8], acked: &[u32], op: &str) -> Result<()> {
@@ -406,6 +527,32 @@ mod tests {
             op: CmpOp::Eq,
             data: p.to_be_bytes().to_vec(),
         };
+        assert!(returns[0].contains(&port(5900)));
+        assert!(returns[1].contains(&port(9100)), "{:?}", returns[1]);
+    }
+
+    #[test]
+    fn kept_ports_are_kept_on_the_ipv6_side_too() {
+        let s = NatSpec6 {
+            pod_ip: "2001:db8::2".parse().unwrap(),
+            vm_ip: "fd62:6572:7468::2".parse().unwrap(),
+            keep_vnc: true,
+            vnc_port: 5900,
+            keep_ports: vec![9100],
+            vm_bridge: "br0".into(),
+            pod_iface: "eth0".into(),
+        };
+        let returns: Vec<Vec<Expr>> = rules6(&s)
+            .into_iter()
+            .filter(|(c, e)| *c == "prerouting" && e.contains(&Expr::Verdict(Verdict::Return)))
+            .map(|(_, e)| e)
+            .collect();
+        let port = |p: u16| Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: p.to_be_bytes().to_vec(),
+        };
+        assert_eq!(returns.len(), 2);
         assert!(returns[0].contains(&port(5900)));
         assert!(returns[1].contains(&port(9100)), "{:?}", returns[1]);
     }

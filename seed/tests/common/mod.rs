@@ -41,6 +41,8 @@ pub fn options(format: Format, mac: bool) -> Options {
         format,
         hostname: "vm-0".into(),
         mac: mac.then(|| MAC.parse().unwrap()),
+        ipv6: None,
+        ipv4: true,
     }
 }
 
