@@ -12,6 +12,7 @@ pub mod encode;
 pub mod limits;
 pub mod proto;
 mod session;
+pub mod ws;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

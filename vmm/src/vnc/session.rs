@@ -10,7 +10,7 @@ use super::encode::{
 };
 use super::limits::{DeadlineStream, SourceKey};
 use super::proto::{self, ClientMessage, ServerInit};
-use super::Shared;
+use super::{ws, Shared};
 use crate::devices::i8042::keymap::{self, LEFT_SHIFT};
 use crate::devices::i8042::KeyboardInput;
 use crate::framebuffer::Framebuffer;
@@ -285,15 +285,32 @@ impl proto::AuthGate for Gate<'_> {
     }
 }
 
-/// Serves one TCP viewer from `source` until it leaves or misbehaves; the handshake must be
-/// over by `deadline`.
+/// Serves one connection from `source` until it leaves or misbehaves: plain RFB, or an HTTP
+/// request (a WebSocket viewer, see [`super::ws`]); the handshake must be over by `deadline`.
 pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, deadline: Instant) {
+    match ws::is_http(&stream, deadline) {
+        Ok(false) => serve_tcp(shared, stream, source, deadline),
+        Ok(true) => {
+            let allow = shared.config.password.is_some() || shared.config.insecure;
+            if let Some((ws::Endpoint::Vnc, conn)) = ws::accept(stream, deadline, allow) {
+                serve_ws(shared, conn, source, deadline);
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+fn server_init(shared: &Shared) -> ServerInit<'_> {
     let fb = &shared.fb;
-    let init = ServerInit {
+    ServerInit {
         width: fb.config().width as u16,
         height: fb.config().height as u16,
         name: &shared.config.name,
-    };
+    }
+}
+
+/// One plain RFB viewer.
+fn serve_tcp(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, deadline: Instant) {
     let password = shared.config.password.as_deref();
     let mut r = DeadlineStream::new(&stream, deadline);
     let mut w = DeadlineStream::new(&stream, deadline);
@@ -302,15 +319,51 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, 
         source,
         deadline,
     };
-    if proto::handshake_gated(&mut r, &mut w, password, &init, &mut gate).is_err() {
+    if proto::handshake_gated(&mut r, &mut w, password, &server_init(shared), &mut gate).is_err() {
         return;
     }
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(Some(super::WRITE_TIMEOUT));
-    let Ok(writer_stream) = stream.try_clone() else {
+    let (Ok(writer), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
         return;
     };
-    let client = Arc::new(Client::new(fb.config().height, stream.try_clone().ok()));
+    run(shared, io::BufReader::new(stream), writer, closer);
+}
+
+/// One viewer over WebSocket: the same RFB session inside binary messages.
+fn serve_ws(shared: &Arc<Shared>, conn: ws::WsConn, source: SourceKey, deadline: Instant) {
+    let password = shared.config.password.as_deref();
+    let (Ok(mut r), Ok(mut w), Ok(closer)) = (
+        conn.reader(Some(deadline)),
+        conn.writer(super::WRITE_TIMEOUT, Some(deadline)),
+        conn.socket(),
+    ) else {
+        return;
+    };
+    let mut gate = Gate {
+        shared,
+        source,
+        deadline,
+    };
+    if proto::handshake_gated(&mut r, &mut w, password, &server_init(shared), &mut gate).is_err() {
+        let _ = closer.shutdown(Shutdown::Both);
+        return;
+    }
+    r.set_deadline(None);
+    w.set_deadline(None);
+    run(shared, r, w, closer);
+}
+
+/// The session after the handshake: this thread reads the viewer's messages, a writer thread
+/// sends updates; `closer` shuts the connection down from either side.
+fn run(
+    shared: &Arc<Shared>,
+    mut reader: impl io::Read,
+    mut writer: impl Write + Send + 'static,
+    closer: TcpStream,
+) {
+    let fb = &shared.fb;
+    let client = Arc::new(Client::new(fb.config().height, Some(closer)));
     shared
         .clients
         .lock()
@@ -325,11 +378,10 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, 
         last_full: None,
     };
     let writer = sandbox::spawn("vnc-writer", sandbox::ThreadKind::Vnc, move || {
-        write_loop(&c, &f, &mut &writer_stream, pacing)
+        write_loop(&c, &f, &mut writer, pacing)
     });
     if writer.is_ok() {
         let mut keys = Keys::default();
-        let mut reader = io::BufReader::new(&stream);
         while let Ok(msg) = proto::read_message(&mut reader) {
             let incremental = matches!(
                 msg,
