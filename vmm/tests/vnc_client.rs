@@ -128,7 +128,17 @@ impl Rfb {
         self.s.write_all(&m).unwrap();
     }
 
+    /// A pixel's colour bits (padding bits are the server's to fill; clients ignore them).
     fn pixel(&self, b: &[u8], n: usize) -> u32 {
+        let f = self.format;
+        let mask = |max: u16, shift: u8| u32::from(max).checked_shl(u32::from(shift)).unwrap_or(0);
+        let used = mask(f.red_max, f.red_shift)
+            | mask(f.green_max, f.green_shift)
+            | mask(f.blue_max, f.blue_shift);
+        self.raw_pixel(b, n) & used
+    }
+
+    fn raw_pixel(&self, b: &[u8], n: usize) -> u32 {
         let mut v = 0u32;
         if self.format.big_endian {
             for &x in &b[..n] {

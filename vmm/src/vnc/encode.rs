@@ -100,6 +100,11 @@ pub struct Converter {
     red: [u32; 256],
     green: [u32; 256],
     blue: [u32; 256],
+    /// Bits of a 32-bit pixel no channel uses, sent as ones: clients must ignore them, and
+    /// noVNC 1.3 (Debian 12's) takes the padding byte of raw rectangles as alpha for the
+    /// last pixels of each rectangle (its fix-up of the alpha bytes starts at the wrong
+    /// offset), so zeros there show as holes in the browser.
+    unused: u32,
 }
 
 impl Converter {
@@ -113,8 +118,13 @@ impl Converter {
             }
             t
         };
+        let mask = |max: u16, shift: u8| u32::from(max).checked_shl(u32::from(shift)).unwrap_or(0);
+        let used = mask(format.red_max, format.red_shift)
+            | mask(format.green_max, format.green_shift)
+            | mask(format.blue_max, format.blue_shift);
         Converter {
             format,
+            unused: if format.bpp == 32 { !used } else { 0 },
             red: table(format.red_max, format.red_shift),
             green: table(format.green_max, format.green_shift),
             blue: table(format.blue_max, format.blue_shift),
@@ -131,6 +141,7 @@ impl Converter {
         self.red[(xrgb >> 16) as usize & 0xff]
             | self.green[(xrgb >> 8) as usize & 0xff]
             | self.blue[xrgb as usize & 0xff]
+            | self.unused
     }
 
     /// Appends `src` (XRGB8888 bytes, little-endian) converted to the target format.
