@@ -20,7 +20,7 @@ const RANDOM_INPUTS: usize = 5000;
 
 type Harness = fn(&[u8]);
 
-fn targets() -> [(&'static str, Harness); 3] {
+fn targets() -> [(&'static str, Harness); 4] {
     [
         ("virtio_blk_request", |d| {
             fuzzing::virtio_blk_request(d);
@@ -31,6 +31,7 @@ fn targets() -> [(&'static str, Harness); 3] {
         ("pci_config", |d| {
             fuzzing::pci_config(d);
         }),
+        ("vnc_ws_session", fuzzing::vnc_ws_session),
     ]
 }
 
@@ -50,6 +51,7 @@ fn seed_inputs(target: &str) -> Vec<(&'static str, Vec<u8>)> {
             ("seed-session", seeds::pci_session(false)),
             ("seed-session-two-devices", seeds::pci_session(true)),
         ],
+        "vnc_ws_session" => vec![("seed-novnc", seeds::vnc_ws_session())],
         _ => unreachable!(),
     }
 }

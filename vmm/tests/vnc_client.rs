@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
 use std::time::Duration;
 
 use flate2::{Decompress, FlushDecompress};
@@ -237,5 +238,43 @@ impl Rfb {
         }
         assert!(d.is_empty(), "{} bytes left over", d.len());
         out
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    // SAFETY: plain socket calls on a fresh fd that the TcpStream then owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let stream = TcpStream::from_raw_fd(fd);
+        let sa = |a: SocketAddrV4| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = sa(SocketAddrV4::new(from, 0));
+        assert_eq!(
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        let SocketAddr::V4(to) = to else {
+            panic!("IPv4 only")
+        };
+        let remote = sa(to);
+        assert_eq!(
+            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
     }
 }

@@ -8,15 +8,14 @@
 mod vnc_client;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::FromRawFd;
+use std::net::{Ipv4Addr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm::framebuffer::{Framebuffer, FramebufferConfig};
 use vmm::vnc::ws::DETECT_WINDOW;
 use vmm::vnc::{VncConfig, VncServer};
-use vnc_client::{read_n, u32_at, Rfb};
+use vnc_client::{connect_from, read_n, u32_at, Rfb};
 
 fn server(f: impl FnOnce(&mut VncConfig)) -> VncServer {
     let fb = Arc::new(
@@ -29,44 +28,6 @@ fn server(f: impl FnOnce(&mut VncConfig)) -> VncServer {
     let mut config = VncConfig::new("127.0.0.1:0".parse().unwrap());
     f(&mut config);
     VncServer::start(config, fb, None).unwrap()
-}
-
-/// A TCP connection to `to` from the loopback address `from`.
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    // SAFETY: plain socket calls on a fresh fd that the TcpStream then owns.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let stream = TcpStream::from_raw_fd(fd);
-        let sa = |a: SocketAddrV4| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*a.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let local = sa(SocketAddrV4::new(from, 0));
-        assert_eq!(
-            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
-            0
-        );
-        let SocketAddr::V4(to) = to else {
-            panic!("IPv4 only")
-        };
-        let remote = sa(to);
-        assert_eq!(
-            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len),
-            0,
-            "{}",
-            std::io::Error::last_os_error()
-        );
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        stream
-    }
 }
 
 /// A peer that reads the server's version and then sends its own one byte every `every`,

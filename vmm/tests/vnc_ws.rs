@@ -280,3 +280,77 @@ fn a_slow_http_request_is_cut_at_the_handshake_deadline() {
         "{held:?}"
     );
 }
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// 200 hostile connections at once from 50 addresses, four kinds rotating: a WebSocket
+/// request head that never ends (slow-loris), an upgrade followed by a 1 GiB frame header,
+/// garbage, and silence. A viewer connected before them keeps getting the screen at the
+/// usual pace, memory stays bounded, and every slot comes back.
+#[test]
+fn two_hundred_hostile_connections_do_not_disturb_a_viewer() {
+    let srv = server(Some(PASSWORD));
+    let addr = srv.local_addr();
+    let mut viewer = Rfb::connect(addr, "003.008", Some(PASSWORD));
+    check_screen(&mut viewer);
+    let rss0 = rss_kib();
+    let t0 = Instant::now();
+    let hostile: Vec<TcpStream> = (0..200u32)
+        .map(|i| {
+            let from = std::net::Ipv4Addr::new(127, 0, 1, 1 + (i / 4) as u8);
+            let mut s = vnc_client::connect_from(from, addr);
+            let _ = match i % 4 {
+                0 => s.write_all(b"GET /websockify HTTP/1.1\r\nHost: x\r\n"),
+                1 => {
+                    let up = "GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                        Sec-WebSocket-Version: 13\r\n\r\n";
+                    let mut raw = up.as_bytes().to_vec();
+                    let header = FrameHeader {
+                        opcode: OpCode::Data(Data::Binary),
+                        mask: Some([1, 2, 3, 4]),
+                        ..FrameHeader::default()
+                    };
+                    header.format(1 << 30, &mut raw).unwrap();
+                    raw.extend_from_slice(&[0xaa; 1024]);
+                    s.write_all(&raw)
+                }
+                2 => s.write_all(&[0x16, 0x03, 0x01, 0xff, 0x00, 0x13, 0x37, 0x0d, 0x0a]),
+                _ => Ok(()),
+            };
+            s
+        })
+        .collect();
+    let opened = t0.elapsed();
+    // The viewer, meanwhile: full updates at their usual pace (one per 250 ms at most).
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        check_screen(&mut viewer);
+        worst = worst.max(t.elapsed());
+    }
+    let grown = rss_kib().saturating_sub(rss0);
+    eprintln!("200 hostile connections opened in {opened:?}; viewer's slowest full update {worst:?}; RSS grew {grown} KiB");
+    assert!(
+        worst < Duration::from_secs(1),
+        "viewer slowed down: {worst:?}"
+    );
+    assert!(grown < 64 * 1024, "memory grew by {grown} KiB");
+    drop(hostile);
+    let t = Instant::now();
+    while srv.clients() != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} clients",
+            srv.clients()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A new WebSocket viewer gets in.
+    let mut c = Rfb::connect(relay(addr), "003.008", Some(PASSWORD));
+    check_screen(&mut c);
+}

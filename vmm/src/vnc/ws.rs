@@ -429,6 +429,59 @@ impl Write for WsWriter {
     }
 }
 
+/// An in-memory peer for the fuzz harness: reads `input`, discards what is written.
+struct Replay<'a> {
+    input: &'a [u8],
+}
+
+impl Read for Replay<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl Write for Replay<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The WebSocket input path on arbitrary bytes, as a hostile browser-side peer would send
+/// them: an HTTP request head (up to the first empty line) parsed as the server parses it,
+/// then WebSocket frames through tungstenite with the server's limits, the binary payloads
+/// concatenated and run as an RFB session ([`super::fuzz_session`]). Must never panic.
+#[doc(hidden)]
+pub fn fuzz_ws_session(input: &[u8], password: Option<&[u8]>) {
+    let split = input
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(input.len(), |i| i + 4);
+    let (head, frames) = input.split_at(split.min(MAX_REQUEST_HEAD).min(input.len()));
+    let _ = parse_request(head);
+    let _ = super::fuzz_session(&payloads(frames), password);
+}
+
+/// The concatenated binary payloads of the WebSocket frames in `frames` (client to server),
+/// up to the first error.
+fn payloads(frames: &[u8]) -> Vec<u8> {
+    let mut ws =
+        WebSocket::from_raw_socket(Replay { input: frames }, Role::Server, Some(ws_config()));
+    let mut rfb = Vec::new();
+    // The session's bytes stay bounded as the server's would: it reads as it goes.
+    while rfb.len() < 4 * MAX_MESSAGE {
+        match ws.read() {
+            Ok(Message::Binary(b)) => rfb.extend_from_slice(&b),
+            Ok(Message::Text(_)) => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    rfb
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +489,16 @@ mod tests {
     const REQ: &str = "GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
         Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n";
+
+    #[test]
+    fn fuzz_seed_reaches_the_rfb_session() {
+        let seed = crate::fuzzing::seeds::vnc_ws_session();
+        let at = seed.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(parse_request(&seed[..at]).is_ok());
+        let rfb = payloads(&seed[at..]);
+        assert!(rfb.starts_with(b"RFB 003.008\n\x01\x01"), "{rfb:?}");
+        assert_eq!(rfb.len(), 12 + 2 + 20 + 16 + 10 + 16 + 6 + 10);
+    }
 
     #[test]
     fn upgrade_requests() {
