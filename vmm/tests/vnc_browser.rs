@@ -268,8 +268,21 @@ impl Browser {
     }
 }
 
+/// Under vnc_browser_seccomp (this file as a module of that test) the VNC and vCPU threads run
+/// under berth's seccomp filters in kill mode.
+fn sandboxed() {
+    if module_path!().starts_with("vnc_browser_seccomp") {
+        sandbox::init(sandbox::Options {
+            mode: sandbox::Mode::Kill,
+            switch: None,
+        })
+        .expect("sandbox init");
+    }
+}
+
 #[test]
 fn novnc_in_chromium_shows_the_guest_and_types_into_it() {
+    sandboxed();
     assert!(
         Path::new("/dev/kvm").exists(),
         "THIS TEST NEEDS /dev/kvm: run it on a host with KVM"

@@ -29,7 +29,24 @@ fn pattern(x: u32, y: u32) -> u32 {
     (x * 7 % 256) << 16 | (y * 5 % 256) << 8 | ((x ^ y) * 3 % 256)
 }
 
+/// Under vnc_ws_seccomp (this file as a module of that test) the VNC threads run under
+/// berth's seccomp filters in kill mode: a forbidden syscall ends the test process with the
+/// syscall named.
+fn sandboxed() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    if module_path!().starts_with("vnc_ws_seccomp") {
+        INIT.call_once(|| {
+            sandbox::init(sandbox::Options {
+                mode: sandbox::Mode::Kill,
+                switch: None,
+            })
+            .expect("sandbox init")
+        });
+    }
+}
+
 fn server(password: Option<&[u8]>) -> VncServer {
+    sandboxed();
     let fb = Arc::new(
         Framebuffer::new(FramebufferConfig {
             width: W,
@@ -245,6 +262,7 @@ fn oversized_frames_end_only_their_connection() {
 
 #[test]
 fn a_slow_http_request_is_cut_at_the_handshake_deadline() {
+    sandboxed();
     let fb = Arc::new(
         Framebuffer::new(FramebufferConfig {
             width: 16,

@@ -246,7 +246,7 @@ pub(super) struct WsConn {
 impl WsConn {
     fn new(stream: TcpStream) -> io::Result<Self> {
         let fd = stream.try_clone()?;
-        stream.set_nonblocking(true)?;
+        set_nonblocking(&stream)?;
         Ok(WsConn {
             ws: Arc::new(Mutex::new(WebSocket::from_raw_socket(
                 stream,
@@ -287,6 +287,19 @@ impl WsConn {
             deadline,
         })
     }
+}
+
+/// O_NONBLOCK with fcntl: std's `set_nonblocking` uses ioctl(FIONBIO), which the VNC threads'
+/// seccomp filter does not allow (their only ioctls are KVM's).
+fn set_nonblocking(s: &TcpStream) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor `s` owns, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(s.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(s.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn lock(ws: &Mutex<WebSocket<TcpStream>>) -> MutexGuard<'_, WebSocket<TcpStream>> {
