@@ -10,6 +10,7 @@ use super::encode::{
 };
 use super::limits::{DeadlineStream, SourceKey};
 use super::proto::{self, ClientMessage, ServerInit};
+use super::serial::{self, SerialHub};
 use super::{ws, Shared};
 use crate::devices::i8042::keymap::{self, LEFT_SHIFT};
 use crate::devices::i8042::KeyboardInput;
@@ -292,8 +293,15 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, 
         Ok(false) => serve_tcp(shared, stream, source, deadline),
         Ok(true) => {
             let allow = shared.config.password.is_some() || shared.config.insecure;
-            if let Some((ws::Endpoint::Vnc, conn)) = ws::accept(stream, deadline, allow) {
-                serve_ws(shared, conn, source, deadline);
+            let hub = shared.serial.lock().expect("serial lock poisoned").clone();
+            match ws::accept(stream, deadline, allow, hub.is_some()) {
+                Some((ws::Endpoint::Vnc, conn)) => serve_ws(shared, conn, source, deadline),
+                Some((ws::Endpoint::Serial, conn)) => {
+                    if let Some(hub) = hub {
+                        serve_serial(shared, &hub, conn, source, deadline);
+                    }
+                }
+                None => {}
             }
         }
         Err(_) => {}
@@ -352,6 +360,78 @@ fn serve_ws(shared: &Arc<Shared>, conn: ws::WsConn, source: SourceKey, deadline:
     r.set_deadline(None);
     w.set_deadline(None);
     run(shared, r, w, closer);
+}
+
+/// One serial terminal: the password as its first message (when there is one), then COM1's
+/// output out and its messages in.
+fn serve_serial(
+    shared: &Arc<Shared>,
+    hub: &Arc<SerialHub>,
+    conn: ws::WsConn,
+    source: SourceKey,
+    deadline: Instant,
+) {
+    let (Ok(mut r), Ok(mut w), Ok(closer)) = (
+        conn.reader(Some(deadline)),
+        conn.writer(super::WRITE_TIMEOUT, Some(deadline)),
+        conn.socket(),
+    ) else {
+        return;
+    };
+    if let Some(password) = shared.config.password.as_deref() {
+        let mut gate = Gate {
+            shared,
+            source,
+            deadline,
+        };
+        let Ok(Some(answer)) = r.read_message() else {
+            let _ = closer.shutdown(Shutdown::Both);
+            return;
+        };
+        use proto::AuthGate;
+        if gate.wait_turn().is_err() {
+            let _ = closer.shutdown(Shutdown::Both);
+            return;
+        }
+        let ok = serial::password_matches(&answer, password);
+        gate.result(ok);
+        if !ok {
+            let _ = w.send_text("authentication failed");
+            let _ = closer.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    r.set_deadline(None);
+    w.set_deadline(None);
+    let sub = hub.subscribe();
+    let s2 = sub.clone();
+    let closer2 = closer.try_clone();
+    let writer = sandbox::spawn("vnc-writer", sandbox::ThreadKind::Vnc, move || {
+        while let Some(bytes) = s2.next() {
+            if w.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        if let Ok(c) = closer2 {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    });
+    if writer.is_ok() {
+        while let Ok(Some(bytes)) = r.read_message() {
+            if let Some(input) = hub.input() {
+                // Blocks while the guest does not drain its FIFO: back-pressure on this
+                // terminal only.
+                if !input.send(&bytes) {
+                    break;
+                }
+            }
+        }
+    }
+    hub.unsubscribe(&sub);
+    let _ = closer.shutdown(Shutdown::Both);
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
 }
 
 /// The session after the handshake: this thread reads the viewer's messages, a writer thread

@@ -39,7 +39,8 @@ pub const VNC_PATHS: [&str; 2] = ["/", "/websockify"];
 /// The small page any other HTTP request gets, with status 404.
 const NOT_FOUND: &str = "berth VNC console: this port speaks RFB (VNC) and, for browser \
 viewers such as noVNC, RFB over WebSocket at path /websockify (VNC password \
-authentication inside). There is nothing else here.\n";
+authentication inside); the serial console, where served, is a WebSocket at /serial. \
+There is nothing else here.\n";
 
 /// The tungstenite limits of one connection.
 pub fn ws_config() -> WebSocketConfig {
@@ -86,6 +87,8 @@ pub(super) fn is_http(stream: &TcpStream, deadline: Instant) -> io::Result<bool>
 pub enum Endpoint {
     /// The VNC console (RFB inside the WebSocket).
     Vnc,
+    /// The serial console ([`super::serial`]).
+    Serial,
 }
 
 /// A parsed upgrade request.
@@ -134,9 +137,13 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Refusal> {
     if !has_token("upgrade", "websocket") {
         return Err(Refusal::NotFound);
     }
-    if !VNC_PATHS.contains(&path) {
+    let endpoint = if VNC_PATHS.contains(&path) {
+        Endpoint::Vnc
+    } else if path == super::serial::SERIAL_PATH {
+        Endpoint::Serial
+    } else {
         return Err(Refusal::NotFound);
-    }
+    };
     if !has_token("connection", "upgrade") || header("sec-websocket-version") != Some("13") {
         return Err(Refusal::BadRequest("not a WebSocket version 13 handshake"));
     }
@@ -144,7 +151,7 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Refusal> {
         .ok_or(Refusal::BadRequest("no Sec-WebSocket-Key"))?
         .trim();
     Ok(Upgrade {
-        endpoint: Endpoint::Vnc,
+        endpoint,
         accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         protocol: has_token("sec-websocket-protocol", "binary").then_some("binary"),
     })
@@ -188,10 +195,12 @@ fn respond(stream: &TcpStream, deadline: Instant, status: &str, body: &str) {
 /// known endpoint becomes a [`WsConn`]; anything else gets its error response and `None`.
 /// `allow_ws` false (no password and not explicitly insecure) refuses every upgrade: without
 /// a password any web page the user opens could reach a loopback console from the browser.
+/// `serial`: whether the serial endpoint is served (otherwise it is a 404 like any other path).
 pub(super) fn accept(
     stream: TcpStream,
     deadline: Instant,
     allow_ws: bool,
+    serial: bool,
 ) -> Option<(Endpoint, WsConn)> {
     let head = match read_head(&stream, deadline) {
         Ok(h) => h,
@@ -201,6 +210,10 @@ pub(super) fn accept(
         }
     };
     let up = match parse_request(&head) {
+        Ok(up) if up.endpoint == Endpoint::Serial && !serial => {
+            respond(&stream, deadline, "404 Not Found", NOT_FOUND);
+            return None;
+        }
         Ok(up) => up,
         Err(Refusal::NotFound) => {
             respond(&stream, deadline, "404 Not Found", NOT_FOUND);
@@ -364,6 +377,28 @@ impl WsReader {
     }
 }
 
+impl WsReader {
+    /// The next data message's payload, binary or text (for the serial console); `None` when
+    /// the peer closed.
+    pub(super) fn read_message(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            let msg = lock(&self.ws).read();
+            match msg {
+                Ok(Message::Binary(b)) => return Ok(Some(b.to_vec())),
+                Ok(Message::Text(t)) => return Ok(Some(t.as_bytes().to_vec())),
+                Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => {
+                    return Ok(None)
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait(&self.fd, libc::POLLIN, self.deadline)?
+                }
+                Err(e) => return Err(ws_error(e)),
+            }
+        }
+    }
+}
+
 impl Read for WsReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() {
@@ -408,16 +443,18 @@ impl WsWriter {
     pub(super) fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
     }
-}
 
-impl Write for WsWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(CHUNK);
+    /// Sends one text message.
+    pub(super) fn send_text(&mut self, text: &str) -> io::Result<()> {
+        self.send(Message::text(text))
+    }
+
+    fn send(&mut self, msg: Message) -> io::Result<()> {
         let until = Some(match self.deadline {
             Some(d) => d.min(Instant::now() + self.timeout),
             None => Instant::now() + self.timeout,
         });
-        let mut msg = Some(Message::binary(buf[..n].to_vec()));
+        let mut msg = Some(msg);
         loop {
             let r = {
                 let mut ws = lock(&self.ws);
@@ -427,7 +464,7 @@ impl Write for WsWriter {
                 }
             };
             match r {
-                Ok(()) => return Ok(n),
+                Ok(()) => return Ok(()),
                 // Queued but not all out yet (or the queue is full: keep the message).
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(tungstenite::Error::WriteBufferFull(m)) => msg = Some(*m),
@@ -435,6 +472,14 @@ impl Write for WsWriter {
             }
             wait(&self.fd, libc::POLLOUT, until)?;
         }
+    }
+}
+
+impl Write for WsWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK);
+        self.send(Message::binary(buf[..n].to_vec()))?;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
