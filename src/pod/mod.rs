@@ -19,6 +19,7 @@ use serde_json::json;
 use vmm::block::overlay::{ensure_overlay_with, extra_disks, pet_overlay_path, root_device};
 use vmm::block::DiskFormat;
 use vmm::framebuffer::{Framebuffer, FramebufferConfig};
+use vmm::vnc::serial::SerialHub;
 use vmm::vnc::{VncConfig, VncServer};
 use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
@@ -227,6 +228,8 @@ pub const VNC_PORT: u16 = 5900;
 pub struct Console {
     fb: Arc<Framebuffer>,
     server: VncServer,
+    /// COM1 for WebSocket terminals (/serial on the VNC port) and `berth console`.
+    serial: Arc<SerialHub>,
 }
 
 fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Console, Failure> {
@@ -257,7 +260,9 @@ fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Co
             }
         ));
     }
-    Ok(Console { fb, server })
+    let serial = SerialHub::new();
+    server.set_serial(Some(serial.clone()));
+    Ok(Console { fb, server, serial })
 }
 
 /// Boots the VM, again after every guest reset, until it powers off or is stopped.
@@ -272,10 +277,16 @@ fn run_vm(
         if lc.terminating() {
             return Ok(ExitReason::Stopped("signal before the VM started".into()));
         }
-        let (mut vm, kernel) = machine::build(spec)?;
+        let (mut vm, kernel) = match console {
+            Some(c) => {
+                machine::build_with_console(spec, c.serial.tee(Box::new(std::io::stdout())))?
+            }
+            None => machine::build(spec)?,
+        };
         if let Some(c) = console {
             vm.add_framebuffer(c.fb.clone())?;
             c.server.set_keyboard(Some(vm.keyboard()));
+            c.serial.set_input(Some(vm.serial_input()));
         }
         {
             let mut s = status.lock().expect("status lock poisoned");
@@ -297,6 +308,7 @@ fn run_vm(
         lc.set_current(None);
         if let Some(c) = console {
             c.server.set_keyboard(None);
+            c.serial.set_input(None);
         }
         match reason {
             ExitReason::Reset(_) if !lc.terminating() => {
