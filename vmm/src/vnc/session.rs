@@ -335,7 +335,7 @@ fn serve_tcp(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, deadlin
     let (Ok(writer), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
         return;
     };
-    run(shared, io::BufReader::new(stream), writer, closer);
+    run(shared, io::BufReader::new(stream), writer, closer, false);
 }
 
 /// One viewer over WebSocket: the same RFB session inside binary messages.
@@ -359,7 +359,7 @@ fn serve_ws(shared: &Arc<Shared>, conn: ws::WsConn, source: SourceKey, deadline:
     }
     r.set_deadline(None);
     w.set_deadline(None);
-    run(shared, r, w, closer);
+    run(shared, r, w, closer, true);
 }
 
 /// One serial terminal: the password as its first message (when there is one), then COM1's
@@ -435,12 +435,14 @@ fn serve_serial(
 }
 
 /// The session after the handshake: this thread reads the viewer's messages, a writer thread
-/// sends updates; `closer` shuts the connection down from either side.
+/// sends updates; `closer` shuts the connection down from either side. `padding_ones`: see
+/// [`Converter::padding_ones`] (browser viewers).
 fn run(
     shared: &Arc<Shared>,
     mut reader: impl io::Read,
     mut writer: impl Write + Send + 'static,
     closer: TcpStream,
+    padding_ones: bool,
 ) {
     let fb = &shared.fb;
     let client = Arc::new(Client::new(fb.config().height, Some(closer)));
@@ -458,7 +460,7 @@ fn run(
         last_full: None,
     };
     let writer = sandbox::spawn("vnc-writer", sandbox::ThreadKind::Vnc, move || {
-        write_loop(&c, &f, &mut writer, pacing)
+        write_loop(&c, &f, &mut writer, pacing, padding_ones)
     });
     if writer.is_ok() {
         let mut keys = Keys::default();
@@ -494,13 +496,27 @@ fn run(
         .retain(|c| !Arc::ptr_eq(c, &client));
 }
 
-fn write_loop(client: &Client, fb: &Framebuffer, out: &mut impl Write, mut pacing: Pacing) {
+fn write_loop(
+    client: &Client,
+    fb: &Framebuffer,
+    out: &mut impl Write,
+    mut pacing: Pacing,
+    padding_ones: bool,
+) {
+    let converter = |f| {
+        let c = Converter::new(f);
+        if padding_ones {
+            c.padding_ones()
+        } else {
+            c
+        }
+    };
     let mut encoder = Encoder::default();
-    let mut conv = Converter::new(PixelFormat::XRGB8888);
+    let mut conv = converter(PixelFormat::XRGB8888);
     let mut buf = Vec::new();
     while let Some((rects, format, encoding)) = client.next_update(&mut pacing) {
         if conv.format() != format {
-            conv = Converter::new(format);
+            conv = converter(format);
         }
         buf.clear();
         let sent = encoder
