@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod control;
+pub mod serial_console;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -63,11 +64,15 @@ pub fn run() -> Result<ExitReason, Failure> {
         lease: None,
     }));
     let access = control::Access::own_uid_and(cfg.control_uid);
-    control::serve(
+    // COM1 for `berth console` (control socket) and WebSocket terminals (/serial on the VNC
+    // port); rewired to each VM built.
+    let serial = SerialHub::new();
+    control::serve_with_console(
         &cfg.control_socket,
         status.clone(),
         Some(lc.clone()),
         access,
+        Some(serial.clone()),
     )
     .map_err(|e| {
         Failure::Setup(format!(
@@ -166,6 +171,7 @@ pub fn run() -> Result<ExitReason, Failure> {
             std::net::SocketAddr::new(info.ip.into(), VNC_PORT),
             &env,
             cfg.vnc_insecure,
+            &serial,
         )?)
     };
     // No netlink after the drop: close the sockets, keep the plumbing (the tap fd is ours).
@@ -177,6 +183,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         &lc,
         &status,
         vnc.as_ref(),
+        &serial,
         cfg.shutdown_timeout.as_secs(),
     );
     status.lock().expect("status lock poisoned").state = State::Stopping;
@@ -228,11 +235,14 @@ pub const VNC_PORT: u16 = 5900;
 pub struct Console {
     fb: Arc<Framebuffer>,
     server: VncServer,
-    /// COM1 for WebSocket terminals (/serial on the VNC port) and `berth console`.
-    serial: Arc<SerialHub>,
 }
 
-fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Console, Failure> {
+fn start_vnc(
+    addr: std::net::SocketAddr,
+    env: &Env,
+    insecure: bool,
+    serial: &Arc<SerialHub>,
+) -> Result<Console, Failure> {
     let fb = Arc::new(
         Framebuffer::new(FramebufferConfig::default())
             .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
@@ -260,9 +270,8 @@ fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Co
             }
         ));
     }
-    let serial = SerialHub::new();
     server.set_serial(Some(serial.clone()));
-    Ok(Console { fb, server, serial })
+    Ok(Console { fb, server })
 }
 
 /// Boots the VM, again after every guest reset, until it powers off or is stopped.
@@ -271,22 +280,19 @@ fn run_vm(
     lc: &Lifecycle,
     status: &control::SharedStatus,
     console: Option<&Console>,
+    serial: &Arc<SerialHub>,
     timeout: u64,
 ) -> Result<ExitReason, Failure> {
     loop {
         if lc.terminating() {
             return Ok(ExitReason::Stopped("signal before the VM started".into()));
         }
-        let (mut vm, kernel) = match console {
-            Some(c) => {
-                machine::build_with_console(spec, c.serial.tee(Box::new(std::io::stdout())))?
-            }
-            None => machine::build(spec)?,
-        };
+        let (mut vm, kernel) =
+            machine::build_with_console(spec, serial.tee(Box::new(std::io::stdout())))?;
+        serial.set_input(Some(vm.serial_input()));
         if let Some(c) = console {
             vm.add_framebuffer(c.fb.clone())?;
             c.server.set_keyboard(Some(vm.keyboard()));
-            c.serial.set_input(Some(vm.serial_input()));
         }
         {
             let mut s = status.lock().expect("status lock poisoned");
@@ -306,9 +312,9 @@ fn run_vm(
         lc.set_current(Some((vm.power_button(), vm.control())));
         let reason = vm.run()?;
         lc.set_current(None);
+        serial.set_input(None);
         if let Some(c) = console {
             c.server.set_keyboard(None);
-            c.serial.set_input(None);
         }
         match reason {
             ExitReason::Reset(_) if !lc.terminating() => {
@@ -455,6 +461,11 @@ pub fn control_command(action: &str) -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// `berth console`: the running VM's serial console on this terminal (Ctrl-] detaches).
+pub fn console_command() -> std::process::ExitCode {
+    serial_console::attach(&socket_name())
 }
 
 /// `berth status`: prints the entrypoint's state; exit 0 while the VM runs.

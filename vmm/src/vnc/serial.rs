@@ -24,7 +24,7 @@ pub const SERIAL_PATH: &str = "/serial";
 pub const BACKLOG: usize = 64 * 1024;
 
 /// One connected terminal's pending output.
-pub(super) struct Subscriber {
+pub struct Subscriber {
     state: Mutex<Pending>,
     ready: Condvar,
 }
@@ -50,7 +50,7 @@ impl Subscriber {
     }
 
     /// Waits for output; `None` once closed.
-    pub(super) fn next(&self) -> Option<Vec<u8>> {
+    pub fn next(&self) -> Option<Vec<u8>> {
         let mut p = self.lock();
         loop {
             if p.closed {
@@ -64,7 +64,7 @@ impl Subscriber {
     }
 
     /// Ends [`Subscriber::next`].
-    pub(super) fn close(&self) {
+    pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
     }
@@ -97,14 +97,16 @@ impl SerialHub {
         *self.input.lock().expect("serial input lock poisoned") = input;
     }
 
-    pub(super) fn input(&self) -> Option<SerialInput> {
+    /// Where terminals type into right now (`None` between VMs).
+    pub fn input(&self) -> Option<SerialInput> {
         self.input
             .lock()
             .expect("serial input lock poisoned")
             .clone()
     }
 
-    pub(super) fn subscribe(&self) -> Arc<Subscriber> {
+    /// A new terminal: it gets everything written from now on.
+    pub fn subscribe(&self) -> Arc<Subscriber> {
         let s = Arc::new(Subscriber {
             state: Mutex::new(Pending {
                 bytes: VecDeque::new(),
@@ -116,7 +118,8 @@ impl SerialHub {
         s
     }
 
-    pub(super) fn unsubscribe(&self, s: &Arc<Subscriber>) {
+    /// The terminal left (its [`Subscriber::next`] ends).
+    pub fn unsubscribe(&self, s: &Arc<Subscriber>) {
         s.close();
         self.lock().retain(|x| !Arc::ptr_eq(x, s));
     }
