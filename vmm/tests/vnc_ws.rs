@@ -372,3 +372,15 @@ fn two_hundred_hostile_connections_do_not_disturb_a_viewer() {
     let mut c = Rfb::connect(relay(addr), "003.008", Some(PASSWORD));
     check_screen(&mut c);
 }
+
+#[test]
+fn a_peer_that_closes_its_side_at_once_still_gets_the_greeting() {
+    // `nc HOST 5900 </dev/null`, as the pod-network lab scenario probes the port.
+    let srv = server(Some(PASSWORD));
+    let mut s = TcpStream::connect(srv.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut greeting = [0u8; 12];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"RFB 003.008\n");
+}

@@ -64,7 +64,9 @@ pub(super) fn is_http(stream: &TcpStream, deadline: Instant) -> io::Result<bool>
         }
         stream.set_read_timeout(Some(left))?;
         match stream.peek(&mut buf) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            // The peer closed its sending side (`nc </dev/null`): not HTTP; it still gets the
+            // RFB greeting, as before the WebSocket existed.
+            Ok(0) => return Ok(false),
             Ok(n) if !b"GET ".starts_with(&buf[..n]) => return Ok(false),
             Ok(4) => return Ok(true),
             // A prefix of "GET ": peek returns at once while those bytes wait, so pause.
