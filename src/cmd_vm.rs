@@ -6,6 +6,7 @@ use std::sync::Arc;
 use netplumb::tap::Tap as HostTap;
 use netplumb::MacAddr;
 use vmm::framebuffer::{Framebuffer, FramebufferConfig};
+use vmm::vnc::serial::SerialHub;
 use vmm::vnc::{VncConfig, VncServer};
 use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
@@ -286,7 +287,15 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         balloon,
         metrics: vm_metrics,
     };
-    let (mut vm, kernel) = machine::build(&spec)?;
+    // With a VNC console, COM1 is also served to WebSocket terminals (/serial on its port).
+    let serial = vnc_config.as_ref().map(|_| SerialHub::new());
+    let (mut vm, kernel) = match &serial {
+        Some(hub) => machine::build_with_console(&spec, hub.tee(Box::new(std::io::stdout())))?,
+        None => machine::build(&spec)?,
+    };
+    if let Some(hub) = &serial {
+        hub.set_input(Some(vm.serial_input()));
+    }
     vmm::keep_kvm_open()?;
     let _vnc = match vnc_config {
         None => None,
@@ -299,6 +308,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
             vm.add_framebuffer(fb.clone())?;
             let server = VncServer::start(config, fb, Some(vm.keyboard()))
                 .map_err(|e| Failure::Setup(format!("cannot serve VNC on {addr}: {e}")))?;
+            server.set_serial(serial.clone());
             eprintln!("berth: VNC console on {}", server.local_addr());
             Some(server)
         }

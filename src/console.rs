@@ -41,6 +41,12 @@ fn make_raw() -> Option<libc::termios> {
     }
 }
 
+/// Switches a terminal on standard input to raw mode until the result is dropped (nothing
+/// happens when standard input is not a terminal).
+pub fn raw_terminal() -> Terminal {
+    Terminal { saved: make_raw() }
+}
+
 /// Feeds standard input to the guest on a thread of its own.
 pub fn attach_stdin(input: SerialInput, control: Arc<VmControl>) -> Terminal {
     let saved = make_raw();

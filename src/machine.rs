@@ -282,9 +282,18 @@ pub fn parse_disk_queues(n: &str) -> Result<u16, String> {
     }
 }
 
-/// Creates the VM with its devices and loads the kernel.
+/// Creates the VM with its devices and loads the kernel; its serial console goes to stdout.
 pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
-    let mut vm = Vm::new(spec.config, Box::new(std::io::stdout()))?;
+    build_with_console(spec, Box::new(std::io::stdout()))
+}
+
+/// [`build`] with the serial console's output going to `console` (stdout teed to the
+/// WebSocket serial console, `vmm::vnc::serial`).
+pub fn build_with_console(
+    spec: &MachineSpec,
+    console: Box<dyn std::io::Write + Send>,
+) -> Result<(Vm, LoadedKernel), Failure> {
+    let mut vm = Vm::new(spec.config, console)?;
     if let Some(m) = &spec.metrics {
         vm.set_metrics(m.clone());
     }

@@ -44,6 +44,9 @@ enum Command {
         /// With `balloon`: the balloon size in MiB.
         mib: Option<u64>,
     },
+    /// Attach this terminal to the running VM's serial console (through the control socket);
+    /// detach with Ctrl-].
+    Console,
     /// Boot a Linux kernel in a VM with its serial console on this terminal.
     ///
     /// Type Ctrl-A x to stop the VM from an interactive terminal.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Pod => confine(None, pod::DEFAULT_IDS).and_then(|()| pod::run()),
         Command::Status { json } => return pod::status_command(json),
         Command::Control { action, mib } => return pod::control_command(&action, mib),
+        Command::Console => return pod::console_command(),
         Command::Vm(args) => {
             confine(args.seccomp.as_deref(), None).and_then(|()| cmd_vm::run(args))
         }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use vmm::virtio::balloon::{BalloonShared, PFN_SHIFT, STAT_NAMES};
+use vmm::vnc::serial::SerialHub;
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{samples_json, Exporter};
@@ -120,7 +121,7 @@ pub fn balloon_json(b: &BalloonShared) -> Value {
 /// A shared status.
 pub type SharedStatus = Arc<Mutex<Status>>;
 
-fn address(name: &str) -> std::io::Result<SocketAddr> {
+pub(super) fn address(name: &str) -> std::io::Result<SocketAddr> {
     match name.strip_prefix('@') {
         Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes()),
         None => SocketAddr::from_pathname(name),
@@ -178,12 +179,25 @@ fn peer_uid(conn: &UnixStream) -> std::io::Result<u32> {
 }
 
 /// Serves requests on `name` from a thread of its own: `status`, and with a lifecycle,
-/// `shutdown` (press the power button) and `reset`, to peers `access` allows.
+/// `shutdown` (press the power button) and `reset`, to peers `access` allows. (The entrypoint
+/// uses [`serve_with_console`].)
+#[cfg(test)]
 pub fn serve(
     name: &str,
     status: SharedStatus,
     lc: Option<Arc<Lifecycle>>,
     access: Access,
+) -> std::io::Result<()> {
+    serve_with_console(name, status, lc, access, None)
+}
+
+/// [`serve`], and with `serial`, `console` (`berth console`, [`super::serial_console`]).
+pub fn serve_with_console(
+    name: &str,
+    status: SharedStatus,
+    lc: Option<Arc<Lifecycle>>,
+    access: Access,
+    serial: Option<Arc<SerialHub>>,
 ) -> std::io::Result<()> {
     if !name.starts_with('@') {
         // A stale socket file from an earlier run of the same pod would make bind fail.
@@ -206,10 +220,11 @@ pub fn serve(
                 continue; // dropped: closed at once
             }
             let (status, lc, active2) = (status.clone(), lc.clone(), active.clone());
+            let serial = serial.clone();
             // Through the spawner: this thread's filter does not let it create threads.
             let spawned =
                 sandbox::spawn("control-client", sandbox::ThreadKind::Control, move || {
-                    let _ = answer(conn, &status, lc.as_deref());
+                    let _ = answer(conn, &status, lc.as_deref(), serial.as_ref());
                     active2.fetch_sub(1, Ordering::SeqCst);
                 });
             if spawned.is_err() {
@@ -253,7 +268,12 @@ impl Read for DeadlineReader<'_> {
     }
 }
 
-fn answer(conn: UnixStream, status: &SharedStatus, lc: Option<&Lifecycle>) -> std::io::Result<()> {
+fn answer(
+    conn: UnixStream,
+    status: &SharedStatus,
+    lc: Option<&Lifecycle>,
+    serial: Option<&Arc<SerialHub>>,
+) -> std::io::Result<()> {
     let deadline = Instant::now() + CLIENT_DEADLINE;
     let mut line = String::new();
     // Bounded in size and in total time: a client cannot make the server buffer more than one
@@ -271,6 +291,15 @@ fn answer(conn: UnixStream, status: &SharedStatus, lc: Option<&Lifecycle>) -> st
             json!({ "error": "no VM is running" })
         }
     };
+    if req.get("cmd").and_then(Value::as_str) == Some("console") {
+        return match serial {
+            Some(hub) => super::serial_console::serve(conn, hub),
+            None => {
+                let mut w = &conn;
+                writeln!(w, "{}", json!({ "error": "no serial console here" }))
+            }
+        };
+    }
     let reply = match (req.get("cmd").and_then(Value::as_str), lc) {
         (Some("status") | None, _) => {
             let (mut v, exporter) = {

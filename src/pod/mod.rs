@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod control;
+pub mod serial_console;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use serde_json::json;
 use vmm::block::overlay::{ensure_overlay_with, extra_disks, pet_overlay_path, root_device};
 use vmm::block::DiskFormat;
 use vmm::framebuffer::{Framebuffer, FramebufferConfig};
+use vmm::vnc::serial::SerialHub;
 use vmm::vnc::{VncConfig, VncServer};
 use vmm::{ExitReason, LinuxBoot, MachineConfig};
 
@@ -66,11 +68,15 @@ pub fn run() -> Result<ExitReason, Failure> {
         vnc_clients: None,
     }));
     let access = control::Access::own_uid_and(cfg.control_uid);
-    control::serve(
+    // COM1 for `berth console` (control socket) and WebSocket terminals (/serial on the VNC
+    // port); rewired to each VM built.
+    let serial = SerialHub::new();
+    control::serve_with_console(
         &cfg.control_socket,
         status.clone(),
         Some(lc.clone()),
         access,
+        Some(serial.clone()),
     )
     .map_err(|e| {
         Failure::Setup(format!(
@@ -235,6 +241,7 @@ pub fn run() -> Result<ExitReason, Failure> {
             std::net::SocketAddr::new(ip, VNC_PORT),
             &env,
             cfg.vnc_insecure,
+            &serial,
         )?)
     };
     if let Some(c) = &vnc {
@@ -268,6 +275,7 @@ pub fn run() -> Result<ExitReason, Failure> {
         &lc,
         &status,
         vnc.as_ref(),
+        &serial,
         cfg.shutdown_timeout.as_secs(),
     );
     status.lock().expect("status lock poisoned").state = State::Stopping;
@@ -322,7 +330,12 @@ pub struct Console {
     server: Arc<VncServer>,
 }
 
-fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Console, Failure> {
+fn start_vnc(
+    addr: std::net::SocketAddr,
+    env: &Env,
+    insecure: bool,
+    serial: &Arc<SerialHub>,
+) -> Result<Console, Failure> {
     let fb = Arc::new(
         Framebuffer::new(FramebufferConfig::default())
             .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
@@ -350,6 +363,7 @@ fn start_vnc(addr: std::net::SocketAddr, env: &Env, insecure: bool) -> Result<Co
             }
         ));
     }
+    server.set_serial(Some(serial.clone()));
     Ok(Console {
         fb,
         server: Arc::new(server),
@@ -379,13 +393,16 @@ fn run_vm(
     lc: &Lifecycle,
     status: &control::SharedStatus,
     console: Option<&Console>,
+    serial: &Arc<SerialHub>,
     timeout: u64,
 ) -> Result<ExitReason, Failure> {
     loop {
         if lc.terminating() {
             return Ok(ExitReason::Stopped("signal before the VM started".into()));
         }
-        let (mut vm, kernel) = machine::build(spec)?;
+        let (mut vm, kernel) =
+            machine::build_with_console(spec, serial.tee(Box::new(std::io::stdout())))?;
+        serial.set_input(Some(vm.serial_input()));
         if let Some(c) = console {
             vm.add_framebuffer(c.fb.clone())?;
             c.server.set_keyboard(Some(vm.keyboard()));
@@ -408,6 +425,7 @@ fn run_vm(
         lc.set_current(Some((vm.power_button(), vm.control())));
         let reason = vm.run()?;
         lc.set_current(None);
+        serial.set_input(None);
         if let Some(c) = console {
             c.server.set_keyboard(None);
         }
@@ -570,6 +588,11 @@ pub fn control_command(action: &str, mib: Option<u64>) -> std::process::ExitCode
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// `berth console`: the running VM's serial console on this terminal (Ctrl-] detaches).
+pub fn console_command() -> std::process::ExitCode {
+    serial_console::attach(&socket_name())
 }
 
 /// `berth status`: prints the entrypoint's state; exit 0 while the VM runs.

@@ -20,7 +20,7 @@ const RANDOM_INPUTS: usize = 5000;
 
 type Harness = fn(&[u8]);
 
-fn targets() -> [(&'static str, Harness); 5] {
+fn targets() -> [(&'static str, Harness); 6] {
     [
         ("virtio_blk_request", |d| {
             fuzzing::virtio_blk_request(d);
@@ -37,6 +37,7 @@ fn targets() -> [(&'static str, Harness); 5] {
         ("virtio_balloon", |d| {
             fuzzing::virtio_balloon(d);
         }),
+        ("vnc_ws_session", fuzzing::vnc_ws_session),
     ]
 }
 
@@ -62,6 +63,7 @@ fn seed_inputs(target: &str) -> Vec<(&'static str, Vec<u8>)> {
             ("seed-inflate", seeds::balloon_inflate()),
             ("seed-stats", seeds::balloon_stats()),
         ],
+        "vnc_ws_session" => vec![("seed-novnc", seeds::vnc_ws_session())],
         _ => unreachable!(),
     }
 }

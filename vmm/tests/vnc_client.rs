@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
 use std::time::Duration;
 
 use flate2::{Decompress, FlushDecompress};
@@ -128,7 +129,17 @@ impl Rfb {
         self.s.write_all(&m).unwrap();
     }
 
+    /// A pixel's colour bits (padding bits are the server's to fill; clients ignore them).
     fn pixel(&self, b: &[u8], n: usize) -> u32 {
+        let f = self.format;
+        let mask = |max: u16, shift: u8| u32::from(max).checked_shl(u32::from(shift)).unwrap_or(0);
+        let used = mask(f.red_max, f.red_shift)
+            | mask(f.green_max, f.green_shift)
+            | mask(f.blue_max, f.blue_shift);
+        self.raw_pixel(b, n) & used
+    }
+
+    fn raw_pixel(&self, b: &[u8], n: usize) -> u32 {
         let mut v = 0u32;
         if self.format.big_endian {
             for &x in &b[..n] {
@@ -227,5 +238,43 @@ impl Rfb {
         }
         assert!(d.is_empty(), "{} bytes left over", d.len());
         out
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    // SAFETY: plain socket calls on a fresh fd that the TcpStream then owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let stream = TcpStream::from_raw_fd(fd);
+        let sa = |a: SocketAddrV4| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = sa(SocketAddrV4::new(from, 0));
+        assert_eq!(
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        let SocketAddr::V4(to) = to else {
+            panic!("IPv4 only")
+        };
+        let remote = sa(to);
+        assert_eq!(
+            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
     }
 }

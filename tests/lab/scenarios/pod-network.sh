@@ -1,4 +1,4 @@
-# description: the pod entrypoint in a "pod" network namespace: an extra disk from /volumes, a guest reboot rebuilds the VM in the same process, the guest's DHCP lease over virtio-net (3 DNS servers, search list, MTU, hostname), the SSH banner at the pod IP from a client namespace, `berth status`, `berth control reset`, SIGTERM -> ACPI power button -> clean exit, plumbing left to the pod namespace
+# description: the pod entrypoint in a "pod" network namespace: an extra disk from /volumes, a guest reboot rebuilds the VM in the same process, the guest's DHCP lease over virtio-net (3 DNS servers, search list, MTU, hostname), the SSH banner at the pod IP from a client namespace, `berth status`, `berth console` round-trips a command to the guest's shell, `berth control reset`, SIGTERM -> ACPI power button -> clean exit, plumbing left to the pod namespace
 # timeout: 300
 # needs: berth
 # expect: L2-FIRST-BOOT-REBOOTING
@@ -14,6 +14,7 @@
 # expect: METRICS-AT-POD-IP boots_total=2
 # expect: STATUS-JSON-METRICS "berth_vm_boots_total":2
 # expect: BALLOON-INFLATED "actual_bytes":67108864
+# expect: CONSOLE-OK
 # expect: STATUS-AFTER-RESET state=running .*boots=3
 # expect: BANNER-AFTER-RESET SSH-2\.0-dropbear
 # expect: L2-POWER-BUTTON
@@ -48,6 +49,8 @@ echo L2-SECOND-BOOT
 echo "L2-MTU $(cat /sys/class/net/eth0/mtu)"
 echo "L2-DNS $(tr '\n' ' ' < /etc/resolv.conf | sed 's/ *$//')"
 echo "L2-HOSTNAME $(hostname)"
+# The serial console's shell for `berth console`: one command per line.
+while read -r cmd < /dev/ttyS0; do eval "$cmd"; done
 sleep 600
 EOS
 l2_initrd l2s initrd
@@ -92,6 +95,13 @@ for i in $(seq 1 60); do
 done
 echo "BALLOON-INFLATED $b after ${i}s"
 inpod "$BERTH" control balloon 0 && echo "CONTROL-BALLOON-0 ok"
+
+# `berth console` (stdin a pipe: no raw mode) types a command into the guest's serial shell and
+# shows its output; Ctrl-] detaches. Only the guest's shell turns $((6*7)) into 42.
+{ sleep 2; printf 'echo L2-CONSOLE-$((6*7))\r'; sleep 5; printf '\035'; } \
+    | inpod "$BERTH" console > console.out 2>&1
+echo "CONSOLE rc=$? $(tr -d '\r' < console.out | grep -a -c L2-CONSOLE-42) line(s) with the answer"
+grep -aq 'L2-CONSOLE-42' console.out && grep -q detached console.out && echo CONSOLE-OK
 
 # A reset through the control socket builds a third VM.
 inpod "$BERTH" control reset && echo "CONTROL-RESET ok"

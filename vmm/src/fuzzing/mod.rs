@@ -1,6 +1,7 @@
 //! Fuzzing harnesses for everything a guest controls: virtio-blk requests, the virtio-net
 //! datapath, the virtio-balloon queues, and PCI configuration / BAR accesses to a virtio-pci
-//! function.
+//! function; and for what a network peer controls: the VNC console's WebSocket and RFB input
+//! path.
 //!
 //! Each harness takes arbitrary bytes, builds the device state they describe, drives the real
 //! device code, and panics when the code panics or breaks an invariant. The same functions run
@@ -392,3 +393,14 @@ pub use balloon::*;
 pub use blk::*;
 pub use net::*;
 pub use pci::*;
+
+/// The VNC console's input path from the network: an HTTP upgrade request, WebSocket frames,
+/// and the RFB session inside them (a password set, so the VNC authentication path runs;
+/// input that passes it goes on to the message loop only with the right response, which a
+/// fuzzer finds only from the seeds, as the challenge is random). Input format: the bytes a
+/// peer sends, in order. See [`crate::vnc::ws::fuzz_ws_session`].
+pub fn vnc_ws_session(data: &[u8]) {
+    crate::vnc::ws::fuzz_ws_session(data, Some(b"fuzz"));
+    // And without a password (the loopback console), where the message loop is reachable.
+    crate::vnc::ws::fuzz_ws_session(data, None);
+}

@@ -260,3 +260,33 @@ pub fn balloon_stats() -> Vec<u8> {
     input.extend_from_slice(&img);
     input
 }
+
+/// A WebSocket viewer's session: noVNC's upgrade request, then masked binary frames carrying
+/// an RFB 3.8 handshake without a password, pixel format, encodings, an update request, keys
+/// and a pointer event.
+pub fn vnc_ws_session() -> Vec<u8> {
+    let mut d = b"GET /websockify HTTP/1.1\r\nHost: 127.0.0.1:5900\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    let mut frame = |payload: &[u8]| {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        d.push(0x82); // FIN, binary
+        assert!(payload.len() < 126);
+        d.push(0x80 | payload.len() as u8);
+        d.extend_from_slice(&mask);
+        d.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    };
+    frame(b"RFB 003.008\n");
+    frame(&[1]); // security: none
+    frame(&[1]); // shared
+    let mut pf = vec![0, 0, 0, 0];
+    pf.extend_from_slice(&crate::vnc::encode::PixelFormat::XRGB8888.to_bytes());
+    frame(&pf);
+    frame(&[2, 0, 0, 3, 0, 0, 0, 16, 0, 0, 0, 6, 0, 0, 0, 0]);
+    frame(&[3, 0, 0, 0, 0, 0, 0, 64, 0, 40]);
+    frame(&[4, 1, 0, 0, 0, 0, 0, 0x61, 4, 0, 0, 0, 0, 0, 0, 0x61]);
+    frame(&[5, 1, 0, 10, 0, 20]);
+    frame(&[3, 1, 0, 0, 0, 0, 0, 64, 0, 40]);
+    d
+}

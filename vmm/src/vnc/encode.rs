@@ -100,6 +100,9 @@ pub struct Converter {
     red: [u32; 256],
     green: [u32; 256],
     blue: [u32; 256],
+    /// Bits of a 32-bit pixel no channel uses that are sent as ones (see
+    /// [`Converter::padding_ones`]); 0 otherwise.
+    unused: u32,
 }
 
 impl Converter {
@@ -115,10 +118,26 @@ impl Converter {
         };
         Converter {
             format,
+            unused: 0,
             red: table(format.red_max, format.red_shift),
             green: table(format.green_max, format.green_shift),
             blue: table(format.blue_max, format.blue_shift),
         }
+    }
+
+    /// The same converter, sending the bits of a 32-bit pixel that no channel uses as ones
+    /// instead of zeros. Clients must ignore them, but noVNC 1.3 (Debian 12's) takes the
+    /// padding byte of Raw rectangles as alpha for the last pixels of each rectangle (its
+    /// fix-up of the alpha bytes starts at the wrong offset), so zeros there show as holes in
+    /// the browser. Used for WebSocket viewers only: plain RFB viewers get the guest's bytes.
+    pub fn padding_ones(mut self) -> Self {
+        let f = self.format;
+        let mask = |max: u16, shift: u8| u32::from(max).checked_shl(u32::from(shift)).unwrap_or(0);
+        let used = mask(f.red_max, f.red_shift)
+            | mask(f.green_max, f.green_shift)
+            | mask(f.blue_max, f.blue_shift);
+        self.unused = if f.bpp == 32 { !used } else { 0 };
+        self
     }
 
     /// The target format.
@@ -131,6 +150,7 @@ impl Converter {
         self.red[(xrgb >> 16) as usize & 0xff]
             | self.green[(xrgb >> 8) as usize & 0xff]
             | self.blue[xrgb as usize & 0xff]
+            | self.unused
     }
 
     /// Appends `src` (XRGB8888 bytes, little-endian) converted to the target format.
@@ -315,6 +335,23 @@ fn compressed(z: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_bits_are_zero_unless_asked() {
+        let c = Converter::new(PixelFormat::XRGB8888);
+        assert_eq!(c.pixel(0x0012_3456), 0x0012_3456);
+        assert_eq!(c.padding_ones().pixel(0x0012_3456), 0xff12_3456);
+        let mut f = PixelFormat::XRGB8888;
+        f.bpp = 16;
+        f.depth = 16;
+        f.red_max = 31;
+        f.green_max = 63;
+        f.blue_max = 31;
+        f.red_shift = 11;
+        f.green_shift = 5;
+        f.blue_shift = 0;
+        assert_eq!(Converter::new(f).padding_ones().pixel(0x00ff_ffff), 0xffff);
+    }
 
     #[test]
     fn formats_round_trip_and_reject() {

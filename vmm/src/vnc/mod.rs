@@ -11,7 +11,9 @@ pub mod auth;
 pub mod encode;
 pub mod limits;
 pub mod proto;
+pub mod serial;
 mod session;
+pub mod ws;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -123,6 +125,8 @@ struct Shared {
     refusing: AtomicUsize,
     sources: limits::Sources,
     stop: AtomicBool,
+    /// The serial console served at /serial, if any.
+    serial: Mutex<Option<Arc<serial::SerialHub>>>,
 }
 
 /// A running server; dropping it stops listening and disconnects every viewer.
@@ -155,6 +159,7 @@ impl VncServer {
             refusing: AtomicUsize::new(0),
             sources,
             stop: AtomicBool::new(false),
+            serial: Mutex::new(None),
         });
         let s = shared.clone();
         sandbox::spawn("vnc-accept", sandbox::ThreadKind::Vnc, move || {
@@ -173,6 +178,12 @@ impl VncServer {
     /// Sends key events to `keyboard` from now on (the VM was rebuilt).
     pub fn set_keyboard(&self, keyboard: Option<KeyboardInput>) {
         *self.shared.keyboard.lock().expect("keyboard lock poisoned") = keyboard;
+    }
+
+    /// Serves the serial console of `hub` over WebSocket at [`serial::SERIAL_PATH`] from now
+    /// on (`None`: not any more, for new connections).
+    pub fn set_serial(&self, hub: Option<Arc<serial::SerialHub>>) {
+        *self.shared.serial.lock().expect("serial lock poisoned") = hub;
     }
 
     /// Viewers connected right now (past the handshake or in it).

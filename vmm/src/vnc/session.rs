@@ -10,7 +10,8 @@ use super::encode::{
 };
 use super::limits::{DeadlineStream, SourceKey};
 use super::proto::{self, ClientMessage, ServerInit};
-use super::Shared;
+use super::serial::{self, SerialHub};
+use super::{ws, Shared};
 use crate::devices::i8042::keymap::{self, LEFT_SHIFT};
 use crate::devices::i8042::KeyboardInput;
 use crate::framebuffer::Framebuffer;
@@ -285,15 +286,39 @@ impl proto::AuthGate for Gate<'_> {
     }
 }
 
-/// Serves one TCP viewer from `source` until it leaves or misbehaves; the handshake must be
-/// over by `deadline`.
+/// Serves one connection from `source` until it leaves or misbehaves: plain RFB, or an HTTP
+/// request (a WebSocket viewer, see [`super::ws`]); the handshake must be over by `deadline`.
 pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, deadline: Instant) {
+    match ws::is_http(&stream, deadline) {
+        Ok(false) => serve_tcp(shared, stream, source, deadline),
+        Ok(true) => {
+            let allow = shared.config.password.is_some() || shared.config.insecure;
+            let hub = shared.serial.lock().expect("serial lock poisoned").clone();
+            match ws::accept(stream, deadline, allow, hub.is_some()) {
+                Some((ws::Endpoint::Vnc, conn)) => serve_ws(shared, conn, source, deadline),
+                Some((ws::Endpoint::Serial, conn)) => {
+                    if let Some(hub) = hub {
+                        serve_serial(shared, &hub, conn, source, deadline);
+                    }
+                }
+                None => {}
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+fn server_init(shared: &Shared) -> ServerInit<'_> {
     let fb = &shared.fb;
-    let init = ServerInit {
+    ServerInit {
         width: fb.config().width as u16,
         height: fb.config().height as u16,
         name: &shared.config.name,
-    };
+    }
+}
+
+/// One plain RFB viewer.
+fn serve_tcp(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, deadline: Instant) {
     let password = shared.config.password.as_deref();
     let mut r = DeadlineStream::new(&stream, deadline);
     let mut w = DeadlineStream::new(&stream, deadline);
@@ -302,15 +327,125 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, 
         source,
         deadline,
     };
-    if proto::handshake_gated(&mut r, &mut w, password, &init, &mut gate).is_err() {
+    if proto::handshake_gated(&mut r, &mut w, password, &server_init(shared), &mut gate).is_err() {
         return;
     }
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(Some(super::WRITE_TIMEOUT));
-    let Ok(writer_stream) = stream.try_clone() else {
+    let (Ok(writer), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
         return;
     };
-    let client = Arc::new(Client::new(fb.config().height, stream.try_clone().ok()));
+    run(shared, io::BufReader::new(stream), writer, closer, false);
+}
+
+/// One viewer over WebSocket: the same RFB session inside binary messages.
+fn serve_ws(shared: &Arc<Shared>, conn: ws::WsConn, source: SourceKey, deadline: Instant) {
+    let password = shared.config.password.as_deref();
+    let (Ok(mut r), Ok(mut w), Ok(closer)) = (
+        conn.reader(Some(deadline)),
+        conn.writer(super::WRITE_TIMEOUT, Some(deadline)),
+        conn.socket(),
+    ) else {
+        return;
+    };
+    let mut gate = Gate {
+        shared,
+        source,
+        deadline,
+    };
+    if proto::handshake_gated(&mut r, &mut w, password, &server_init(shared), &mut gate).is_err() {
+        let _ = closer.shutdown(Shutdown::Both);
+        return;
+    }
+    r.set_deadline(None);
+    w.set_deadline(None);
+    run(shared, r, w, closer, true);
+}
+
+/// One serial terminal: the password as its first message (when there is one), then COM1's
+/// output out and its messages in.
+fn serve_serial(
+    shared: &Arc<Shared>,
+    hub: &Arc<SerialHub>,
+    conn: ws::WsConn,
+    source: SourceKey,
+    deadline: Instant,
+) {
+    let (Ok(mut r), Ok(mut w), Ok(closer)) = (
+        conn.reader(Some(deadline)),
+        conn.writer(super::WRITE_TIMEOUT, Some(deadline)),
+        conn.socket(),
+    ) else {
+        return;
+    };
+    if let Some(password) = shared.config.password.as_deref() {
+        let mut gate = Gate {
+            shared,
+            source,
+            deadline,
+        };
+        let Ok(Some(answer)) = r.read_message() else {
+            let _ = closer.shutdown(Shutdown::Both);
+            return;
+        };
+        use proto::AuthGate;
+        if gate.wait_turn().is_err() {
+            let _ = closer.shutdown(Shutdown::Both);
+            return;
+        }
+        let ok = serial::password_matches(&answer, password);
+        gate.result(ok);
+        if !ok {
+            let _ = w.send_text("authentication failed");
+            let _ = closer.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    r.set_deadline(None);
+    w.set_deadline(None);
+    let sub = hub.subscribe();
+    let s2 = sub.clone();
+    let closer2 = closer.try_clone();
+    let writer = sandbox::spawn("vnc-writer", sandbox::ThreadKind::Vnc, move || {
+        while let Some(bytes) = s2.next() {
+            if w.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        if let Ok(c) = closer2 {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    });
+    if writer.is_ok() {
+        while let Ok(Some(bytes)) = r.read_message() {
+            if let Some(input) = hub.input() {
+                // Blocks while the guest does not drain its FIFO: back-pressure on this
+                // terminal only.
+                if !input.send(&bytes) {
+                    break;
+                }
+            }
+        }
+    }
+    hub.unsubscribe(&sub);
+    let _ = closer.shutdown(Shutdown::Both);
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
+}
+
+/// The session after the handshake: this thread reads the viewer's messages, a writer thread
+/// sends updates; `closer` shuts the connection down from either side. `padding_ones`: see
+/// [`Converter::padding_ones`] (browser viewers).
+fn run(
+    shared: &Arc<Shared>,
+    mut reader: impl io::Read,
+    mut writer: impl Write + Send + 'static,
+    closer: TcpStream,
+    padding_ones: bool,
+) {
+    let fb = &shared.fb;
+    let client = Arc::new(Client::new(fb.config().height, Some(closer)));
     shared
         .clients
         .lock()
@@ -325,11 +460,10 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, 
         last_full: None,
     };
     let writer = sandbox::spawn("vnc-writer", sandbox::ThreadKind::Vnc, move || {
-        write_loop(&c, &f, &mut &writer_stream, pacing)
+        write_loop(&c, &f, &mut writer, pacing, padding_ones)
     });
     if writer.is_ok() {
         let mut keys = Keys::default();
-        let mut reader = io::BufReader::new(&stream);
         while let Ok(msg) = proto::read_message(&mut reader) {
             let incremental = matches!(
                 msg,
@@ -362,13 +496,27 @@ pub(super) fn serve(shared: &Arc<Shared>, stream: TcpStream, source: SourceKey, 
         .retain(|c| !Arc::ptr_eq(c, &client));
 }
 
-fn write_loop(client: &Client, fb: &Framebuffer, out: &mut impl Write, mut pacing: Pacing) {
+fn write_loop(
+    client: &Client,
+    fb: &Framebuffer,
+    out: &mut impl Write,
+    mut pacing: Pacing,
+    padding_ones: bool,
+) {
+    let converter = |f| {
+        let c = Converter::new(f);
+        if padding_ones {
+            c.padding_ones()
+        } else {
+            c
+        }
+    };
     let mut encoder = Encoder::default();
-    let mut conv = Converter::new(PixelFormat::XRGB8888);
+    let mut conv = converter(PixelFormat::XRGB8888);
     let mut buf = Vec::new();
     while let Some((rects, format, encoding)) = client.next_update(&mut pacing) {
         if conv.format() != format {
-            conv = Converter::new(format);
+            conv = converter(format);
         }
         buf.clear();
         let sent = encoder
