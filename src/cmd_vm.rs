@@ -286,6 +286,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         balloon,
         metrics: vm_metrics,
     };
+    machine::count_nic_in_kernel(&spec);
     let (mut vm, kernel) = machine::build(&spec)?;
     vmm::keep_kvm_open()?;
     let _vnc = match vnc_config {

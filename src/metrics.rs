@@ -171,6 +171,7 @@ impl Exporter {
 
     /// Sets the gauges from the facts now.
     fn refresh(&self) {
+        self.vm.refresh();
         let f = (self.facts)();
         for s in STATES {
             let v = i64::from(s == f.state);
