@@ -108,7 +108,7 @@ def execute(scenarios: list, mode=None, berth=None) -> int:
     retried = []
     try:
         if runnable and mode == "direct":
-            runner.run_direct(runnable, berth, l2, console, disks)
+            runner.run_direct(runnable, berth, l2, console, disks, extra_bins)
         elif runnable:
             rc, timed_out = run_in_l1(runnable, berth, console, extra_bins)
             again = runner.unfinished(runnable, console) if runner.l1_crashed(console, timed_out) else []
