@@ -287,6 +287,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         balloon,
         metrics: vm_metrics,
     };
+    machine::count_nic_in_kernel(&spec);
     // With a VNC console, COM1 is also served to WebSocket terminals (/serial on its port).
     let serial = vnc_config.as_ref().map(|_| SerialHub::new());
     let (mut vm, kernel) = match &serial {

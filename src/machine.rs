@@ -282,6 +282,25 @@ pub fn parse_disk_queues(n: &str) -> Result<u16, String> {
     }
 }
 
+/// Makes the NIC's counters come from the tap's kernel counters (rtnetlink), which see the
+/// frames of both datapaths, vhost-net's included. Call it during set-up, before berth confines
+/// itself: it opens the netlink socket the metrics keep. If that fails, berth's in-process
+/// datapath counts the frames it moves (and says so: vhost-net's frames are then not counted).
+pub fn count_nic_in_kernel(spec: &MachineSpec) {
+    let (Some(m), Some(net)) = (&spec.metrics, &spec.net) else {
+        return;
+    };
+    let Some(tap) = net.taps.first() else { return };
+    let r = vmm::linkstats::LinkCounters::for_tap(tap)
+        .and_then(|link| m.count_nic_in_kernel("eth0", link));
+    if let Err(e) = r {
+        eprintln!(
+            "berth: metrics: cannot read the tap's counters over rtnetlink ({e}); the NIC is \
+             counted in berth's own datapath only, not what vhost-net moves"
+        );
+    }
+}
+
 /// Creates the VM with its devices and loads the kernel; its serial console goes to stdout.
 pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
     build_with_console(spec, Box::new(std::io::stdout()))
@@ -331,7 +350,7 @@ pub fn build_with_console(
                 ))
             })?;
             let mut backend: Box<dyn vmm::virtio::net::tap::NetBackend> = Box::new(tap);
-            if let Some(m) = &spec.metrics {
+            if let Some(m) = spec.metrics.as_ref().filter(|m| !m.nic_in_kernel("eth0")) {
                 // Every queue pair counts into the one NIC's counters.
                 backend = Box::new(CountingNet::new(backend, m.nic("eth0")));
             }

@@ -171,6 +171,7 @@ impl Exporter {
 
     /// Sets the gauges from the facts now.
     fn refresh(&self) {
+        self.vm.refresh();
         let f = (self.facts)();
         for s in STATES {
             let v = i64::from(s == f.state);
@@ -555,7 +556,10 @@ mod tests {
             value(r#"berth_disk_operation_seconds_count{disk="vda",op="flush"}"#),
             0.0
         );
-        assert_eq!(value(r#"berth_net_drops_total{nic="eth0"}"#), 0.0);
+        assert_eq!(
+            value(r#"berth_net_drops_total{nic="eth0",direction="tx"}"#),
+            0.0
+        );
         assert_eq!(
             value(r#"berth_vcpu_exits_total{vcpu="0",reason="mmio_write"}"#),
             1.0

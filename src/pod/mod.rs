@@ -266,6 +266,8 @@ pub fn run() -> Result<ExitReason, Failure> {
         })?;
         log(format!("metrics on http://{at}/metrics"));
     }
+    // The NIC's counters: the one netlink socket kept, read-only (RTM_GETLINK of the tap).
+    crate::machine::count_nic_in_kernel(&spec);
     // No netlink after the drop: close the sockets, keep the plumbing (the tap fd is ours).
     pod_net.leave_in_place();
     drop(pod_net);

@@ -41,6 +41,22 @@ class ScenarioTest(unittest.TestCase):
         self.assertEqual(sc.expect, ["L2-UP cpus=1", "(?i)reset", "NOT-A-HEADER-AFTER-CODE"])
         self.assertEqual(sc.reject, ["Kernel panic"])
 
+    def test_vmm_tests_need(self):
+        import os
+        from unittest import mock
+        from berthlab import cli
+        needy = self.load("# needs: berth vmm-tests\necho\n")
+        plain = self.load("# needs: berth\necho\n")
+        self.assertEqual(cli.get_extra_bins([plain]), ([], {}))
+        with tempfile.NamedTemporaryFile() as f:
+            with mock.patch.dict(os.environ, {"VMM_TESTS_BIN": f.name}):
+                self.assertEqual(cli.get_extra_bins([plain, needy]), ([Path(f.name)], {}))
+        # A binary that cannot be had makes the scenario "not run" (a failure), not a skip.
+        with mock.patch.dict(os.environ, {"VMM_TESTS_BIN": "/nonexistent/vmm-tests"}):
+            bins, not_run = cli.get_extra_bins([needy])
+        self.assertEqual(bins, [])
+        self.assertIn("not run", not_run[needy.name])
+
     def test_default_timeout(self):
         self.assertEqual(self.load("# description: d\necho\n").timeout, sc_mod.DEFAULT_TIMEOUT)
 

@@ -17,6 +17,7 @@ pub mod framebuffer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod irq;
+pub mod linkstats;
 pub mod metrics;
 pub mod pci;
 mod vcpu;

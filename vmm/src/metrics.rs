@@ -12,6 +12,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +22,7 @@ use prometheus_client::registry::Registry;
 use vm_memory::VolatileSlice;
 
 use crate::block::BlockBackend;
+use crate::linkstats::{LinkCounters, LinkStats};
 use crate::virtio::net::tap::NetBackend;
 
 /// Labels: (name, value) pairs.
@@ -100,6 +102,15 @@ pub struct NetCounters {
     tx_packets: Counter,
     tx_bytes: Counter,
     tx_drops: Counter,
+    rx_drops: Counter,
+}
+
+/// A NIC counted by the kernel: its tap's counters, and their values when berth took the tap.
+struct KernelNic {
+    name: String,
+    m: NetCounters,
+    link: LinkCounters,
+    base: LinkStats,
 }
 
 /// The VM's counters, registered in a registry.
@@ -112,6 +123,7 @@ pub struct VmMetrics {
     net_packets: Counters,
     net_bytes: Counters,
     net_drops: Counters,
+    kernel_nics: Mutex<Vec<KernelNic>>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -133,6 +145,7 @@ impl VmMetrics {
             net_packets: Counters::default(),
             net_bytes: Counters::default(),
             net_drops: Counters::default(),
+            kernel_nics: Mutex::new(Vec::new()),
         };
         registry.register(
             "berth_vcpu_exits",
@@ -166,12 +179,13 @@ impl VmMetrics {
         );
         registry.register(
             "berth_net_bytes",
-            "Bytes of frames between the guest and the tap (with the 12-byte virtio-net header)",
+            "Bytes of Ethernet frames between the guest and the tap, by NIC and direction",
             m.net_bytes.clone(),
         );
         registry.register(
             "berth_net_drops",
-            "Frames from the guest the tap refused (full or failing), by NIC",
+            "Frames dropped between the guest and the tap, by NIC and direction (tx: sent by \
+             the guest, rx: to the guest, which did not take them in time)",
             m.net_drops.clone(),
         );
         m
@@ -219,8 +233,64 @@ impl VmMetrics {
             rx_bytes: dir(&self.net_bytes, "rx"),
             tx_packets: dir(&self.net_packets, "tx"),
             tx_bytes: dir(&self.net_bytes, "tx"),
-            tx_drops: self.net_drops.get_or_create_owned(&labels(&[("nic", nic)])),
+            tx_drops: dir(&self.net_drops, "tx"),
+            rx_drops: dir(&self.net_drops, "rx"),
         }
+    }
+
+    /// Counts the NIC `nic` from the kernel's counters of its tap (`link`) from now on, instead
+    /// of in berth's datapath: the only way that sees the frames vhost-net moves. The counters
+    /// start from the tap's values now (a tap may have carried traffic before).
+    pub fn count_nic_in_kernel(&self, nic: &str, mut link: LinkCounters) -> io::Result<()> {
+        let base = link.read()?;
+        self.kernel_nics
+            .lock()
+            .expect("metrics lock poisoned")
+            .push(KernelNic {
+                name: nic.to_owned(),
+                m: self.nic(nic),
+                link,
+                base,
+            });
+        Ok(())
+    }
+
+    /// Whether the kernel counts the NIC `nic` (then its backend must not count it again).
+    pub fn nic_in_kernel(&self, nic: &str) -> bool {
+        self.kernel_nics
+            .lock()
+            .expect("metrics lock poisoned")
+            .iter()
+            .any(|k| k.name == nic)
+    }
+
+    /// Brings the kernel-counted NICs' counters up to date (call before exporting them). A tap
+    /// that cannot be read leaves its counters as they were.
+    pub fn refresh(&self) {
+        for k in self
+            .kernel_nics
+            .lock()
+            .expect("metrics lock poisoned")
+            .iter_mut()
+        {
+            let Ok(now) = k.link.read() else { continue };
+            let b = &k.base;
+            // The tap receives what the guest sends, and sends what the guest receives.
+            catch_up(&k.m.tx_packets, now.rx_packets.saturating_sub(b.rx_packets));
+            catch_up(&k.m.tx_bytes, now.rx_bytes.saturating_sub(b.rx_bytes));
+            catch_up(&k.m.tx_drops, now.rx_dropped.saturating_sub(b.rx_dropped));
+            catch_up(&k.m.rx_packets, now.tx_packets.saturating_sub(b.tx_packets));
+            catch_up(&k.m.rx_bytes, now.tx_bytes.saturating_sub(b.tx_bytes));
+            catch_up(&k.m.rx_drops, now.tx_dropped.saturating_sub(b.tx_dropped));
+        }
+    }
+}
+
+/// Raises a counter to `value` (counters only go up; the kernel's are monotonic).
+fn catch_up(c: &Counter, value: u64) {
+    let now = c.get();
+    if value > now {
+        c.inc_by(value - now);
     }
 }
 
@@ -480,10 +550,86 @@ mod tests {
             r#"berth_net_bytes_total{nic="eth0",direction="rx"} 1614"#,
             r#"berth_net_packets_total{nic="eth0",direction="tx"} 1"#,
             r#"berth_net_bytes_total{nic="eth0",direction="tx"} 60"#,
-            r#"berth_net_drops_total{nic="eth0"} 1"#,
+            r#"berth_net_drops_total{nic="eth0",direction="tx"} 1"#,
         ] {
             assert!(t.contains(line), "{line} missing in\n{t}");
         }
+    }
+
+    /// A NIC counted from its tap's kernel counters: what is written to the tap's fd (what the
+    /// guest sends, whichever datapath writes it) is tx, what the kernel hands the tap is rx,
+    /// and frames the reader did not take in time are rx drops. Needs root (a tap in a network
+    /// namespace of this test thread); elsewhere it says so and returns.
+    #[test]
+    fn nic_counted_from_the_taps_kernel_counters() {
+        use crate::linkstats::LinkCounters;
+        use crate::virtio::net::vhost_tests::{eth_frame, sock_send, tap_and_socket};
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            eprintln!("skipped: no /dev/net/tun");
+            return;
+        }
+        // SAFETY: unshare affects this test thread only.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            eprintln!("skipped: cannot create a network namespace (not root?)");
+            return;
+        }
+        let (tun, sock) = tap_and_socket();
+        let mut reg = Registry::default();
+        let m = VmMetrics::register(&mut reg);
+        assert!(!m.nic_in_kernel("eth0"));
+        m.count_nic_in_kernel("eth0", LinkCounters::for_tap(&tun).unwrap())
+            .unwrap();
+        assert!(m.nic_in_kernel("eth0"));
+        // The guest sends 3 frames (virtio-net header first, as both datapaths write them;
+        // Tap::new sets the tap's header size to 12 bytes as berth does).
+        let mut tap = crate::virtio::net::tap::Tap::new(tun.try_clone().unwrap()).unwrap();
+        let frame = eth_frame(1);
+        let mut with_hdr = vec![0u8; 12];
+        with_hdr.extend_from_slice(&frame);
+        for _ in 0..3 {
+            // SAFETY: the buffer is valid for the call.
+            let n =
+                unsafe { libc::write(tun.as_raw_fd(), with_hdr.as_ptr().cast(), with_hdr.len()) };
+            assert_eq!(n as usize, with_hdr.len());
+        }
+        // The host sends 1100 frames the guest does not read in time: the tap queues 1000 (its
+        // txqueuelen) and drops the rest; then the guest takes the 1000 (the kernel counts a
+        // frame sent when its reader takes it).
+        for _ in 0..1100 {
+            sock_send(&sock, &frame);
+        }
+        let mut buf = [0u8; 2048];
+        let mut taken = 0;
+        while tap.read_frame(&mut buf).is_ok() {
+            taken += 1;
+        }
+        assert!(taken >= 1000, "{taken} frames read");
+        m.refresh();
+        let t = text(&reg);
+        let value = |name: &str| -> u64 {
+            t.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing in\n{t}"))
+        };
+        let f = frame.len() as u64;
+        assert_eq!(
+            value(r#"berth_net_packets_total{nic="eth0",direction="tx"}"#),
+            3
+        );
+        assert_eq!(
+            value(r#"berth_net_bytes_total{nic="eth0",direction="tx"}"#),
+            3 * f
+        );
+        // The kernel may add frames of its own (IPv6 neighbour discovery on a link that is up).
+        let rx = value(r#"berth_net_packets_total{nic="eth0",direction="rx"}"#);
+        let rx_drops = value(r#"berth_net_drops_total{nic="eth0",direction="rx"}"#);
+        assert!(rx + rx_drops >= 1100 && rx + rx_drops < 1120, "{t}");
+        assert_eq!(rx, taken, "{t}");
+        assert!(value(r#"berth_net_bytes_total{nic="eth0",direction="rx"}"#) >= rx * f - 20 * f);
+        assert_eq!(
+            value(r#"berth_net_drops_total{nic="eth0",direction="tx"}"#),
+            0
+        );
     }
 
     #[test]

@@ -53,11 +53,30 @@ def get_berth(scenarios: list) -> tuple:
         return None, {s.name: f"not run: {first}" for s in needy}
 
 
-def run_in_l1(scenarios: list, berth, console: Console) -> tuple:
+def get_extra_bins(scenarios: list) -> tuple:
+    """Build the test binaries scenarios need (`# needs: vmm-tests`).
+
+    Returns ([paths for L1's /lab/bin], {name: reason not run}).
+    """
+    needy = [s for s in scenarios if "vmm-tests" in s.needs]
+    if not needy:
+        return [], {}
+    try:
+        t0 = time.monotonic()
+        path = images.vmm_tests_binary()
+        say(f"vmm unit tests: {path} ({time.monotonic() - t0:.0f}s)")
+        return [path], {}
+    except images.BuildError as e:
+        print(f"lab: ERROR: {e}", file=sys.stderr)
+        first = str(e).splitlines()[0]
+        return [], {s.name: f"not run: {first}" for s in needy}
+
+
+def run_in_l1(scenarios: list, berth, console: Console, extra_bins=None) -> tuple:
     """One L1 boot that runs `scenarios`: (outer QEMU's exit status, whether it timed out)."""
     plan = [(s.path, s.timeout, False) for s in scenarios]
     with images.private_l1_path() as private:
-        imgs = images.l1_image(plan, berth, private)
+        imgs = images.l1_image(plan, berth, private, extra_bins)
         return runner.run_l1(scenarios, imgs, console, images.l1_disks(scenarios))
 
 
@@ -69,6 +88,8 @@ def execute(scenarios: list, mode=None, berth=None) -> int:
     not_run = {}
     if berth is None:
         berth, not_run = get_berth(scenarios)
+    extra_bins, failed_bins = get_extra_bins([s for s in scenarios if s.name not in not_run])
+    not_run.update(failed_bins)
     runnable = [s for s in scenarios if s.name not in not_run]
     try:
         disks = images.l1_disks(runnable)
@@ -87,9 +108,9 @@ def execute(scenarios: list, mode=None, berth=None) -> int:
     retried = []
     try:
         if runnable and mode == "direct":
-            runner.run_direct(runnable, berth, l2, console, disks)
+            runner.run_direct(runnable, berth, l2, console, disks, extra_bins)
         elif runnable:
-            rc, timed_out = run_in_l1(runnable, berth, console)
+            rc, timed_out = run_in_l1(runnable, berth, console, extra_bins)
             again = runner.unfinished(runnable, console) if runner.l1_crashed(console, timed_out) else []
             if again:
                 # L1 is an emulated nested hypervisor (TCG + SVM); its own kernel has been seen
@@ -100,7 +121,7 @@ def execute(scenarios: list, mode=None, berth=None) -> int:
                     f"{', '.join(retried)} ONCE in a fresh L1; the first attempt stays in console.log")
                 console.feed(f"lab: ==== L1 CRASHED: RETRYING {' '.join(retried)} in a fresh L1 ====")
                 console.markers.pop("L1-READY", None)
-                rc, timed_out = run_in_l1(again, berth, console)
+                rc, timed_out = run_in_l1(again, berth, console, extra_bins)
             if timed_out:
                 say(f"ERROR: outer QEMU hit its timeout ({runner.outer_timeout(runnable)}s) and was killed")
             for marker in ("L1-READY", "L1-DONE"):

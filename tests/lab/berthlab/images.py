@@ -1,8 +1,10 @@
 """Building berth and the guest images (the guest-images/*.sh scripts do the real work)."""
 
 import contextlib
+import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,50 @@ def berth_binary(build: bool = True) -> Path:
     return paths.BERTH_RELEASE
 
 
+VMM_TESTS_CMD = ["cargo", "test", "-p", "vmm", "--lib", "--release", "--target",
+                 "x86_64-unknown-linux-gnu", "--no-run", "--message-format=json"]
+
+
+def vmm_tests_binary() -> Path:
+    """The vmm crate's unit tests as one static binary, for scenarios with `# needs: vmm-tests`.
+
+    $VMM_TESTS_BIN if set, else built with cargo (static glibc, as berth) and located through
+    cargo's JSON messages; a copy named `vmm-tests` next to it is what L1 gets (as
+    /lab/bin/vmm-tests: L1_EXTRA_BINS installs by file name).
+    """
+    if os.environ.get("VMM_TESTS_BIN"):
+        path = Path(os.environ["VMM_TESTS_BIN"]).resolve()
+        if not path.is_file():
+            raise BuildError(f"VMM_TESTS_BIN={path} does not exist")
+        return path
+    print("lab: building the vmm unit tests: RUSTFLAGS='-C target-feature=+crt-static' "
+          + " ".join(VMM_TESTS_CMD), file=sys.stderr, flush=True)
+    env = {**os.environ, "RUSTFLAGS": "-C target-feature=+crt-static"}
+    proc = subprocess.run(VMM_TESTS_CMD, cwd=paths.REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.splitlines()[-30:])
+        raise BuildError(f"cargo test --no-run of vmm failed (rc={proc.returncode}):\n{tail}")
+    exe = None
+    for line in proc.stdout.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        target = msg.get("target", {})
+        if (msg.get("reason") == "compiler-artifact" and msg.get("executable")
+                and target.get("name") == "vmm" and msg.get("profile", {}).get("test")):
+            exe = Path(msg["executable"])
+    if exe is None:
+        raise BuildError("cargo test --no-run of vmm named no test executable")
+    out = exe.parent.parent / "vmm-tests"
+    tmp = out.with_suffix(".tmp")
+    shutil.copyfile(exe, tmp)
+    tmp.chmod(0o755)
+    tmp.replace(out)
+    return out
+
+
 def l2_images() -> dict:
     """Build or reuse the L2 kernel + initramfs: {'L2_KERNEL': ..., 'L2_INITRD': ...}."""
     return run_script("l2-initramfs.sh")
@@ -81,18 +127,22 @@ def l1_disks(scenarios: list) -> dict:
     return disks
 
 
-def l1_image(plan: list, berth: Path | None, private: Path | None = None) -> dict:
+def l1_image(plan: list, berth: Path | None, private: Path | None = None,
+             extra_bins: list | None = None) -> dict:
     """Build the L1 image for `plan`, a list of (scenario_path, timeout, tty: bool).
 
     With `private` (a path in the cache's filesystem), the image is also hard-linked there and
     that path is returned, so a concurrent run cannot swap it before QEMU opens it.
+    `extra_bins` go to L1 as /lab/bin/<name>, with those of $L1_EXTRA_BINS.
     Returns L1_KERNEL, L1_INITRD, L2_KERNEL, L2_INITRD.
     """
     with tempfile.NamedTemporaryFile("w", prefix="lab-plan.", suffix=".txt") as f:
         for path, timeout, tty in plan:
             f.write(f"{path} {timeout}{' tty' if tty else ''}\n")
         f.flush()
-        env = {"BERTH_BIN": str(berth) if berth else "", "L1_OUTPUT": str(private or "")}
+        extra = os.environ.get("L1_EXTRA_BINS", "").split() + [str(b) for b in extra_bins or []]
+        env = {"BERTH_BIN": str(berth) if berth else "", "L1_OUTPUT": str(private or ""),
+               "L1_EXTRA_BINS": " ".join(extra)}
         return run_script("l1-image.sh", "--plan", f.name, env=env)
 
 

@@ -73,9 +73,12 @@ def run_l1(scenarios: list, images: dict, console: Console, disks: dict | None =
     return stream_process(cmd, console, limit)
 
 
-def scenario_env(berth: Path | None, l2: dict, scratch: Path, disks: dict | None = None) -> dict:
-    """The environment a scenario gets (the same names as inside L1)."""
+def scenario_env(berth: Path | None, l2: dict, scratch: Path, disks: dict | None = None,
+                 extra_bins: list | None = None) -> dict:
+    """The environment a scenario gets (the same names as inside L1). On the host the extra
+    binaries are not in /lab/bin: LAB_BIN_<NAME> (vmm-tests: LAB_BIN_VMM_TESTS) names each."""
     return {
+        **{"LAB_BIN_" + Path(b).name.upper().replace("-", "_"): str(b) for b in extra_bins or []},
         **{disk_env_name(n): p for n, p in (disks or {}).items()},
         **os.environ,
         "BERTH": str(berth) if berth else "/nonexistent/berth",
@@ -89,14 +92,15 @@ def scenario_env(berth: Path | None, l2: dict, scratch: Path, disks: dict | None
 
 
 def run_direct(scenarios: list, berth: Path | None, l2: dict, console: Console,
-               disks: dict | None = None) -> None:
+               disks: dict | None = None, extra_bins: list | None = None) -> None:
     """Run the scenarios on the host, printing the same markers L1's /init prints."""
     for sc in scenarios:
         scratch = Path(tempfile.mkdtemp(prefix=f"lab-{sc.name}."))
         console.feed(f"=== SCENARIO {sc.name} BEGIN timeout={sc.timeout}")
         t0 = time.monotonic()
         rc, timed_out = stream_process(["sh", str(sc.path)], console, sc.timeout,
-                                       env=scenario_env(berth, l2, scratch, disks), cwd=scratch)
+                                       env=scenario_env(berth, l2, scratch, disks, extra_bins),
+                                       cwd=scratch)
         if timed_out:
             console.feed(f"=== SCENARIO {sc.name} TIMEOUT after {sc.timeout}s")
             rc = 137

@@ -1,9 +1,11 @@
-# description: /metrics of berth vm --metrics, scraped in L1 after an L2 guest wrote 32 MiB to and read 16 MiB from a raw disk (O_DIRECT), sent 16 MiB (nc) and fetched 8 MiB (wget) over TCP through virtio-net and a tap; the disk and NIC byte counters match what dd, nc and wget moved; a second boot without --metrics times the same I/O (the cost of counting)
-# timeout: 300
+# description: /metrics of berth vm --metrics with vhost=on and with vhost=off, scraped in L1 after an L2 guest wrote 32 MiB to and read 16 MiB from a raw disk (O_DIRECT), sent 16 MiB (nc) and fetched 8 MiB (wget) over TCP through virtio-net and a tap; the disk and NIC byte counters match what dd, nc and wget moved; a second boot without --metrics times the same I/O (the cost of counting)
+# timeout: 420
 # needs: berth
-# expect: MET-DISK-OK
-# expect: MET-NET-OK
-# expect: MET-COST on
+# expect: MET-DISK-OK vhost=on
+# expect: MET-NET-OK vhost=on
+# expect: MET-DISK-OK vhost=off
+# expect: MET-NET-OK vhost=off
+# expect: MET-COST on vhost=on
 # expect: MET-COST off
 # reject: MET-SCRAPE-FAILED
 # reject: Kernel panic
@@ -62,26 +64,36 @@ wait_for() {
 }
 
 dd if=/dev/zero of=d.raw bs=1M count=0 seek=64 2>/dev/null
-"$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 --net tap=bm0 \
-    --disk d.raw,format=raw --metrics 127.0.0.1:9101 --cmdline "$CMD" </dev/null > on.log 2>&1 &
-pid=$!
-if wait_for on.log MET-GUEST-DONE 200; then scrape m.txt; else echo "MET-TIMEOUT"; fi
-wait "$pid"
-grep -E "MET-|berth:" on.log
-echo "MET-COST on $(grep MET-GUEST on.log | head -n1) sink_got=$(tail -n1 got.txt)"
-w=$(metric m.txt 'berth_disk_bytes_total{disk="vda",op="write"}')
-r=$(metric m.txt 'berth_disk_bytes_total{disk="vda",op="read"}')
-echo "MET-DISK write_bytes=${w:-none} (dd: 33554432) read_bytes=${r:-none} (dd: 16777216 + the partition scan)"
-if within "${w:-0}" 33554432 3 && within "${r:-0}" 16777216 5; then echo "MET-DISK-OK"; else echo "MET-DISK-BAD"; fi
-tx=$(metric m.txt 'berth_net_bytes_total{nic="eth0",direction="tx"}')
-rx=$(metric m.txt 'berth_net_bytes_total{nic="eth0",direction="rx"}')
-txp=$(metric m.txt 'berth_net_packets_total{nic="eth0",direction="tx"}')
-rxp=$(metric m.txt 'berth_net_packets_total{nic="eth0",direction="rx"}')
-drops=$(metric m.txt 'berth_net_drops_total{nic="eth0"}')
-echo "MET-NET tx_bytes=${tx:-none} tx_packets=${txp:-none} (nc sent 16777216) rx_bytes=${rx:-none} rx_packets=${rxp:-none} (wget received 8388608) drops=${drops:-none}"
-# Headers (virtio-net 12, Ethernet, IP, TCP), ACKs of the other direction, ARP and ping.
-if within "${tx:-0}" 16777216 5 && within "${rx:-0}" 8388608 5; then echo "MET-NET-OK"; else echo "MET-NET-BAD"; fi
-grep -E '^berth_(vcpu_exits_total\{vcpu="0",reason="(mmio_write|io_out)"\}|disk_operations_total|vm_)' "$SCRATCH/m.txt"
+# One boot per NIC datapath: vhost-net (the kernel moves the frames, berth counts them from the
+# tap's kernel counters) and berth's in-process datapath.
+measure() {
+    mode=$1
+    "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 \
+        --net "tap=bm0,vhost=$mode" --disk d.raw,format=raw --metrics 127.0.0.1:9101 \
+        --cmdline "$CMD" </dev/null > "$mode.log" 2>&1 &
+    pid=$!
+    if wait_for "$mode.log" MET-GUEST-DONE 200; then scrape "m-$mode.txt"; else echo "MET-TIMEOUT vhost=$mode"; fi
+    wait "$pid"
+    grep -E "MET-|berth:" "$mode.log"
+    echo "MET-COST on vhost=$mode $(grep MET-GUEST "$mode.log" | head -n1) sink_got=$(tail -n1 got.txt)"
+    m="m-$mode.txt"
+    w=$(metric "$m" 'berth_disk_bytes_total{disk="vda",op="write"}')
+    r=$(metric "$m" 'berth_disk_bytes_total{disk="vda",op="read"}')
+    echo "MET-DISK vhost=$mode write_bytes=${w:-none} (dd: 33554432) read_bytes=${r:-none} (dd: 16777216 + the partition scan)"
+    if within "${w:-0}" 33554432 3 && within "${r:-0}" 16777216 5; then echo "MET-DISK-OK vhost=$mode"; else echo "MET-DISK-BAD vhost=$mode"; fi
+    tx=$(metric "$m" 'berth_net_bytes_total{nic="eth0",direction="tx"}')
+    rx=$(metric "$m" 'berth_net_bytes_total{nic="eth0",direction="rx"}')
+    txp=$(metric "$m" 'berth_net_packets_total{nic="eth0",direction="tx"}')
+    rxp=$(metric "$m" 'berth_net_packets_total{nic="eth0",direction="rx"}')
+    txd=$(metric "$m" 'berth_net_drops_total{nic="eth0",direction="tx"}')
+    rxd=$(metric "$m" 'berth_net_drops_total{nic="eth0",direction="rx"}')
+    echo "MET-NET vhost=$mode tx_bytes=${tx:-none} tx_packets=${txp:-none} (nc sent 16777216) rx_bytes=${rx:-none} rx_packets=${rxp:-none} (wget received 8388608) drops tx=${txd:-none} rx=${rxd:-none}"
+    # Headers (Ethernet, IP, TCP), ACKs of the other direction, ARP and ping.
+    if within "${tx:-0}" 16777216 5 && within "${rx:-0}" 8388608 5; then echo "MET-NET-OK vhost=$mode"; else echo "MET-NET-BAD vhost=$mode"; fi
+    grep -E '^berth_(vcpu_exits_total\{vcpu="0",reason="(mmio_write|io_out)"\}|disk_operations_total|vm_)' "$SCRATCH/$m"
+}
+measure on
+measure off
 
 "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 --net tap=bm0 \
     --disk d.raw,format=raw --cmdline "$CMD" </dev/null > off.log 2>&1

@@ -15,7 +15,7 @@ pub mod tap;
 mod tests;
 pub mod vhost;
 #[cfg(test)]
-mod vhost_tests;
+pub(crate) mod vhost_tests;
 
 use std::fs::File;
 use std::os::fd::RawFd;

@@ -46,7 +46,7 @@ fn ifreq(name: &str) -> libc::ifreq {
 
 /// A tap (IFF_VNET_HDR) that is up, and an AF_PACKET socket on it: frames vhost writes into
 /// the tap arrive on the socket, frames sent on the socket leave through the tap to vhost.
-fn tap_and_socket() -> (OwnedFd, OwnedFd) {
+pub(crate) fn tap_and_socket() -> (OwnedFd, OwnedFd) {
     // SAFETY: plain syscalls on fds this function owns; ifreq outlives each ioctl.
     unsafe {
         let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
@@ -85,7 +85,7 @@ fn tap_and_socket() -> (OwnedFd, OwnedFd) {
     }
 }
 
-fn eth_frame(tag: u8) -> Vec<u8> {
+pub(crate) fn eth_frame(tag: u8) -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, tag]);
     f.extend_from_slice(&ETHERTYPE.to_be_bytes());
@@ -114,7 +114,7 @@ fn sock_recv(s: &OwnedFd, wait: Duration) -> Option<Vec<u8>> {
     None
 }
 
-fn sock_send(s: &OwnedFd, f: &[u8]) {
+pub(crate) fn sock_send(s: &OwnedFd, f: &[u8]) {
     let n = unsafe { libc::send(s.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
     assert_eq!(n as usize, f.len());
 }
@@ -222,6 +222,11 @@ fn real_vhost_net_moves_frames_and_survives_reset_and_new_memory() {
         return;
     }
     let (tun, sock) = tap_and_socket();
+    // The NIC's metrics come from the tap's kernel counters: berth never sees vhost's frames.
+    let mut reg = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::VmMetrics::register(&mut reg);
+    let link = crate::linkstats::LinkCounters::for_tap(&tun).expect("rtnetlink");
+    metrics.count_nic_in_kernel("eth0", link).unwrap();
     let vhost_tap = File::from(tun.try_clone().unwrap());
     let handle = Arc::new(Mutex::new(VhostNet::open().expect("open /dev/vhost-net")));
     let mut dev = Net::with_vhost(
@@ -305,4 +310,33 @@ fn real_vhost_net_moves_frames_and_survives_reset_and_new_memory() {
         let _ = calls[0].read();
         let _ = calls[1].read();
     }
+    // One frame each way per round went through vhost (the kernel may have added IPv6
+    // neighbour discovery of its own towards the guest).
+    metrics.refresh();
+    let mut t = String::new();
+    prometheus_client::encoding::text::encode(&mut t, &reg).unwrap();
+    let value = |name: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{t}"))
+    };
+    let f = eth_frame(0).len() as u64;
+    assert_eq!(
+        value(r#"berth_net_packets_total{nic="eth0",direction="tx"}"#),
+        2,
+        "{t}"
+    );
+    assert_eq!(
+        value(r#"berth_net_bytes_total{nic="eth0",direction="tx"}"#),
+        2 * f,
+        "{t}"
+    );
+    assert!(
+        value(r#"berth_net_packets_total{nic="eth0",direction="rx"}"#) >= 2,
+        "{t}"
+    );
+    assert!(
+        value(r#"berth_net_bytes_total{nic="eth0",direction="rx"}"#) >= 2 * f,
+        "{t}"
+    );
 }
