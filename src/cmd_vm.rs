@@ -210,6 +210,11 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         Some(c) => Some(machine::balloon_state(c, args.memory)?),
         None => None,
     };
+    // With a VNC console the viewer's pointer reaches the guest through a tablet.
+    let pointer = match &vnc_config {
+        Some(_) => Some(machine::pointer_state(FramebufferConfig::default())?),
+        None => None,
+    };
     let disks = args
         .disks
         .iter()
@@ -285,6 +290,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         disks,
         net,
         balloon,
+        pointer: pointer.clone(),
         metrics: vm_metrics,
     };
     // With a VNC console, COM1 is also served to WebSocket terminals (/serial on its port).
@@ -309,6 +315,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
             let server = VncServer::start(config, fb, Some(vm.keyboard()))
                 .map_err(|e| Failure::Setup(format!("cannot serve VNC on {addr}: {e}")))?;
             server.set_serial(serial.clone());
+            server.set_pointer(pointer.clone());
             eprintln!("berth: VNC console on {}", server.local_addr());
             Some(server)
         }

@@ -94,7 +94,10 @@ fn config_space_describes_a_tablet() {
     assert!(!bit(&keys, 0x113), "no side button");
     let abs = cfg(&mut dev, select::EV_BITS, EV_ABS as u8);
     assert!(bit(&abs, ABS_X) && bit(&abs, ABS_Y));
-    assert!(bit(&cfg(&mut dev, select::EV_BITS, EV_REL as u8), REL_WHEEL));
+    assert!(bit(
+        &cfg(&mut dev, select::EV_BITS, EV_REL as u8),
+        REL_WHEEL
+    ));
     let info = |dev: &mut Input, axis: u16| {
         let a = cfg(dev, select::ABS_INFO, axis as u8);
         assert_eq!(a.len(), 20);
@@ -261,7 +264,10 @@ fn bad_buffers_are_returned_empty_and_the_event_waits() {
     let (q, mut queue) = queue_with(&m, &descs);
     fill_events(&mut queue, &m, &t);
     assert_eq!(used_idx(&m, &q), 4);
-    let len = |i: u64| -> u32 { m.read_obj(GuestAddress(q.used_addr().0 + 8 + i * 8)).unwrap() };
+    let len = |i: u64| -> u32 {
+        m.read_obj(GuestAddress(q.used_addr().0 + 8 + i * 8))
+            .unwrap()
+    };
     assert_eq!((len(0), len(1), len(2), len(3)), (0, 0, 0, 8));
     let x: (u16, u16, u32) = (
         m.read_obj(GuestAddress(BUF + 0x200)).unwrap(),
