@@ -197,6 +197,11 @@ impl PointerInput {
         let _ = self.kick.write(1);
     }
 
+    /// Reports waiting for the guest (at most [`MAX_PENDING`]).
+    pub fn waiting(&self) -> usize {
+        self.lock().reports.len()
+    }
+
     /// Reports dropped so far because the guest did not take them in time.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
