@@ -295,9 +295,9 @@ pub fn fill_events(queue: &mut Queue, mem: &GuestMemoryMmap, input: &PointerInpu
         };
         let head = chain.head_index();
         let event = p.events.front().copied().expect("events not empty");
+        let mut chain = chain;
         let written = chain
-            .filter(|d| d.is_write_only() && d.len() >= 8)
-            .next()
+            .find(|d| d.is_write_only() && d.len() >= 8)
             .and_then(|d| mem.write_slice(&event.bytes(), d.addr()).ok())
             .map_or(0, |()| 8);
         if written == 8 {
