@@ -57,8 +57,8 @@ pub struct VmArgs {
     /// Default: BERTH_SECCOMP, else on. See docs/security.md.
     #[arg(long, value_name = "on|log|off")]
     pub seccomp: Option<String>,
-    /// Serve the guest's screen (a 1024x768 framebuffer, its console with console=tty0) and
-    /// keyboard over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
+    /// Serve the guest's screen (a 1024x768 framebuffer, its console with console=tty0),
+    /// keyboard and pointer (a virtio-input tablet) over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
     #[arg(long, value_name = "ADDR:PORT")]
     vnc: Option<std::net::SocketAddr>,
     /// The memory balloon: `off`, or `on` with options `reporting=on|off` (free page
