@@ -14,7 +14,7 @@ need busybox cpio gzip dropbear dropbearkey ldd sha256sum
 eval "$("$GI_DIR/kernel.sh")"
 
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-         failover net_failover virtio_net virtio_balloon button evdev)
+         failover net_failover virtio_net virtio_balloon virtio_input button evdev)
 BUSYBOX=$(command -v busybox)
 DROPBEAR=$(command -v dropbear)
 

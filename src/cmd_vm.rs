@@ -57,8 +57,8 @@ pub struct VmArgs {
     /// Default: BERTH_SECCOMP, else on. See docs/security.md.
     #[arg(long, value_name = "on|log|off")]
     pub seccomp: Option<String>,
-    /// Serve the guest's screen (a 1024x768 framebuffer, its console with console=tty0) and
-    /// keyboard over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
+    /// Serve the guest's screen (a 1024x768 framebuffer, its console with console=tty0),
+    /// keyboard and pointer (a virtio-input tablet) over VNC on ADDR:PORT, e.g. 127.0.0.1:5900.
     #[arg(long, value_name = "ADDR:PORT")]
     vnc: Option<std::net::SocketAddr>,
     /// The memory balloon: `off`, or `on` with options `reporting=on|off` (free page
@@ -210,6 +210,11 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         Some(c) => Some(machine::balloon_state(c, args.memory)?),
         None => None,
     };
+    // With a VNC console the viewer's pointer reaches the guest through a tablet.
+    let pointer = match &vnc_config {
+        Some(_) => Some(machine::pointer_state(FramebufferConfig::default())?),
+        None => None,
+    };
     let disks = args
         .disks
         .iter()
@@ -285,6 +290,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         disks,
         net,
         balloon,
+        pointer: pointer.clone(),
         metrics: vm_metrics,
     };
     machine::count_nic_in_kernel(&spec);
@@ -310,6 +316,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
             let server = VncServer::start(config, fb, Some(vm.keyboard()))
                 .map_err(|e| Failure::Setup(format!("cannot serve VNC on {addr}: {e}")))?;
             server.set_serial(serial.clone());
+            server.set_pointer(pointer.clone());
             eprintln!("berth: VNC console on {}", server.local_addr());
             Some(server)
         }

@@ -12,6 +12,7 @@ use vmm::block::{open_disk, DiskFormat, DiskOptions};
 use vmm::metrics::{CountingDisk, CountingNet, VmMetrics};
 use vmm::virtio::balloon::{Balloon, BalloonConfig, BalloonShared};
 use vmm::virtio::block::{Block, MAX_QUEUES};
+use vmm::virtio::input::{Input, PointerInput};
 use vmm::virtio::net::tap::Tap;
 use vmm::virtio::net::vhost::VhostNet;
 use vmm::virtio::net::{Net, NetVhost, MAX_QUEUE_PAIRS};
@@ -151,6 +152,9 @@ pub struct MachineSpec {
     pub net: Option<NetSpec>,
     /// The balloon's state, kept across reboots (its target and counters), if it has one.
     pub balloon: Option<Arc<BalloonShared>>,
+    /// The VNC viewer's pointer, kept across reboots, if there is a VNC console: a
+    /// virtio-input tablet, the last virtio device so the others keep their PCI slots.
+    pub pointer: Option<Arc<PointerInput>>,
     /// Where vCPUs, disks and the NIC count what they do, if anywhere.
     pub metrics: Option<Arc<VmMetrics>>,
 }
@@ -218,6 +222,15 @@ pub fn parse_switch(v: &str) -> Option<bool> {
         "off" | "0" | "false" | "no" => Some(false),
         _ => None,
     }
+}
+
+/// The tablet the VNC console's pointer drives, for a framebuffer of `fb`'s size. Creates
+/// the eventfd its worker sleeps on: call it before berth confines itself.
+pub fn pointer_state(
+    fb: vmm::framebuffer::FramebufferConfig,
+) -> Result<Arc<PointerInput>, Failure> {
+    PointerInput::new(fb.width, fb.height)
+        .map_err(|e| Failure::Setup(format!("cannot set up the VNC pointer: {e}")))
 }
 
 /// The balloon's shared state for a guest of `memory_mib`, checking the initial size against
@@ -367,6 +380,9 @@ pub fn build_with_console(
     }
     if let Some(b) = &spec.balloon {
         vm.add_virtio(Box::new(Balloon::new(b.clone())))?;
+    }
+    if let Some(p) = &spec.pointer {
+        vm.add_virtio(Box::new(Input::new(p.clone())))?;
     }
     let kernel = vm.load_linux(&spec.boot)?;
     Ok((vm, kernel))

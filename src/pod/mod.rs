@@ -206,8 +206,15 @@ pub fn run() -> Result<ExitReason, Failure> {
         .expect("exporter lock poisoned")
         .vm_metrics();
     status.lock().expect("status lock poisoned").metrics = Some(exporter.clone());
+    // With a VNC console the viewer's pointer reaches the guest through a tablet.
+    let pointer = if cfg.no_vnc {
+        None
+    } else {
+        Some(crate::machine::pointer_state(FramebufferConfig::default())?)
+    };
     let spec = MachineSpec {
         balloon,
+        pointer: pointer.clone(),
         metrics: Some(vm_metrics),
         config: MachineConfig {
             vcpus: cfg.vcpus,
@@ -242,6 +249,7 @@ pub fn run() -> Result<ExitReason, Failure> {
             &env,
             cfg.vnc_insecure,
             &serial,
+            pointer,
         )?)
     };
     if let Some(c) = &vnc {
@@ -337,6 +345,7 @@ fn start_vnc(
     env: &Env,
     insecure: bool,
     serial: &Arc<SerialHub>,
+    pointer: Option<Arc<vmm::virtio::input::PointerInput>>,
 ) -> Result<Console, Failure> {
     let fb = Arc::new(
         Framebuffer::new(FramebufferConfig::default())
@@ -366,6 +375,8 @@ fn start_vnc(
         ));
     }
     server.set_serial(Some(serial.clone()));
+    // The tablet outlives reboots (each new VM's device takes it over), so it is set once.
+    server.set_pointer(pointer);
     Ok(Console {
         fb,
         server: Arc::new(server),

@@ -20,7 +20,7 @@ const RANDOM_INPUTS: usize = 5000;
 
 type Harness = fn(&[u8]);
 
-fn targets() -> [(&'static str, Harness); 6] {
+fn targets() -> [(&'static str, Harness); 7] {
     [
         ("virtio_blk_request", |d| {
             fuzzing::virtio_blk_request(d);
@@ -38,6 +38,9 @@ fn targets() -> [(&'static str, Harness); 6] {
             fuzzing::virtio_balloon(d);
         }),
         ("vnc_ws_session", fuzzing::vnc_ws_session),
+        ("virtio_input", |d| {
+            fuzzing::virtio_input(d);
+        }),
     ]
 }
 
@@ -64,6 +67,7 @@ fn seed_inputs(target: &str) -> Vec<(&'static str, Vec<u8>)> {
             ("seed-stats", seeds::balloon_stats()),
         ],
         "vnc_ws_session" => vec![("seed-novnc", seeds::vnc_ws_session())],
+        "virtio_input" => vec![("seed-click", seeds::input_click())],
         _ => unreachable!(),
     }
 }
@@ -201,6 +205,11 @@ fn random_virtio_balloon() {
 }
 
 #[test]
+fn random_virtio_input() {
+    random_run(6);
+}
+
+#[test]
 fn seed_corpus_is_current() {
     let write = std::env::var_os("BERTH_WRITE_SEEDS").is_some();
     for (name, _) in targets() {
@@ -257,6 +266,12 @@ fn seeds_reach_the_devices() {
     assert!(r.checked_memory, "{r:?}");
     let r = fuzzing::virtio_balloon(&seeds::balloon_stats());
     assert_eq!(r.used, 1, "the first buffer used, the second held");
+
+    // Press: ABS_X, ABS_Y, BTN_LEFT, SYN; release: ABS_X, ABS_Y, BTN_LEFT, SYN (the guest's
+    // input core drops the repeated positions, the device does not).
+    let r = fuzzing::virtio_input(&seeds::input_click());
+    assert_eq!((r.used, r.events), (8, 8), "{r:?}");
+    assert!(r.checked_memory, "{r:?}");
 }
 
 /// The seeds also hold under the checks berth does not pass yet in general.

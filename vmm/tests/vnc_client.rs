@@ -129,6 +129,13 @@ impl Rfb {
         self.s.write_all(&m).unwrap();
     }
 
+    pub fn pointer(&mut self, x: u16, y: u16, mask: u8) {
+        let mut m = vec![5, mask];
+        m.extend_from_slice(&x.to_be_bytes());
+        m.extend_from_slice(&y.to_be_bytes());
+        self.s.write_all(&m).unwrap();
+    }
+
     /// A pixel's colour bits (padding bits are the server's to fill; clients ignore them).
     fn pixel(&self, b: &[u8], n: usize) -> u32 {
         let f = self.format;

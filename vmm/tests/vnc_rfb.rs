@@ -247,6 +247,85 @@ fn keys_reach_the_keyboard() {
 }
 
 #[test]
+fn pointer_events_reach_the_tablet() {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vmm::virtio::input::{fill_events, PointerInput};
+
+    let s = serve(None, 8);
+    let tablet = PointerInput::new(W, H).unwrap();
+    s.server.set_pointer(Some(tablet.clone()));
+    let mut c = Rfb::connect(addr(&s), "003.008", None);
+    c.pointer(120, 80, 1);
+    c.pointer(120, 80, 0);
+    // A key still reaches the keyboard after pointer events on the same connection.
+    c.key(u32::from(b'a'), true);
+
+    let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let q = virtio_queue::mock::MockSplitQueue::create(&m, GuestAddress(0), 16);
+    let bufs: Vec<_> = (0..16u64)
+        .map(|i| {
+            virtio_queue::desc::RawDescriptor::from(virtio_queue::desc::split::Descriptor::new(
+                0x1_0000 + i * 8,
+                8,
+                virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
+                0,
+            ))
+        })
+        .collect();
+    q.add_desc_chains(&bufs, 0).unwrap();
+    let mut queue = q.create_queue().unwrap();
+    let read = |m: &GuestMemoryMmap| -> Vec<(u16, u16, u32)> {
+        (0..8u64)
+            .map(|i| {
+                let a = 0x1_0000 + i * 8;
+                (
+                    m.read_obj(GuestAddress(a)).unwrap(),
+                    m.read_obj(GuestAddress(a + 2)).unwrap(),
+                    m.read_obj(GuestAddress(a + 4)).unwrap(),
+                )
+            })
+            .collect()
+    };
+    // The session applies the messages on its own thread: wait for the release to arrive.
+    for _ in 0..500 {
+        fill_events(&mut queue, &m, &tablet);
+        if read(&m)[6] == (1, 0x110, 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let events = read(&m);
+    // ABS_X, ABS_Y, BTN_LEFT down, SYN; then the release.
+    assert_eq!(
+        events,
+        vec![
+            (3, 0, 120),
+            (3, 1, 80),
+            (1, 0x110, 1),
+            (0, 0, 0),
+            (3, 0, 120),
+            (3, 1, 80),
+            (1, 0x110, 0),
+            (0, 0, 0),
+        ]
+    );
+    let mut got = None;
+    for _ in 0..200 {
+        let mut b = [0u8];
+        let mut d = s.i8042.lock().unwrap();
+        d.read(0x64, 0, &mut b);
+        if b[0] & 1 != 0 {
+            d.read(DATA_PORT, 0, &mut b);
+            got = Some(b[0]);
+            break;
+        }
+        drop(d);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(got, Some(0x1e), "the key after the pointer events");
+}
+
+#[test]
 fn connection_limit_and_many_viewers() {
     let s = serve(None, 3);
     let mut viewers: Vec<Rfb> = (0..3)

@@ -4,6 +4,7 @@
 # expect: L2-FIRST-BOOT-REBOOTING
 # expect: guest requested reset .*restarting the VM on the same disks and network
 # expect: L2-SECOND-BOOT
+# expect: L2-TABLET berth tablet
 # expect: L2-NET eth0 192\.168\.254\.2/30
 # expect: L2-MTU 1450
 # expect: L2-DNS nameserver 10\.77\.0\.53 nameserver 10\.77\.0\.54 nameserver 10\.77\.0\.55 search pod\.test svc\.test cluster\.test
@@ -46,6 +47,8 @@ if [ "$(head -c 16 /dev/vda)" != "berth-boot-one!!" ]; then
     reboot -f
 fi
 echo L2-SECOND-BOOT
+# The VNC tablet is in the VM rebuilt after the guest's reboot too.
+echo "L2-TABLET $(cat /sys/class/input/event*/device/name 2>/dev/null | grep -x 'berth tablet')"
 echo "L2-MTU $(cat /sys/class/net/eth0/mtu)"
 echo "L2-DNS $(tr '\n' ' ' < /etc/resolv.conf | sed 's/ *$//')"
 echo "L2-HOSTNAME $(hostname)"

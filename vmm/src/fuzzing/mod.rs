@@ -1,5 +1,5 @@
 //! Fuzzing harnesses for everything a guest controls: virtio-blk requests, the virtio-net
-//! datapath, the virtio-balloon queues, and PCI configuration / BAR accesses to a virtio-pci
+//! datapath, the virtio-balloon queues, the virtio-input event queue, and PCI configuration / BAR accesses to a virtio-pci
 //! function; and for what a network peer controls: the VNC console's WebSocket and RFB input
 //! path.
 //!
@@ -385,12 +385,14 @@ fn read_regions(mem: &GuestMemoryMmap, regions: &[(u64, u64)]) -> Vec<u8> {
 
 mod balloon;
 mod blk;
+mod input;
 mod net;
 mod pci;
 pub mod seeds;
 
 pub use balloon::*;
 pub use blk::*;
+pub use input::*;
 pub use net::*;
 pub use pci::*;
 

@@ -261,6 +261,21 @@ pub fn balloon_stats() -> Vec<u8> {
     input
 }
 
+/// virtio-input: a click at (10, 20) (press and release, 8 events) on a queue of 8 one-event
+/// buffers.
+pub fn input_click() -> Vec<u8> {
+    let bufs: Vec<Vec<Desc>> = (0..8u64).map(|i| vec![(0x1000 + 8 * i, 8, W, 0)]).collect();
+    let img = queue_image(8, 0, &bufs);
+    let mut input = vec![3, 0, 0, 2];
+    for mask in [1u8, 0] {
+        input.extend_from_slice(&10u16.to_le_bytes());
+        input.extend_from_slice(&20u16.to_le_bytes());
+        input.push(mask);
+    }
+    input.extend_from_slice(&img);
+    input
+}
+
 /// A WebSocket viewer's session: noVNC's upgrade request, then masked binary frames carrying
 /// an RFB 3.8 handshake without a password, pixel format, encodings, an update request, keys
 /// and a pointer event.

@@ -9,6 +9,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod input;
 pub mod net;
 pub mod pci;
 pub mod worker;
@@ -27,6 +28,8 @@ pub mod types {
     pub const BLOCK: u32 = 2;
     /// Memory balloon.
     pub const BALLOON: u32 = 5;
+    /// Input device (the VNC tablet).
+    pub const INPUT: u32 = 18;
 }
 
 /// Feature bits shared by all devices.

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::devices::i8042::KeyboardInput;
 use crate::framebuffer::Framebuffer;
+use crate::virtio::input::PointerInput;
 
 #[doc(hidden)]
 pub use session::fuzz_session;
@@ -127,6 +128,8 @@ struct Shared {
     stop: AtomicBool,
     /// The serial console served at /serial, if any.
     serial: Mutex<Option<Arc<serial::SerialHub>>>,
+    /// Where pointer events go, if anywhere (a virtio-input tablet).
+    pointer: Mutex<Option<Arc<PointerInput>>>,
 }
 
 /// A running server; dropping it stops listening and disconnects every viewer.
@@ -160,6 +163,7 @@ impl VncServer {
             sources,
             stop: AtomicBool::new(false),
             serial: Mutex::new(None),
+            pointer: Mutex::new(None),
         });
         let s = shared.clone();
         sandbox::spawn("vnc-accept", sandbox::ThreadKind::Vnc, move || {
@@ -184,6 +188,11 @@ impl VncServer {
     /// on (`None`: not any more, for new connections).
     pub fn set_serial(&self, hub: Option<Arc<serial::SerialHub>>) {
         *self.shared.serial.lock().expect("serial lock poisoned") = hub;
+    }
+
+    /// Sends pointer events to `pointer` from now on (`None`: drop them).
+    pub fn set_pointer(&self, pointer: Option<Arc<PointerInput>>) {
+        *self.shared.pointer.lock().expect("pointer lock poisoned") = pointer;
     }
 
     /// Viewers connected right now (past the handshake or in it).

@@ -53,8 +53,16 @@ pub enum ClientMessage {
         /// X11 keysym.
         keysym: u32,
     },
-    /// PointerEvent (ignored: there is no mouse).
-    Pointer,
+    /// PointerEvent: where the pointer is (framebuffer pixels) and which buttons are down
+    /// (bit 0 left, 1 middle, 2 right, 3/4 wheel up/down).
+    Pointer {
+        /// Button mask.
+        mask: u8,
+        /// Column.
+        x: u16,
+        /// Row.
+        y: u16,
+    },
     /// ClientCutText (ignored).
     CutText,
 }
@@ -264,8 +272,12 @@ pub fn read_message(r: &mut impl Read) -> io::Result<ClientMessage> {
             }
         }
         5 => {
-            let _: [u8; 5] = read_array(r)?;
-            ClientMessage::Pointer
+            let b: [u8; 5] = read_array(r)?;
+            ClientMessage::Pointer {
+                mask: b[0],
+                x: u16::from_be_bytes([b[1], b[2]]),
+                y: u16::from_be_bytes([b[3], b[4]]),
+            }
         }
         6 => {
             let b: [u8; 7] = read_array(r)?;
@@ -307,6 +319,15 @@ mod tests {
             ClientMessage::Key {
                 down: true,
                 keysym: 0xff0d
+            }
+        );
+        let mut ptr: &[u8] = &[5, 0x05, 0x01, 0x02, 0x00, 0x30];
+        assert_eq!(
+            read_message(&mut ptr).unwrap(),
+            ClientMessage::Pointer {
+                mask: 5,
+                x: 0x102,
+                y: 0x30
             }
         );
         let mut big: &[u8] = &[2, 0, 0xff, 0xff];

@@ -15,6 +15,7 @@ use super::{ws, Shared};
 use crate::devices::i8042::keymap::{self, LEFT_SHIFT};
 use crate::devices::i8042::KeyboardInput;
 use crate::framebuffer::Framebuffer;
+use crate::virtio::input::PointerInput;
 
 /// Encodings the server produces, best first.
 const PREFERENCE: [i32; 3] = [ENCODING_ZRLE, ENCODING_ZLIB, ENCODING_RAW];
@@ -231,6 +232,7 @@ fn apply(
     client: &Client,
     fb: &Framebuffer,
     keyboard: Option<&KeyboardInput>,
+    pointer: Option<&PointerInput>,
     keys: &mut Keys,
 ) {
     match msg {
@@ -261,7 +263,12 @@ fn apply(
                 keys.event(kb, keysym, down);
             }
         }
-        ClientMessage::Pointer | ClientMessage::CutText => {}
+        ClientMessage::Pointer { mask, x, y } => {
+            if let Some(p) = pointer {
+                p.pointer(x, y, mask);
+            }
+        }
+        ClientMessage::CutText => {}
     }
 }
 
@@ -477,7 +484,12 @@ fn run(
                 .lock()
                 .expect("keyboard lock poisoned")
                 .clone();
-            apply(msg, &client, fb, kb.as_ref(), &mut keys);
+            let pointer = shared
+                .pointer
+                .lock()
+                .expect("pointer lock poisoned")
+                .clone();
+            apply(msg, &client, fb, kb.as_ref(), pointer.as_deref(), &mut keys);
             if incremental {
                 // Under the clients lock, so the poller cannot miss the wake-up.
                 let _g = shared.clients.lock().expect("clients lock poisoned");
@@ -545,6 +557,7 @@ pub fn fuzz_session(input: &[u8], password: Option<&[u8]>) -> io::Result<()> {
     let kb = KeyboardInput::new(Arc::new(Mutex::new(I8042::new(Arc::new(
         VmControl::default(),
     )))));
+    let pointer = PointerInput::new(64, 40)?;
     FB.with(|fb| {
         let mut r = input;
         let mut out = Vec::new();
@@ -558,7 +571,7 @@ pub fn fuzz_session(input: &[u8], password: Option<&[u8]>) -> io::Result<()> {
         let (mut keys, mut encoder) = (Keys::default(), Encoder::default());
         loop {
             let msg = proto::read_message(&mut r)?;
-            apply(msg, &client, fb, Some(&kb), &mut keys);
+            apply(msg, &client, fb, Some(&kb), Some(&pointer), &mut keys);
             let update = {
                 let mut s = client.lock();
                 let ready = s.request.and_then(|req| take_rects(&mut s.dirty, req));
