@@ -109,6 +109,22 @@ class LabIo(unittest.TestCase):
         self.assertEqual(len(res.failures), 6)
         self.assertIn("fio rr1: 0 of 1 runs reported", res.failures[0]["reason"])
 
+    def test_metrics_cost_rows(self):
+        log = "BENCH disk_mib - 64\nBENCH disk_fio_secs - 3\n"
+        for job in ("rr1", "rr32", "rw1", "rw32", "sr", "sw"):
+            for c in ("berth", "qemu-threads", "qemu-io_uring"):
+                log += f"BENCH disk_{job} {c} 10\n"
+            log += f"BENCH disk_{job} berth-metrics 9\nBENCH disk_{job} berth-metrics 11\n"
+        _, res = self.rows("bench-disk", log + "BENCH-DONE disk\n")
+        # berth --metrics is not a berth candidate for the berth-vs-QEMU rows ...
+        self.assertEqual(len(res.rows), 6)
+        self.assertTrue(all(r["berth"]["median"] == 10 for r in res.rows))
+        # ... but has a row of its own per job.
+        own = [o for o in res.own if "--metrics" in o["what"]]
+        self.assertEqual(len(own), 6)
+        self.assertEqual(own[0]["berth"]["median"], 10.0)
+        self.assertEqual(own[0]["berth"]["n"], 2)
+
     def test_overlapping_ranges_are_said(self):
         row = {"ratio": 1.2, "better": "higher",
                "berth": br.stats([10, 14]), "qemu": br.stats([9, 11])}

@@ -8,7 +8,8 @@
 # BENCH_ROUNDS rounds (default 1) in which every configuration boots once, in turn
 # (BENCH_DISK_CONFIGS, default `berth qemu-threads qemu-io_uring`:
 # a qcow2 overlay on a raw base, as users run berth; add `berth-raw qemu-threads-raw
-# qemu-io_uring-raw` for a raw disk), on a fresh disk. The guest first writes the whole
+# qemu-io_uring-raw` for a raw disk, `berth-metrics` for berth serving /metrics, whose disk
+# counters sit on every request: the cost of metrics), on a fresh disk. The guest first writes the whole
 # BENCH_MIB-MiB region
 # once (1 MiB writes, untimed), so every cluster is allocated and no timed job reads
 # unallocated clusters or pays first allocation. Then BENCH_REPEATS times the six fio jobs on
@@ -110,10 +111,13 @@ while [ "$round" -lt "$ROUNDS" ]; do
         t0=$(awk '{ print int($1) }' /proc/uptime)
         case $cfg in *-raw) fmt=raw file=disk.raw ;; *) fmt=qcow2 file=pet.qcow2 ;; esac
         fresh "$fmt"
+        metrics=""
+        [ "$cfg" = berth-metrics ] && metrics="--metrics 127.0.0.1:9109"
         case $cfg in
-            berth | berth-raw)
+            berth | berth-raw | berth-metrics)
+                # shellcheck disable=SC2086 # $metrics is empty or two words
                 "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus "$CPUS" --memory 256 \
-                    --disk "$file,format=$fmt" --cmdline "$CMD" </dev/null > "out-$cfg.log" 2>&1 &
+                    --disk "$file,format=$fmt" --cmdline "$CMD" $metrics </dev/null > "out-$cfg.log" 2>&1 &
                 ;;
             qemu-threads* | qemu-io_uring*)
                 aio=${cfg#qemu-}; aio=${aio%-raw}
