@@ -151,6 +151,9 @@ def cmd_run(args) -> int:
     except KeyError as e:
         say(str(e.args[0]))
         return 2
+    if not args.scenarios:
+        left = [n for n in sc_mod.discover() if n.startswith(sc_mod.ON_REQUEST_PREFIXES)]
+        say(f"NOT RUN (on request only, name them to run them): {', '.join(left)}")
     return execute(scenarios)
 
 

@@ -76,8 +76,10 @@ def discover(directory: Path = paths.SCENARIO_DIR) -> dict:
 
 
 # Scenarios whose name starts with one of these run only when named: benchmarks (run by
-# tests/bench/run) are measurements, not tests, and would cost CI minutes for nothing.
-ON_REQUEST_PREFIXES = ("bench-",)
+# tests/bench/run) are measurements, not tests, and would cost CI minutes for nothing; stress
+# scenarios are known to break the emulated L1 itself (its kernel, not berth) and would make
+# CI fail for the lab's sake. `lab run` names the ones it leaves out.
+ON_REQUEST_PREFIXES = ("bench-", "stress-")
 
 
 def select(names, directory: Path = paths.SCENARIO_DIR) -> list:
