@@ -9,3 +9,12 @@ l2_initrd() {
     (cd "$1" && ls | cpio -o -H newc 2>/dev/null | gzip) > "$2.script.cpio"
     cat "$L2_INITRD" "$2.script.cpio" > "$2"
 }
+
+# lab_vhost: loads vhost-net in L1 (/dev/vhost-net appears). L1 boots without it: the kernel
+# of the emulated L1 has died while berth used vhost-net (tests/lab/README.md, stress-*).
+lab_vhost() {
+    for m in vhost_iotlb vhost vhost_net; do
+        insmod "/lib/modules/lab/$m.ko" 2>/dev/null
+    done
+    [ -c /dev/vhost-net ] || echo "LAB-NO-VHOST /dev/vhost-net missing after insmod"
+}

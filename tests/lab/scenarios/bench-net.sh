@@ -25,6 +25,7 @@
 IP=/usr/local/bin/ip2
 [ -x "$IP" ] || { echo "BENCH-FAIL no iproute2 ip in this lab image"; exit 1; }
 . "$LAB_LIB/l2.sh"
+lab_vhost
 . "$LAB_LIB/bench.sh"
 bench_need_tools
 SECS=${BENCH_SECS:-4}

@@ -13,6 +13,7 @@ IP=/usr/local/bin/ip2
 [ -x "$IP" ] || IP=ip
 cd "$SCRATCH"
 . "$LAB_LIB/l2.sh"
+lab_vhost
 MIB8=8388608
 
 # A multiqueue tap (berth opens one fd per queue pair on it).

@@ -23,6 +23,7 @@ if [ -c /dev/vhost-net ]; then echo "L1-VHOST-NET present"; else echo "L1-VHOST-
 . "$LAB_LIB/podnet.sh"
 cd "$SCRATCH"
 . "$LAB_LIB/l2.sh"
+lab_vhost
 
 pod_network 10.78.0 1500
 mkdir -p root/image root/volumes

@@ -7,5 +7,6 @@
 # In L1 the binary is /lab/bin/vmm-tests; in direct mode the harness names it.
 T=${LAB_BIN_VMM_TESTS:-/lab/bin/vmm-tests}
 [ -x "$T" ] || { echo "no /lab/bin/vmm-tests: the harness builds it for \`# needs: vmm-tests\` (tests/lab/README.md)"; exit 1; }
+for m in vhost_iotlb vhost vhost_net; do insmod "/lib/modules/lab/$m.ko" 2>/dev/null; done
 [ -c /dev/vhost-net ] || { echo "L1 has no /dev/vhost-net"; exit 1; }
 "$T" --exact virtio::net::vhost_tests::real_vhost_net_moves_frames_and_survives_reset_and_new_memory --nocapture --test-threads 1 </dev/null 2>&1
