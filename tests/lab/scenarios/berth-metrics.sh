@@ -66,7 +66,7 @@ dd if=/dev/zero of=d.raw bs=1M count=0 seek=64 2>/dev/null
 # tap's kernel counters) and berth's in-process datapath.
 measure() {
     mode=$1
-    "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 \
+    "$BERTH" vm --balloon off --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 \
         --net "tap=bm0,vhost=$mode" --disk d.raw,format=raw --metrics 127.0.0.1:9101 \
         --cmdline "$CMD" </dev/null > "$mode.log" 2>&1 &
     pid=$!
@@ -93,7 +93,7 @@ measure() {
 if [ -n "${MET_VHOST:-}" ]; then lab_vhost; measure on; fi
 measure off
 
-"$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 --net tap=bm0 \
+"$BERTH" vm --balloon off --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 --net tap=bm0 \
     --disk d.raw,format=raw --cmdline "$CMD" </dev/null > off.log 2>&1
 echo "MET-COST off $(grep MET-GUEST off.log | head -n1) sink_got=$(tail -n1 got.txt)"
 touch stop; nc 10.0.10.1 5001 </dev/null >/dev/null 2>&1

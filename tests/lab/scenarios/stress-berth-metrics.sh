@@ -1,0 +1,103 @@
+# description: /metrics of berth vm --metrics with vhost=on and with vhost=off, scraped in L1 after an L2 guest wrote 32 MiB to and read 16 MiB from a raw disk (O_DIRECT), sent 16 MiB (nc) and fetched 8 MiB (wget) over TCP through virtio-net and a tap; the disk and NIC byte counters match what dd, nc and wget moved; a second boot without --metrics times the same I/O (the cost of counting)
+# timeout: 420
+# needs: berth
+# expect: MET-DISK-OK vhost=on
+# expect: MET-NET-OK vhost=on
+# expect: MET-DISK-OK vhost=off
+# expect: MET-NET-OK vhost=off
+# expect: MET-COST on vhost=on
+# expect: MET-COST off
+# reject: MET-SCRAPE-FAILED
+# reject: Kernel panic
+# reject: KVM internal error
+[ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
+IP=/usr/local/bin/ip2
+[ -x "$IP" ] || { echo "SKIP: no iproute2 ip in this lab image"; exit 0; }
+cd "$SCRATCH"
+. "$LAB_LIB/l2.sh"
+
+# The tap bm0 is in L1's namespace with 10.0.10.1/24; the guest takes 10.0.10.2. In L1: nc on
+# 5001 swallows what the guest sends; busybox httpd on 8080 serves it an 8 MiB file.
+$IP tuntap add dev bm0 mode tap || echo "MET-FAIL cannot create tap bm0"
+$IP addr add 10.0.10.1/24 dev bm0
+$IP link set bm0 up
+rm -f stop got.txt
+# The sink's stdin must not end: a background job's stdin is /dev/null, and busybox nc closes
+# the connection when its stdin ends, which cuts the guest's transfer short. A FIFO held open
+# by a writer that never writes keeps it waiting. Each transfer's size goes to got.txt.
+mkfifo hold
+sleep 100000 > hold &
+spid=$!
+( while [ ! -e stop ]; do nc -l -p 5001 < hold 2>/dev/null | wc -c >> got.txt; done ) &
+mkdir -p www && dd if=/dev/zero of=www/f bs=64k count=128 2>/dev/null
+httpd -f -p 10.0.10.1:8080 -h "$SCRATCH/www" &
+hpid=$!
+
+mkdir -p s
+cat > s/scenario.sh <<'EOS'
+now_ms() { read -r up _ < /proc/uptime; echo $(( ${up%.*} * 1000 + 1${up#*.} * 10 - 1000 )); }
+ip addr add 10.0.10.2/24 dev eth0; ip link set eth0 up
+n=0; until ping -c 1 -W 1 10.0.10.1 >/dev/null 2>&1 || [ $n -ge 30 ]; do n=$((n + 1)); done
+t0=$(now_ms)
+dd if=/dev/zero of=/dev/vda bs=1M count=32 oflag=direct 2>/dev/null || echo "MET-DD-FAILED write"
+dd if=/dev/vda of=/dev/null bs=1M count=16 iflag=direct 2>/dev/null || echo "MET-DD-FAILED read"
+t1=$(now_ms)
+dd if=/dev/zero bs=64k count=256 2>/dev/null | nc 10.0.10.1 5001 || echo "MET-NC-FAILED tx"
+t2=$(now_ms)
+wget -q -O - http://10.0.10.1:8080/f | wc -c > /tmp/rx
+t3=$(now_ms)
+echo "MET-GUEST disk_ms=$((t1 - t0)) tx_ms=$((t2 - t1)) rx_ms=$((t3 - t2)) rx_bytes=$(cat /tmp/rx)"
+echo "MET-GUEST-DONE"; sleep 8
+EOS
+l2_initrd s initrd
+CMD="console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off"
+
+scrape() { wget -q -O "$SCRATCH/$1" http://127.0.0.1:9101/metrics || echo "MET-SCRAPE-FAILED $1"; }
+metric() { awk -v n="$2" '$1 == n {print $2}' "$SCRATCH/$1"; }
+within() { awk -v a="$1" -v b="$2" -v p="$3" 'BEGIN {d = a - b; if (d < 0) d = -d; exit !(b > 0 && d * 100 <= b * p)}'; }
+wait_for() {
+    i=0
+    while ! grep -q "$2" "$1" 2>/dev/null; do
+        i=$((i + 1)); [ "$i" -gt $(($3 * 4)) ] && return 1
+        sleep 0.25
+    done
+}
+
+dd if=/dev/zero of=d.raw bs=1M count=0 seek=64 2>/dev/null
+# One boot per NIC datapath: vhost-net (the kernel moves the frames, berth counts them from the
+# tap's kernel counters) and berth's in-process datapath.
+measure() {
+    mode=$1
+    "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 \
+        --net "tap=bm0,vhost=$mode" --disk d.raw,format=raw --metrics 127.0.0.1:9101 \
+        --cmdline "$CMD" </dev/null > "$mode.log" 2>&1 &
+    pid=$!
+    if wait_for "$mode.log" MET-GUEST-DONE 200; then scrape "m-$mode.txt"; else echo "MET-TIMEOUT vhost=$mode"; fi
+    wait "$pid"
+    grep -E "MET-|berth:" "$mode.log"
+    echo "MET-COST on vhost=$mode $(grep MET-GUEST "$mode.log" | head -n1) sink_got=$(tail -n1 got.txt)"
+    m="m-$mode.txt"
+    w=$(metric "$m" 'berth_disk_bytes_total{disk="vda",op="write"}')
+    r=$(metric "$m" 'berth_disk_bytes_total{disk="vda",op="read"}')
+    echo "MET-DISK vhost=$mode write_bytes=${w:-none} (dd: 33554432) read_bytes=${r:-none} (dd: 16777216 + the partition scan)"
+    if within "${w:-0}" 33554432 3 && within "${r:-0}" 16777216 5; then echo "MET-DISK-OK vhost=$mode"; else echo "MET-DISK-BAD vhost=$mode"; fi
+    tx=$(metric "$m" 'berth_net_bytes_total{nic="eth0",direction="tx"}')
+    rx=$(metric "$m" 'berth_net_bytes_total{nic="eth0",direction="rx"}')
+    txp=$(metric "$m" 'berth_net_packets_total{nic="eth0",direction="tx"}')
+    rxp=$(metric "$m" 'berth_net_packets_total{nic="eth0",direction="rx"}')
+    txd=$(metric "$m" 'berth_net_drops_total{nic="eth0",direction="tx"}')
+    rxd=$(metric "$m" 'berth_net_drops_total{nic="eth0",direction="rx"}')
+    echo "MET-NET vhost=$mode tx_bytes=${tx:-none} tx_packets=${txp:-none} (nc sent 16777216) rx_bytes=${rx:-none} rx_packets=${rxp:-none} (wget received 8388608) drops tx=${txd:-none} rx=${rxd:-none}"
+    # Headers (Ethernet, IP, TCP), ACKs of the other direction, ARP and ping.
+    if within "${tx:-0}" 16777216 5 && within "${rx:-0}" 8388608 5; then echo "MET-NET-OK vhost=$mode"; else echo "MET-NET-BAD vhost=$mode"; fi
+    grep -E '^berth_(vcpu_exits_total\{vcpu="0",reason="(mmio_write|io_out)"\}|disk_operations_total|vm_)' "$SCRATCH/$m"
+}
+measure on
+measure off
+
+"$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 1 --memory 256 --net tap=bm0 \
+    --disk d.raw,format=raw --cmdline "$CMD" </dev/null > off.log 2>&1
+echo "MET-COST off $(grep MET-GUEST off.log | head -n1) sink_got=$(tail -n1 got.txt)"
+touch stop; nc 10.0.10.1 5001 </dev/null >/dev/null 2>&1
+kill "$hpid" "$spid" 2>/dev/null
+$IP link del bm0
