@@ -1,4 +1,4 @@
-# description: /metrics of berth vm --metrics with vhost=on and with vhost=off, scraped in L1 after an L2 guest wrote 32 MiB to and read 16 MiB from a raw disk (O_DIRECT), sent 16 MiB (nc) and fetched 8 MiB (wget) over TCP through virtio-net and a tap; the disk and NIC byte counters match what dd, nc and wget moved; a second boot without --metrics times the same I/O (the cost of counting)
+# description: ON REQUEST ONLY (stress-: in the CI run of 2026-12-05 L1's kernel died in its vhost=on boot, and a version without vhost hung in a quick check; not understood yet): /metrics of berth vm --metrics with vhost=on and with vhost=off, scraped in L1 after an L2 guest wrote 32 MiB to and read 16 MiB from a raw disk (O_DIRECT), sent 16 MiB (nc) and fetched 8 MiB (wget) over TCP through virtio-net and a tap; the disk and NIC byte counters match what dd, nc and wget moved; a second boot without --metrics times the same I/O (the cost of counting)
 # timeout: 420
 # needs: berth
 # expect: MET-DISK-OK vhost=on
@@ -15,6 +15,7 @@ IP=/usr/local/bin/ip2
 [ -x "$IP" ] || { echo "SKIP: no iproute2 ip in this lab image"; exit 0; }
 cd "$SCRATCH"
 . "$LAB_LIB/l2.sh"
+lab_vhost
 
 # The tap bm0 is in L1's namespace with 10.0.10.1/24; the guest takes 10.0.10.2. In L1: nc on
 # 5001 swallows what the guest sends; busybox httpd on 8080 serves it an 8 MiB file.
