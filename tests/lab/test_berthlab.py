@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from berthlab import scenario as sc_mod  # noqa: E402
 from berthlab import runner  # noqa: E402
-from berthlab.console import Console, clean  # noqa: E402
+from berthlab.console import Console, clean, stream_process  # noqa: E402
+from unittest import mock  # noqa: E402
 
 HEADER = """\
 #!/bin/sh
@@ -126,6 +127,40 @@ class ConsoleTest(unittest.TestCase):
             c = Console(Path(d) / "console.log", echo=False)
             c.feed("L1-ERROR no kvm\n")
             self.assertFalse(runner.l1_crashed(c, timed_out=False), "L1 never came up")
+            c.close()
+
+    def test_watchdog_kills_a_stuck_l1_and_the_rest_run_again(self):
+        # A stand-in for L1: it comes up, starts scenario a (timeout 1 s), then neither ends nor
+        # kills it and prints nothing more, as the stuck L1 did in CI.
+        script = ("echo L1-READY uptime=1; echo '=== SCENARIO a BEGIN timeout=1'; "
+                  "echo a-output; exec sleep 600")
+        scs = [type("S", (), {"name": n, "timeout": 1})() for n in ("a", "b")]
+        with tempfile.TemporaryDirectory() as d, \
+                mock.patch.object(runner, "HANG_GRACE", 1):
+            c = Console(Path(d) / "console.log", echo=False)
+            import time
+            t0 = time.monotonic()
+            rc, timed_out = stream_process(["sh", "-c", script], c, 60,
+                                           watchdog=runner.l1_watchdog(scs, c))
+            self.assertLess(time.monotonic() - t0, 30, "the watchdog did not stop the stuck L1")
+            self.assertFalse(timed_out)
+            self.assertNotEqual(rc, 0)
+            self.assertIn("L1 IS STUCK: a", (Path(d) / "console.log").read_text())
+            self.assertTrue(c.sections["a"].timed_out, "the stuck scenario failed by itself")
+            self.assertTrue(runner.l1_crashed(c, timed_out))
+            self.assertEqual([s.name for s in runner.unfinished(scs, c)], ["b"])
+            c.close()
+
+    def test_watchdog_kills_an_l1_that_never_comes_up(self):
+        scs = [type("S", (), {"name": "a", "timeout": 5})()]
+        with tempfile.TemporaryDirectory() as d, \
+                mock.patch.object(runner, "L1_BOOT_ALLOWANCE", 1):
+            c = Console(Path(d) / "console.log", echo=False)
+            rc, timed_out = stream_process(["sleep", "600"], c, 60,
+                                           watchdog=runner.l1_watchdog(scs, c))
+            self.assertFalse(timed_out)
+            self.assertIn("L1 did not come up within", (Path(d) / "console.log").read_text())
+            self.assertFalse(runner.l1_crashed(c, timed_out), "never up: not retried")
             c.close()
 
     def test_clean(self):

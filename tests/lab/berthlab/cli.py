@@ -117,10 +117,13 @@ def execute(scenarios: list, mode=None, berth=None) -> int:
                 # to die (a stack overflow in KVM's vCPU path) while berth's guest was healthy
                 # a moment before. Once, a fresh L1 runs what the dead one had not finished.
                 retried = [s.name for s in again]
-                say(f"L1 CRASHED (its kernel died; outer QEMU rc={rc}): RETRYING "
+                how = (f"stuck in {hung}, killed by the harness" if (hung := console.markers.pop(
+                    "L1-HUNG", None)) else f"its kernel died; outer QEMU rc={rc}")
+                say(f"L1 CRASHED ({how}): RETRYING "
                     f"{', '.join(retried)} ONCE in a fresh L1; the first attempt stays in console.log")
                 console.feed(f"lab: ==== L1 CRASHED: RETRYING {' '.join(retried)} in a fresh L1 ====")
                 console.markers.pop("L1-READY", None)
+                console.current = None
                 rc, timed_out = run_in_l1(again, berth, console, extra_bins)
             if timed_out:
                 say(f"ERROR: outer QEMU hit its timeout ({runner.outer_timeout(runnable)}s) and was killed")

@@ -112,10 +112,13 @@ class Console:
 
 
 def stream_process(cmd, console: Console, timeout: float, stdin=subprocess.DEVNULL,
-                   env=None, cwd=None) -> tuple:
+                   env=None, cwd=None, watchdog=None) -> tuple:
     """Run `cmd` (its own process group), feeding each output line to `console`.
 
-    Returns (returncode, timed_out). On timeout the whole process group is killed.
+    Returns (returncode, timed_out). On timeout the whole process group is killed. `watchdog`,
+    if given, is asked about once a second; when it returns a reason (a string) the group is
+    killed at once and the reason goes to the console (the run does not count as timed out:
+    the caller decides what the watchdog's verdict means).
     """
     proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=env, cwd=cwd, start_new_session=True)
@@ -134,6 +137,10 @@ def stream_process(cmd, console: Console, timeout: float, stdin=subprocess.DEVNU
             left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = True
+                break
+            if watchdog is not None and (reason := watchdog()):
+                console.feed(f"lab: WATCHDOG: {reason}")
+                kill_group(proc)
                 break
             try:
                 item = lines.get(timeout=min(left, 1.0))

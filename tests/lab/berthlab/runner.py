@@ -15,6 +15,11 @@ from .paths import LIB_DIR
 L1_APPEND = "console=ttyS0 panic=-1 quiet"
 L1_BOOT_ALLOWANCE = 120    # seconds for QEMU start + L1 boot + module loading + shutdown
 PER_SCENARIO_SLACK = 5
+# L1's /init kills a scenario at its timeout and prints END at once. When no END comes this long
+# after the timeout, L1 itself is stuck (seen in CI: an L2 vCPU wedged in L1's KVM and L1 never
+# returned from killing berth); waiting for the outer timeout (the sum of every scenario's
+# timeout) would overrun CI's budget, so the harness kills L1 and runs the rest in a fresh one.
+HANG_GRACE = 60
 
 
 def qemu_binary() -> str:
@@ -65,12 +70,44 @@ class Result:
     log: Path | None = None
 
 
+def l1_watchdog(scenarios: list, console: Console):
+    """A watchdog for stream_process: a reason to kill L1 when it is stuck, else None.
+
+    L1 is stuck when it does not come up within L1_BOOT_ALLOWANCE, or when the running scenario
+    has neither ended nor been killed HANG_GRACE seconds after its timeout. The stuck scenario is
+    marked timed out (its failure; it is not retried), so `l1_crashed` and `unfinished` send the
+    scenarios after it to a fresh L1.
+    """
+    timeouts = {s.name: s.timeout for s in scenarios}
+    started = console.elapsed()
+
+    def check():
+        now = console.elapsed()
+        if "L1-READY" not in console.markers:
+            if now - started > L1_BOOT_ALLOWANCE:
+                console.markers["L1-HUNG"] = "L1 did not come up"
+                return f"L1 did not come up within {L1_BOOT_ALLOWANCE}s (no ready marker): killing it"
+            return None
+        sec = console.current
+        if sec is None or sec.ended or sec.name not in timeouts:
+            return None
+        over = now - sec.started - timeouts[sec.name]
+        if over > HANG_GRACE:
+            sec.timed_out = True
+            console.markers["L1-HUNG"] = sec.name
+            return (f"L1 IS STUCK: {sec.name} has not ended {over:.0f}s after its "
+                    f"{timeouts[sec.name]}s timeout; killing L1")
+        return None
+
+    return check
+
+
 def run_l1(scenarios: list, images: dict, console: Console, disks: dict | None = None) -> tuple:
     """Boot L1 once and let its /init run the scenarios. Returns (qemu rc, timed_out)."""
     cmd = l1_command(images, disks=disks)
     limit = outer_timeout(scenarios)
     console.feed(f"lab: outer QEMU (timeout {limit}s): {' '.join(cmd)}")
-    return stream_process(cmd, console, limit)
+    return stream_process(cmd, console, limit, watchdog=l1_watchdog(scenarios, console))
 
 
 def scenario_env(berth: Path | None, l2: dict, scratch: Path, disks: dict | None = None,
