@@ -74,9 +74,11 @@ def l1_watchdog(scenarios: list, console: Console):
     """A watchdog for stream_process: a reason to kill L1 when it is stuck, else None.
 
     L1 is stuck when it does not come up within L1_BOOT_ALLOWANCE, or when the running scenario
-    has neither ended nor been killed HANG_GRACE seconds after its timeout. The stuck scenario is
-    marked timed out (its failure; it is not retried), so `l1_crashed` and `unfinished` send the
-    scenarios after it to a fresh L1.
+    has not ended HANG_GRACE seconds after its timeout. L1's /init prints END as soon as the
+    killed scenario's shell is reaped, and SIGKILL ends berth even in a deadlock of its own, so a
+    missing END means L1's kernel is wedged (in CI: a 2-vCPU L2's vCPU stalled, then L1 never
+    finished killing it): that is L1's failure like a crash, and `unfinished` sends the stuck
+    scenario and those after it to a fresh L1, once.
     """
     timeouts = {s.name: s.timeout for s in scenarios}
     started = console.elapsed()
@@ -93,7 +95,6 @@ def l1_watchdog(scenarios: list, console: Console):
             return None
         over = now - sec.started - timeouts[sec.name]
         if over > HANG_GRACE:
-            sec.timed_out = True
             console.markers["L1-HUNG"] = sec.name
             return (f"L1 IS STUCK: {sec.name} has not ended {over:.0f}s after its "
                     f"{timeouts[sec.name]}s timeout; killing L1")
@@ -155,9 +156,12 @@ def l1_crashed(console: Console, timed_out: bool) -> bool:
 
 def unfinished(scenarios: list, console: Console) -> list:
     """The scenarios whose END marker never came (the one running when L1 died, and the rest),
-    but not one that hit its own timeout: that is its failure, not L1's."""
+    but not one that hit its own timeout while L1 was alive: that is its failure, not L1's. The
+    scenario L1 got stuck in (the watchdog's L1-HUNG) did time out, yet L1 could not end it."""
+    hung = console.markers.get("L1-HUNG")
     return [s for s in scenarios
-            if not (sec := console.sections.get(s.name)) or not (sec.ended or sec.timed_out)]
+            if s.name == hung
+            or not (sec := console.sections.get(s.name)) or not (sec.ended or sec.timed_out)]
 
 
 def judge_all(scenarios: list, console: Console, logdir: Path, not_run: dict) -> list:
