@@ -1,14 +1,16 @@
 #!/bin/bash
-# Fetches Debian 12's generic 6.1 kernel (linux-image-6.1.0-<N>-amd64), unpacked and depmod'ed,
-# into the cache. The same kernel is used for the lab's L1 and for the L2 test guest.
+# Fetches a Debian generic kernel (linux-image-<abi>-amd64), unpacked and depmod'ed, into the
+# cache. KERNEL_SERIES picks the series: 6.1 (default: Debian 12's own, the L2 test guest's
+# kernel) or 6.12 (bookworm-backports: the lab's L1, see l1-image.sh).
 #
 # Output (stdout, eval-able):  KVER=...  VMLINUZ=...  MODDIR=...  KCONFIG=...
 # Usage:  eval "$(guest-images/kernel.sh)"
 #
-# The ABI is resolved with apt-cache from the bookworm / bookworm-security candidate of
-# linux-image-amd64 (never the 6.12 one from backports). Pin it by hand with
+# The ABI is resolved with apt-cache from the newest candidate of linux-image-amd64 in that
+# series (6.1: bookworm / bookworm-security; 6.12: bookworm-backports). Pin it by hand with
 # KERNEL_PKG=linux-image-6.1.0-56-amd64 KERNEL_VERSION=6.1.192-2.
-# Offline: if apt cannot resolve anything, the newest kernel already in the cache is reused.
+# Offline: if apt cannot resolve anything, the newest kernel of the series already in the cache
+# is reused.
 set -euo pipefail
 GI_NAME=kernel.sh
 . "$(dirname "$0")/lib.sh"
@@ -16,6 +18,8 @@ need apt-cache apt-get dpkg dpkg-deb depmod
 
 KDIR=$CACHE/kernel
 mkdir -p "$KDIR"
+SERIES=${KERNEL_SERIES:-6.1}
+case $SERIES in 6.1 | 6.12) ;; *) die "KERNEL_SERIES=$SERIES: use 6.1 or 6.12" ;; esac
 
 emit() {  # emit DIR: print the result variables for the unpacked kernel in DIR
     local d=$1 kver
@@ -24,14 +28,15 @@ emit() {  # emit DIR: print the result variables for the unpacked kernel in DIR
         "$kver" "$d/vmlinuz" "$d/lib/modules/$kver" "$d/config"
 }
 
-resolve() {  # prints "<package> <version>" of the 6.1 generic kernel apt would install
+resolve() {  # prints "<package> <version>" of the series' generic kernel apt would install
     local meta_ver pkg ver
-    # madison lists newest first; take the newest 6.1.x of the meta package.
+    # madison lists newest first; take the newest of the series ("6.1." is not a prefix of
+    # "6.12.").
     meta_ver=$(apt-cache madison linux-image-amd64 2>/dev/null \
-        | awk -F'|' '{gsub(/ /, "", $2)} $2 ~ /^6\.1\./ {print $2; exit}')
+        | awk -F'|' -v p="$SERIES." '{gsub(/ /, "", $2)} index($2, p) == 1 {print $2; exit}')
     [ -n "$meta_ver" ] || return 1
     pkg=$(apt-cache show "linux-image-amd64=$meta_ver" 2>/dev/null \
-        | sed -n 's/^Depends: *\(linux-image-6\.1\.[0-9.-]*-amd64\).*/\1/p' | head -n1)
+        | sed -n 's/^Depends: *\(linux-image-[0-9][^ ,]*-amd64\).*/\1/p' | head -n1)
     [ -n "$pkg" ] || return 1
     ver=$(apt-cache madison "$pkg" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2; exit}')
     [ -n "$ver" ] || return 1
@@ -46,13 +51,13 @@ elif [ "$(id -u)" = 0 ] && apt-get update -q >/dev/null 2>&1 && read -r pkg ver 
     # The package lists were gone (mmdebstrap in root mode empties the host's): fetched again.
     log "apt-cache had no package lists; ran apt-get update"
 else
-    newest=$(ls -1dt "$KDIR"/linux-image-*/ 2>/dev/null | head -n1 || true)
+    newest=$(ls -1dt "$KDIR"/linux-image-"$SERIES".*/ 2>/dev/null | head -n1 || true)
     if [ -n "$newest" ] && [ -f "$newest/kver" ]; then
         log "apt-cache could not resolve linux-image-amd64 (no package lists?); reusing cached ${newest%/}"
         emit "${newest%/}"
         exit 0
     fi
-    die "cannot resolve the bookworm 6.1 linux-image-amd64 with apt-cache; run scripts/setup (apt-get update)"
+    die "cannot resolve a $SERIES linux-image-amd64 with apt-cache; run scripts/setup (apt-get update)"
 fi
 
 out=$KDIR/${pkg}_${ver}

@@ -43,7 +43,17 @@ else
     done
 fi
 
-eval "$("$GI_DIR/kernel.sh")"
+# L1 runs the 6.12 kernel of bookworm-backports, the L2 test guest Debian 12's own 6.1. Under
+# 6.1, L1's nested KVM (on QEMU's emulated SVM) died or wedged in CI runs while berth used
+# vhost-net, 2 vCPUs or /metrics (kernel stack overflow in KVM's vCPU path; an L2 vCPU that never
+# ran again); with 6.12 the same scenarios pass (tests/lab/README.md). L1_KERNEL_SERIES=6.1
+# brings the old L1 back; L1_KERNEL_PKG + L1_KERNEL_VERSION pin one package.
+if [ -n "${L1_KERNEL_PKG:-}" ]; then
+    eval "$(KERNEL_PKG=$L1_KERNEL_PKG KERNEL_VERSION=${L1_KERNEL_VERSION:?L1_KERNEL_VERSION too} \
+        "$GI_DIR/kernel.sh")"
+else
+    eval "$(KERNEL_SERIES=${L1_KERNEL_SERIES:-6.12} KERNEL_PKG= KERNEL_VERSION= "$GI_DIR/kernel.sh")"
+fi
 eval "$("$GI_DIR/l2-initramfs.sh")"
 
 d=$CACHE/l1
@@ -101,7 +111,12 @@ else
         fi
         path=${line%%:*}
         for dep in ${line#*:}; do dep=${dep##*/}; add_mod "${dep%%.ko*}"; done
-        cp "$MODDIR/$path" "$r/$name.ko"
+        # busybox insmod takes plain modules; newer Debian kernels ship them xz-compressed.
+        case $path in
+            *.ko.xz) xz -dc "$MODDIR/$path" > "$r/$name.ko" ;;
+            *.ko.zst) zstd -qdc "$MODDIR/$path" > "$r/$name.ko" ;;
+            *) cp "$MODDIR/$path" "$r/$name.ko" ;;
+        esac
         order+=("$name")
     }
     for m in "${L1_MODULES[@]}"; do add_mod "$m"; done

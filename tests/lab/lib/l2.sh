@@ -11,7 +11,8 @@ l2_initrd() {
 }
 
 # lab_vhost: loads vhost-net in L1 (/dev/vhost-net appears). L1 boots without it: the kernel
-# of the emulated L1 has died while berth used vhost-net (tests/lab/README.md, stress-*).
+# of the emulated L1 (then 6.1) died while berth used vhost-net (tests/lab/README.md), and a
+# node without the device is worth covering too.
 lab_vhost() {
     for m in vhost_iotlb vhost vhost_net; do
         insmod "/lib/modules/lab/$m.ko" 2>/dev/null

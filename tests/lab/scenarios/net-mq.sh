@@ -1,9 +1,12 @@
-# description: multiqueue virtio-net with 2 vCPUs, in-process datapath (vhost=off; the vhost=on half is stress-net-mq-vhost, run on request: in the CI run of 2026-12-05 it crashed, then hung, the emulated L1's own kernel): the guest sees 2 queue pairs (/sys/class/net/eth0/queues rx-0 rx-1 tx-0 tx-1, set by the driver's VQ_PAIRS_SET), then 2 rounds of 8 MiB guest -> L1 and 8 MiB L1 -> guest, counted at each receiver, with no reset
+# description: multiqueue virtio-net with 2 vCPUs on both datapaths (vhost=off: berth's in-process worker; vhost=on: one vhost-net instance per pair): the guest sees 2 queue pairs (/sys/class/net/eth0/queues rx-0 rx-1 tx-0 tx-1, set by the driver's VQ_PAIRS_SET), then 2 rounds of 8 MiB guest -> L1 and 8 MiB L1 -> guest, counted at each receiver, with no reset
 # timeout: 900
 # needs: berth
 # expect: berth: network: in-process datapath, 2 queue pair\(s\) \(vhost=off\)
 # expect: MQ-DONE off queues=rx-0 rx-1 tx-0 tx-1 tx_ok=2 rx_ok=2
 # expect: SINKS off 8388608 8388608
+# expect: berth: network: vhost-net datapath, the kernel serves the NIC's queues, 2 queue pair\(s\) \(vhost=on\)
+# expect: MQ-DONE on queues=rx-0 rx-1 tx-0 tx-1 tx_ok=2 rx_ok=2
+# expect: SINKS on 8388608 8388608
 # reject: Kernel panic
 # reject: KVM internal error
 # reject: triple fault
@@ -37,7 +40,8 @@ echo "L2-MQ queues=$q tx_ok=$tx_ok rx_ok=$rx_ok"
 EOS
 l2_initrd s initrd
 
-for mode in ${NET_MQ_MODES:-off}; do
+for mode in ${NET_MQ_MODES:-off on}; do
+    [ "$mode" = on ] && lab_vhost
     for r in 1 2; do
         rm -f "hold$r"; mkfifo "hold$r"
         (sleep 600 > "hold$r" &)

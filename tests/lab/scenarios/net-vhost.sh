@@ -19,11 +19,11 @@
 # reject: KVM internal error
 # reject: in-process datapath
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
-if [ -c /dev/vhost-net ]; then echo "L1-VHOST-NET present"; else echo "L1-VHOST-NET missing"; exit 1; fi
 . "$LAB_LIB/podnet.sh"
 cd "$SCRATCH"
 . "$LAB_LIB/l2.sh"
 lab_vhost
+if [ -c /dev/vhost-net ]; then echo "L1-VHOST-NET present"; else echo "L1-VHOST-NET missing"; exit 1; fi
 
 pod_network 10.78.0 1500
 mkdir -p root/image root/volumes
@@ -78,14 +78,15 @@ inpod env HOSTNAME=vm-0 BERTH_ROOT="$SCRATCH/root" RESOLV_CONF="$SCRATCH/resolv.
 JOB=$!
 
 # Once berth has opened vhost-net (its log says so; the tap exists by then), note the tap's
-# counters and the vhost worker (a kernel thread named vhost-<owner pid>) before the traffic.
+# counters and the vhost worker before the traffic: named vhost-<owner pid>, a kernel thread of
+# its own up to Linux 6.3, a thread inside berth's process since 6.4 (L1 runs 6.12).
 n=0; until grep -q 'datapath' berth.log || [ $n -ge 200 ]; do sleep 0.2; n=$((n + 1)); done
 # The job is a subshell (inpod is a function): berth is the process named berth.
 BERTH_PID=$(for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = berth ] && echo "${p#/proc/}"; done | head -n1)
 echo "BERTH-PID ${BERTH_PID:-none}"
 tap0=$(tapbytes)
 worker=""
-for p in /proc/[0-9]*; do
+for p in /proc/[0-9]* /proc/"$BERTH_PID"/task/*; do
     [ "$(cat "$p/comm" 2>/dev/null)" = "vhost-$BERTH_PID" ] && worker=$p
 done
 w0=$(ticks "$worker")

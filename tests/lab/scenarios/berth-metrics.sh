@@ -1,4 +1,4 @@
-# description: ON REQUEST ONLY (stress-: in the CI run of 2026-12-05 L1's kernel died in its vhost=on boot, and a version without vhost hung in a quick check; not understood yet): /metrics of berth vm --metrics with vhost=on and with vhost=off, scraped in L1 after an L2 guest wrote 32 MiB to and read 16 MiB from a raw disk (O_DIRECT), sent 16 MiB (nc) and fetched 8 MiB (wget) over TCP through virtio-net and a tap; the disk and NIC byte counters match what dd, nc and wget moved; a second boot without --metrics times the same I/O (the cost of counting)
+# description: /metrics of berth vm --metrics with vhost=on and with vhost=off, scraped in L1 after an L2 guest wrote 32 MiB to and read 16 MiB from a raw disk (O_DIRECT), sent 16 MiB (nc) and fetched 8 MiB (wget) over TCP through virtio-net and a tap; the disk and NIC byte counters match what dd, nc and wget moved; a second boot without --metrics times the same I/O (the cost of counting)
 # timeout: 420
 # needs: berth
 # expect: MET-DISK-OK vhost=on
