@@ -19,3 +19,12 @@ lab_vhost() {
     done
     [ -c /dev/vhost-net ] || echo "LAB-NO-VHOST /dev/vhost-net missing after insmod"
 }
+
+# wait_for FILE MARKER SECONDS: until FILE contains MARKER (grep pattern); 1 after SECONDS.
+wait_for() {
+    i=0
+    while ! grep -q "$2" "$1" 2>/dev/null; do
+        i=$((i + 1)); [ "$i" -gt $(($3 * 4)) ] && return 1
+        sleep 0.25
+    done
+}

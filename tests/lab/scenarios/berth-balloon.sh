@@ -45,14 +45,6 @@ l2_initrd s initrd
 rss_mib() { awk '/^VmRSS:/ {print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null; }
 # cpu_ticks PID: user + system time of all of berth's threads, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
-# wait_for FILE MARKER SECONDS
-wait_for() {
-    i=0
-    while ! grep -q "$2" "$1" 2>/dev/null; do
-        i=$((i + 1)); [ "$i" -gt $(($3 * 4)) ] && return 1
-        sleep 0.25
-    done
-}
 
 # run TAG SPEC: boots the guest with --balloon SPEC; prints BAL-RSS with base, peak and the
 # samples after the free, berth's CPU time while the guest idles, and the verdict.

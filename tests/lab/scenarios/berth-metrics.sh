@@ -56,13 +56,6 @@ CMD="console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off"
 scrape() { wget -q -O "$SCRATCH/$1" http://127.0.0.1:9101/metrics || echo "MET-SCRAPE-FAILED $1"; }
 metric() { awk -v n="$2" '$1 == n {print $2}' "$SCRATCH/$1"; }
 within() { awk -v a="$1" -v b="$2" -v p="$3" 'BEGIN {d = a - b; if (d < 0) d = -d; exit !(b > 0 && d * 100 <= b * p)}'; }
-wait_for() {
-    i=0
-    while ! grep -q "$2" "$1" 2>/dev/null; do
-        i=$((i + 1)); [ "$i" -gt $(($3 * 4)) ] && return 1
-        sleep 0.25
-    done
-}
 
 dd if=/dev/zero of=d.raw bs=1M count=0 seek=64 2>/dev/null
 # One boot per NIC datapath: vhost-net (the kernel moves the frames, berth counts them from the
