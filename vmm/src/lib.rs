@@ -4,6 +4,7 @@
 //! [`vm::Vm`] owns the VM: guest memory, the in-kernel IRQ chip and PIT, the legacy devices on
 //! the port-I/O [`bus`], and one thread per vCPU. [`arch`] holds the x86 specifics (memory
 //! map, Linux boot protocol, registers, CPUID, MP table); [`devices`] the legacy device models;
+//! [`control`] the stop state (why the VM ends) that `vm`, the vCPUs and the devices share;
 //! [`pci`] the PCI bus, configuration access and MSI-X; [`virtio`] the virtio-pci transport and
 //! virtio devices; [`block`] the storage behind disks; [`irq`] KVM interrupt routing.
 
@@ -12,6 +13,7 @@
 pub mod arch;
 pub mod block;
 pub mod bus;
+pub mod control;
 pub mod devices;
 pub mod framebuffer;
 #[doc(hidden)]
@@ -27,4 +29,5 @@ pub mod vnc;
 
 pub use arch::boot::{KernelFormat, LinuxBoot, LoadedKernel};
 pub use devices::serial::SerialInput;
-pub use vm::{keep_kvm_open, ExitReason, MachineConfig, ResetSource, Vm, VmControl, VmError};
+pub use control::{ExitReason, ResetSource, VmControl};
+pub use vm::{keep_kvm_open, MachineConfig, Vm, VmError};

@@ -8,7 +8,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
 use crate::metrics::{ExitCounters, ExitKind};
-use crate::vm::{ExitReason, ResetSource, VmControl};
+use crate::control::{ExitReason, ResetSource, VmControl};
 
 /// What a vCPU thread needs besides its fd.
 pub(crate) struct VcpuContext {

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvm_bindings::{
@@ -17,6 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::boot::{self, BootError, LinuxBoot, LoadedKernel};
 use crate::arch::{acpi, cpuid, layout, mptable, msr, regs};
 use crate::bus::Bus;
+use crate::control::{ExitReason, VmControl};
 use crate::devices::acpi::{AcpiPm, PowerButton};
 use crate::devices::cmos::{Cmos, CMOS_BASE};
 use crate::devices::i8042::{KeyboardInput, COMMAND_PORT, DATA_PORT, I8042, KEYBOARD_IRQ};
@@ -43,95 +44,6 @@ pub struct MachineConfig {
     /// Offer the guest hardware virtualization (VMX/SVM) so it can run VMs of its own;
     /// hidden when false.
     pub nested: bool,
-}
-
-/// Who asked for a reset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetSource {
-    /// The guest pulsed the i8042 reset line (Linux `reboot=k`).
-    I8042,
-    /// A vCPU triple-faulted (Linux `reboot=t`, or a crash).
-    TripleFault,
-    /// KVM reported a reset system event.
-    Kvm,
-    /// The guest wrote the ACPI reset register (Linux's default reboot method).
-    Acpi,
-    /// The host asked for a reset (berth's control socket).
-    Host,
-}
-
-impl std::fmt::Display for ResetSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ResetSource::I8042 => "i8042 reset line",
-            ResetSource::TripleFault => "triple fault",
-            ResetSource::Kvm => "KVM system event",
-            ResetSource::Acpi => "ACPI reset register",
-            ResetSource::Host => "requested by the host",
-        })
-    }
-}
-
-/// Why the VM stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The guest powered off.
-    PowerOff,
-    /// The guest asked for a reset.
-    Reset(ResetSource),
-    /// The host asked the VM to stop (user quit, signal).
-    Stopped(String),
-    /// A vCPU failed; the text carries the KVM reason and the vCPU's registers.
-    Failed(String),
-}
-
-impl std::fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitReason::PowerOff => write!(f, "guest powered off"),
-            ExitReason::Reset(s) => write!(f, "guest requested reset ({s})"),
-            ExitReason::Stopped(why) => write!(f, "stopped by the host ({why})"),
-            ExitReason::Failed(why) => write!(f, "VM failed: {why}"),
-        }
-    }
-}
-
-/// Shared stop state: the first reason recorded wins, and waiters are woken.
-#[derive(Default)]
-pub struct VmControl {
-    reason: Mutex<Option<ExitReason>>,
-    changed: Condvar,
-}
-
-impl VmControl {
-    /// Records why the VM should stop, unless a reason is already recorded.
-    pub fn request_exit(&self, reason: ExitReason) {
-        let mut r = self.reason.lock().expect("control lock poisoned");
-        if r.is_none() {
-            *r = Some(reason);
-            self.changed.notify_all();
-        }
-    }
-
-    /// Whether the VM has been asked to stop.
-    pub fn exit_requested(&self) -> bool {
-        self.reason.lock().expect("control lock poisoned").is_some()
-    }
-
-    /// The recorded reason, if any.
-    pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().expect("control lock poisoned").clone()
-    }
-
-    fn wait(&self) -> ExitReason {
-        let mut r = self.reason.lock().expect("control lock poisoned");
-        loop {
-            if let Some(reason) = r.as_ref() {
-                return reason.clone();
-            }
-            r = self.changed.wait(r).expect("control lock poisoned");
-        }
-    }
 }
 
 /// Why a VM could not be built or started.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use vmm::bus::BusDevice;
 use vmm::devices::i8042::{KeyboardInput, DATA_PORT, I8042};
 use vmm::framebuffer::{Framebuffer, FramebufferConfig};
-use vmm::vm::VmControl;
+use vmm::VmControl;
 use vmm::vnc::encode::PixelFormat;
 use vmm::vnc::{VncConfig, VncServer};
 use vnc_client::{read_n, start, u32_at, Rfb};

@@ -7,7 +7,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::acpi::{RESET_VALUE, S5_SLP_TYP, SLP_EN};
 use crate::bus::BusDevice;
-use crate::vm::{ExitReason, ResetSource, VmControl};
+use crate::control::{ExitReason, ResetSource, VmControl};
 
 /// Sleep control, sleep status and reset register.
 pub struct AcpiPm {

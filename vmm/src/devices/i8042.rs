@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use crate::bus::BusDevice;
-use crate::vm::{ExitReason, ResetSource, VmControl};
+use crate::control::{ExitReason, ResetSource, VmControl};
 use keymap::Key;
 
 /// Data port.

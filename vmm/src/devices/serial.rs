@@ -9,7 +9,7 @@ use vm_superio::serial::NoEvents;
 
 use super::IrqLine;
 use crate::bus::BusDevice;
-use crate::vm::VmControl;
+use crate::control::VmControl;
 
 /// COM1's I/O base.
 pub const COM1_BASE: u64 = 0x3f8;

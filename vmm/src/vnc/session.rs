@@ -548,7 +548,7 @@ fn write_loop(
 pub fn fuzz_session(input: &[u8], password: Option<&[u8]>) -> io::Result<()> {
     use crate::devices::i8042::I8042;
     use crate::framebuffer::FramebufferConfig;
-    use crate::vm::VmControl;
+    use crate::control::VmControl;
 
     thread_local! {
         static FB: Framebuffer = Framebuffer::new(FramebufferConfig { width: 64, height: 40 })
