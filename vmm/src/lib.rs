@@ -28,6 +28,6 @@ pub mod vm;
 pub mod vnc;
 
 pub use arch::boot::{KernelFormat, LinuxBoot, LoadedKernel};
-pub use devices::serial::SerialInput;
 pub use control::{ExitReason, ResetSource, VmControl};
+pub use devices::serial::SerialInput;
 pub use vm::{keep_kvm_open, MachineConfig, Vm, VmError};

@@ -7,8 +7,8 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
-use crate::metrics::{ExitCounters, ExitKind};
 use crate::control::{ExitReason, ResetSource, VmControl};
+use crate::metrics::{ExitCounters, ExitKind};
 
 /// What a vCPU thread needs besides its fd.
 pub(crate) struct VcpuContext {

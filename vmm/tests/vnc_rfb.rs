@@ -13,9 +13,9 @@ use std::time::Duration;
 use vmm::bus::BusDevice;
 use vmm::devices::i8042::{KeyboardInput, DATA_PORT, I8042};
 use vmm::framebuffer::{Framebuffer, FramebufferConfig};
-use vmm::VmControl;
 use vmm::vnc::encode::PixelFormat;
 use vmm::vnc::{VncConfig, VncServer};
+use vmm::VmControl;
 use vnc_client::{read_n, start, u32_at, Rfb};
 
 const W: u32 = 200;

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 pub use server::DhcpServer;
 
 use crate::config::NetConfig;
-use crate::pod::PodInfo;
+use crate::podinfo::PodInfo;
 use crate::MacAddr;
 use options::code;
 use wire::{build_frame, parse_frame, DhcpMessage};

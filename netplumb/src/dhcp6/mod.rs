@@ -18,7 +18,7 @@ use std::net::Ipv6Addr;
 pub use server::Dhcp6Server;
 
 use crate::config::{net64, NetConfig};
-use crate::pod::{PodInfo, ROUTER_LL};
+use crate::podinfo::{PodInfo, ROUTER_LL};
 use crate::MacAddr;
 use msg::{opt, put, status, status_value, ty, Message};
 use wire::{build_icmp, build_udp, encode_names, multicast_mac, parse_frame, Packet};

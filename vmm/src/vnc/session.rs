@@ -546,9 +546,9 @@ fn write_loop(
 /// framebuffer and keyboard, answering update requests as they come. For fuzzing and
 /// randomized tests: it must never panic, whatever the input.
 pub fn fuzz_session(input: &[u8], password: Option<&[u8]>) -> io::Result<()> {
+    use crate::control::VmControl;
     use crate::devices::i8042::I8042;
     use crate::framebuffer::FramebufferConfig;
-    use crate::control::VmControl;
 
     thread_local! {
         static FB: Framebuffer = Framebuffer::new(FramebufferConfig { width: 64, height: 40 })
