@@ -15,6 +15,7 @@ pub mod dhcp6;
 pub mod error;
 pub mod nft;
 mod nlattr;
+mod packet;
 pub mod pod;
 pub mod podinfo;
 pub mod resolv;
