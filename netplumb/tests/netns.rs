@@ -4,15 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::*;
 use netplumb::{DhcpServer, Error, MacAddr, NetConfig, PodNetwork};
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(10);
+/// What the peers' listeners bind to: IPv4 only, so peers show as IPv4 addresses.
+const ANY: &str = "0.0.0.0";
 
 fn config(pod: &Pod, hostname: &str) -> NetConfig {
     NetConfig {
@@ -21,65 +21,6 @@ fn config(pod: &Pod, hostname: &str) -> NetConfig {
         resolv_conf: pod.resolv.clone(),
         ..NetConfig::default()
     }
-}
-
-/// TCP listeners and UDP echoers in the current namespace that answer "<tag>:<port>:<peer ip>".
-fn serve(tag: &'static str, tcp: &[u16], udp: &[u16]) {
-    for &port in tcp {
-        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
-        std::thread::spawn(move || {
-            for mut c in l.incoming().flatten() {
-                let peer = c.peer_addr().unwrap().ip();
-                let _ = write!(c, "{tag}:{port}:{peer}");
-            }
-        });
-    }
-    for &port in udp {
-        let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while let Ok((_, from)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(format!("{tag}-udp:{port}:{}", from.ip()).as_bytes(), from);
-            }
-        });
-    }
-}
-
-fn tcp_get(addr: &str) -> Result<String, std::io::Error> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let mut c = TcpStream::connect_timeout(&addr, T)?;
-    c.set_read_timeout(Some(T))?;
-    let mut s = String::new();
-    c.read_to_string(&mut s)?;
-    Ok(s)
-}
-
-fn udp_get(addr: &str) -> Result<(String, SocketAddr), std::io::Error> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
-    s.set_read_timeout(Some(T))?;
-    s.send_to(b"ping", addr)?;
-    let mut buf = [0u8; 128];
-    let (n, from) = s.recv_from(&mut buf)?;
-    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
-}
-
-/// The table as `nft -j` lists it, without handles and metainfo (they differ run to run).
-fn nft_json(ns: &Netns) -> Value {
-    let v: Value =
-        serde_json::from_str(&ns.exec(&["nft", "-j", "list", "table", "ip", "berth"])).unwrap();
-    let mut items: Vec<Value> = v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i.get("metainfo").is_none())
-        .cloned()
-        .collect();
-    for i in &mut items {
-        for (_, obj) in i.as_object_mut().unwrap().iter_mut() {
-            obj.as_object_mut().unwrap().remove("handle");
-        }
-    }
-    Value::Array(items)
 }
 
 fn reference_rules(pod_ip: &str, vm_ip: &str, keep_vnc: bool) -> String {
@@ -98,12 +39,7 @@ fn reference_rules(pod_ip: &str, vm_ip: &str, keep_vnc: bool) -> String {
 
 /// The same table written by the nft CLI from text, in a scratch namespace: the oracle.
 fn nft_oracle(pod_ip: &str, vm_ip: &str, keep_vnc: bool) -> Value {
-    let scratch = Netns::new("ref");
-    let dir = TempDir::new("ref");
-    let f = dir.path("rules.nft");
-    std::fs::write(&f, reference_rules(pod_ip, vm_ip, keep_vnc)).unwrap();
-    scratch.exec(&["nft", "-f", f.to_str().unwrap()]);
-    nft_json(&scratch)
+    nft_json_of_text("ip", &reference_rules(pod_ip, vm_ip, keep_vnc))
 }
 
 fn link_json(ns: &Netns, dev: &str) -> Option<Value> {
@@ -197,7 +133,7 @@ fn vm_takes_over_the_pod_ip() {
     );
     // The NAT table, as nft itself would build it from text.
     assert_eq!(
-        nft_json(&pod.pod),
+        nft_json(&pod.pod, "ip"),
         nft_oracle(POD_IP, "192.168.254.2", true)
     );
 
@@ -258,8 +194,8 @@ fn vm_takes_over_the_pod_ip() {
     assert_eq!(link_json(&vm, "vmnic").unwrap()["mtu"], 1450);
 
     // Inbound: any port, TCP and UDP, reaches the VM; tcp/5900 stays in the pod.
-    vm.run(|| serve("vm", &[22, 8080, 5900], &[5353, 5900]));
-    pod.pod.run(|| serve("pod", &[5900], &[]));
+    vm.run(|| serve(ANY, "vm", &[22, 8080, 5900], &[5353, 5900]));
+    pod.pod.run(|| serve(ANY, "pod", &[5900], &[]));
     let from_client = pod.client.run(|| {
         let p = POD_IP;
         (
@@ -289,7 +225,7 @@ fn vm_takes_over_the_pod_ip() {
     );
 
     // Outbound: the VM's traffic reaches the client with the pod IP as its source.
-    pod.client.run(|| serve("client", &[9000], &[9001]));
+    pod.client.run(|| serve(ANY, "client", &[9000], &[9001]));
     let (tcp, udp) = vm.run(|| {
         (
             tcp_get(&format!("{CLIENT_IP}:9000")).unwrap(),
@@ -421,7 +357,7 @@ fn no_vnc_forwards_tcp_5900_too() {
     let c = cfg.clone();
     let net = pod.pod.run(move || PodNetwork::setup(&c).unwrap());
     assert_eq!(
-        nft_json(&pod.pod),
+        nft_json(&pod.pod, "ip"),
         nft_oracle(POD_IP, "192.168.254.2", false)
     );
     pod.pod
@@ -429,8 +365,8 @@ fn no_vnc_forwards_tcp_5900_too() {
     // A statically configured VM (NO_DHCP style).
     vm.ip(&["addr", "add", "192.168.254.2/30", "dev", "vmnic"]);
     vm.ip(&["route", "add", "default", "via", "192.168.254.1"]);
-    vm.run(|| serve("vm", &[5900], &[]));
-    pod.pod.run(|| serve("pod", &[5900], &[]));
+    vm.run(|| serve(ANY, "vm", &[5900], &[]));
+    pod.pod.run(|| serve(ANY, "pod", &[5900], &[]));
     let got = pod
         .client
         .run(|| tcp_get(&format!("{POD_IP}:5900")).unwrap());
@@ -454,7 +390,7 @@ fn setup_replaces_leftovers_of_a_killed_berth() {
     let c = cfg.clone();
     let net = pod.pod.run(move || PodNetwork::setup(&c).unwrap());
     assert_eq!(
-        nft_json(&pod.pod),
+        nft_json(&pod.pod, "ip"),
         nft_oracle(POD_IP, "192.168.254.2", true)
     );
     assert_eq!(
@@ -465,7 +401,7 @@ fn setup_replaces_leftovers_of_a_killed_berth() {
     let c = cfg.clone();
     let net2 = pod.pod.run(move || PodNetwork::setup(&c).unwrap());
     assert_eq!(
-        nft_json(&pod.pod),
+        nft_json(&pod.pod, "ip"),
         nft_oracle(POD_IP, "192.168.254.2", true)
     );
     drop(net2);

@@ -6,15 +6,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use common::*;
 use netplumb::{Dhcp6Server, MacAddr, NetConfig, PodNetwork};
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(10);
+/// What the peers' listeners bind to.
+const ANY: &str = "::";
 const CLIENT_IP6: &str = "2001:db8:1::1";
 const POD_IP6: &str = "2001:db8:1::2";
 const DNS6: &str = "fd00:96::10";
@@ -57,45 +57,6 @@ fn config(pod: &Pod) -> NetConfig {
     }
 }
 
-fn serve(tag: &'static str, tcp: &[u16], udp: &[u16]) {
-    for &port in tcp {
-        let l = TcpListener::bind(("::", port)).unwrap();
-        std::thread::spawn(move || {
-            for mut c in l.incoming().flatten() {
-                let peer = c.peer_addr().unwrap().ip();
-                let _ = write!(c, "{tag}:{port}:{peer}");
-            }
-        });
-    }
-    for &port in udp {
-        let s = UdpSocket::bind(("::", port)).unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while let Ok((_, from)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(format!("{tag}-udp:{port}:{}", from.ip()).as_bytes(), from);
-            }
-        });
-    }
-}
-
-fn tcp_get(addr: &str) -> Result<String, std::io::Error> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let mut c = TcpStream::connect_timeout(&addr, T)?;
-    c.set_read_timeout(Some(T))?;
-    let mut s = String::new();
-    c.read_to_string(&mut s)?;
-    Ok(s)
-}
-
-fn udp_get(addr: &str) -> Result<(String, SocketAddr), std::io::Error> {
-    let s = UdpSocket::bind("[::]:0")?;
-    s.set_read_timeout(Some(T))?;
-    s.send_to(b"ping", addr)?;
-    let mut buf = [0u8; 128];
-    let (n, from) = s.recv_from(&mut buf)?;
-    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
-}
-
 /// Polls `f` until it is true or `limit` passes.
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -106,25 +67,6 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(200));
     }
     false
-}
-
-/// The `ip6 berth` table as `nft -j` lists it, without handles and metainfo.
-fn nft6_json(ns: &Netns) -> Value {
-    let v: Value =
-        serde_json::from_str(&ns.exec(&["nft", "-j", "list", "table", "ip6", "berth"])).unwrap();
-    let mut items: Vec<Value> = v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i.get("metainfo").is_none())
-        .cloned()
-        .collect();
-    for i in &mut items {
-        for (_, obj) in i.as_object_mut().unwrap().iter_mut() {
-            obj.as_object_mut().unwrap().remove("handle");
-        }
-    }
-    Value::Array(items)
 }
 
 /// The table nft itself writes from the documented text: the oracle for ours.
@@ -139,12 +81,7 @@ fn nft6_oracle() -> Value {
          chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  \
          ip6 saddr fd62:6572:7468::/64 snat to {POD_IP6}\n }}\n}}\n"
     );
-    let scratch = Netns::new("ref6");
-    let dir = TempDir::new("ref6");
-    let f = dir.path("rules.nft");
-    std::fs::write(&f, text).unwrap();
-    scratch.exec(&["nft", "-f", f.to_str().unwrap()]);
-    nft6_json(&scratch)
+    nft_json_of_text("ip6", &text)
 }
 
 /// Sets up berth in the pod, joins the VM side to the bridge and waits for the kernel's
@@ -198,8 +135,8 @@ fn check_rdisc6(vm: &Netns) {
 /// TCP and UDP to the pod's IPv6 address reach the VM (from the client's address), except
 /// tcp/5900; the VM's outbound traffic leaves with the pod's IPv6 address.
 fn check_nat(pod: &Pod, vm: &Netns) {
-    vm.run(|| serve("vm", &[22, 8080, 5900], &[5353]));
-    pod.pod.run(|| serve("pod", &[5900], &[]));
+    vm.run(|| serve(ANY, "vm", &[22, 8080, 5900], &[5353]));
+    pod.pod.run(|| serve(ANY, "pod", &[5900], &[]));
     let got = pod.client.run(|| {
         let p = POD_IP6;
         (
@@ -222,7 +159,7 @@ fn check_nat(pod: &Pod, vm: &Netns) {
         POD_IP6,
         "reply from the pod address"
     );
-    pod.client.run(|| serve("client", &[9000], &[9001]));
+    pod.client.run(|| serve(ANY, "client", &[9000], &[9001]));
     let (tcp, udp) = vm.run(|| {
         (
             tcp_get(&format!("[{CLIENT_IP6}]:9000")).unwrap(),
@@ -320,7 +257,7 @@ fn dual_stack_pod() {
     with_ipv6(&pod);
     let (net, ra, vm) = bring_up(&pod);
     assert_eq!(net.info().ip.unwrap().to_string(), POD_IP);
-    assert_eq!(nft6_json(&pod.pod), nft6_oracle());
+    assert_eq!(nft_json(&pod.pod, "ip6"), nft6_oracle());
     // Multicast snooping off, so the VM's DHCPv6 Solicits to ff02::1:2 reach berth's socket.
     let br: Value =
         serde_json::from_str(&pod.pod.ip(&["-d", "-j", "link", "show", "br0"])).unwrap();

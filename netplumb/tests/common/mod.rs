@@ -3,10 +3,16 @@
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How long a peer waits to connect or for an answer.
+pub const T: Duration = Duration::from_secs(10);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -232,4 +238,79 @@ impl Pod {
 /// Whether `path` exists (for the tun device check).
 pub fn exists(p: &str) -> bool {
     Path::new(p).exists()
+}
+
+/// TCP listeners and UDP echoers on address `any` ("0.0.0.0" or "::") of the current
+/// namespace that answer "<tag>:<port>:<peer ip>" ("<tag>-udp:..." over UDP).
+pub fn serve(any: &str, tag: &'static str, tcp: &[u16], udp: &[u16]) {
+    for &port in tcp {
+        let l = TcpListener::bind((any, port)).unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let peer = c.peer_addr().unwrap().ip();
+                let _ = write!(c, "{tag}:{port}:{peer}");
+            }
+        });
+    }
+    for &port in udp {
+        let s = UdpSocket::bind((any, port)).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(format!("{tag}-udp:{port}:{}", from.ip()).as_bytes(), from);
+            }
+        });
+    }
+}
+
+/// What a [`serve`] TCP listener at `addr` answers.
+pub fn tcp_get(addr: &str) -> Result<String, std::io::Error> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut c = TcpStream::connect_timeout(&addr, T)?;
+    c.set_read_timeout(Some(T))?;
+    let mut s = String::new();
+    c.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+/// What a [`serve`] UDP echoer at `addr` answers, and from where.
+pub fn udp_get(addr: &str) -> Result<(String, SocketAddr), std::io::Error> {
+    let to: SocketAddr = addr.parse().unwrap();
+    let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    s.set_read_timeout(Some(T))?;
+    s.send_to(b"ping", to)?;
+    let mut buf = [0u8; 128];
+    let (n, from) = s.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+/// The `berth` table of `family` ("ip", "ip6") in `ns` as `nft -j` lists it, without
+/// handles and metainfo (they differ run to run).
+pub fn nft_json(ns: &Netns, family: &str) -> serde_json::Value {
+    let out = ns.exec(&["nft", "-j", "list", "table", family, "berth"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut items: Vec<serde_json::Value> = v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.get("metainfo").is_none())
+        .cloned()
+        .collect();
+    for i in &mut items {
+        for (_, obj) in i.as_object_mut().unwrap().iter_mut() {
+            obj.as_object_mut().unwrap().remove("handle");
+        }
+    }
+    serde_json::Value::Array(items)
+}
+
+/// The `berth` table of `family` that the nft CLI writes from `text`, in a scratch
+/// namespace, as [`nft_json`] lists it: the oracle for the table netplumb writes.
+pub fn nft_json_of_text(family: &str, text: &str) -> serde_json::Value {
+    let scratch = Netns::new("ref");
+    let dir = TempDir::new("ref");
+    let f = dir.path("rules.nft");
+    std::fs::write(&f, text).unwrap();
+    scratch.exec(&["nft", "-f", f.to_str().unwrap()]);
+    nft_json(&scratch, family)
 }
