@@ -171,10 +171,10 @@ pub(crate) struct ServerThread {
 }
 
 impl ServerThread {
-    /// Starts thread `name` of sandbox `kind` running `handler` on `sock` until stopped.
+    /// Starts thread "berth-`what`" of sandbox `kind` running `handler` on `sock` until
+    /// stopped.
     pub(crate) fn spawn(
         what: &'static str,
-        name: &str,
         kind: sandbox::ThreadKind,
         sock: PacketSocket,
         handler: impl Handler,
@@ -189,8 +189,10 @@ impl ServerThread {
         let stop_rd = stop
             .try_clone()
             .map_err(|e| Error::io(format!("{what}: dup eventfd"), e))?;
-        let thread = sandbox::spawn(name, kind, move || serve(what, sock, stop_rd, handler))
-            .map_err(|e| Error::io(format!("{what}: spawn thread"), e))?;
+        let thread = sandbox::spawn(format!("berth-{what}"), kind, move || {
+            serve(what, sock, stop_rd, handler)
+        })
+        .map_err(|e| Error::io(format!("{what}: spawn thread"), e))?;
         Ok(ServerThread {
             stop,
             thread: Some(thread),
@@ -266,5 +268,105 @@ fn serve(what: &str, sock: PacketSocket, stop: OwnedFd, mut handler: impl Handle
             continue;
         };
         handler.frame(&sock, &buf[..len], now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{packet_socket, Handler, PacketSocket, ServerThread};
+    use crate::error::Error;
+
+    /// IEEE 802 local experimental ethertype 1: nothing else on the host sends it.
+    const ETH_P_TEST: u16 = 0x88b5;
+    /// Every ethertype: such a socket also sees the frames the host sends.
+    const ETH_P_ALL: u16 = 0x0003;
+
+    /// Classic BPF that accepts only ETH_P_TEST frames.
+    fn test_frames() -> [libc::sock_filter; 4] {
+        let s = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+        [
+            s(0x28, 0, 0, 12),                    // ldh [12]  ethertype
+            s(0x15, 0, 1, u32::from(ETH_P_TEST)), // jeq #test else drop
+            s(0x06, 0, 0, 0x40000),               // ret accept
+            s(0x06, 0, 0, 0),                     // ret drop
+        ]
+    }
+
+    #[test]
+    fn errors_name_the_server_and_the_interface() {
+        let Err(e) = packet_socket("nosuch0", ETH_P_TEST, &test_frames(), "dhcp6") else {
+            panic!("an interface that does not exist has a packet socket");
+        };
+        assert!(
+            e.to_string().starts_with("dhcp6: find interface nosuch0: "),
+            "{e}"
+        );
+        let Err(e) = packet_socket("bad\0name", ETH_P_TEST, &test_frames(), "dhcp") else {
+            panic!("a name with a NUL has a packet socket");
+        };
+        assert!(e.to_string().starts_with("interface name: "), "{e}");
+    }
+
+    /// Counts the loop's wake-ups and the frames it hands over.
+    struct Count {
+        ticks: Arc<AtomicUsize>,
+        frames: Arc<AtomicUsize>,
+    }
+
+    impl Handler for Count {
+        fn tick(&mut self, _sock: &PacketSocket, _now: Instant) -> Option<Duration> {
+            self.ticks.fetch_add(1, Ordering::SeqCst);
+            Some(Duration::from_millis(20))
+        }
+
+        fn frame(&mut self, _sock: &PacketSocket, frame: &[u8], _now: Instant) {
+            assert_eq!(&frame[14..], b"berth packet test");
+            self.frames.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The serve loop wakes for the handler's timeout, hands over a frame another socket
+    /// sends on lo once (an ETH_P_ALL socket also sees the copy lo sends: the loop drops
+    /// it), and stops at once when asked.
+    #[test]
+    fn server_thread_times_out_receives_and_stops() {
+        let (sock, _) = match packet_socket("lo", ETH_P_ALL, &test_frames(), "test") {
+            Ok(s) => s,
+            Err(Error::NoNetAdmin { .. }) => {
+                eprintln!("skipped: packet sockets need CAP_NET_RAW (run as root)");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let (sender, _) = packet_socket("lo", ETH_P_TEST, &test_frames(), "test").unwrap();
+        let (ticks, frames) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let handler = Count {
+            ticks: ticks.clone(),
+            frames: frames.clone(),
+        };
+        let mut server =
+            ServerThread::spawn("test", sandbox::ThreadKind::Dhcp, sock, handler).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            ticks.load(Ordering::SeqCst) >= 5,
+            "the 20 ms timeout did not wake the loop"
+        );
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&ETH_P_TEST.to_be_bytes());
+        frame.extend_from_slice(b"berth packet test");
+        sender.send(&frame).unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        while frames.load(Ordering::SeqCst) == 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(frames.load(Ordering::SeqCst), 1);
+        let t = Instant::now();
+        server.shutdown();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
 }

@@ -46,13 +46,7 @@ impl DhcpServer {
             responder: Responder::new(cfg, mac),
             bound: bound.clone(),
         };
-        let thread = ServerThread::spawn(
-            "dhcp",
-            "berth-dhcp",
-            sandbox::ThreadKind::Dhcp,
-            sock,
-            handler,
-        )?;
+        let thread = ServerThread::spawn("dhcp", sandbox::ThreadKind::Dhcp, sock, handler)?;
         log::info!("dhcp: serving on {iface} ({mac})");
         Ok(DhcpServer { thread, bound })
     }

@@ -64,13 +64,7 @@ impl Dhcp6Server {
         };
         // The DHCPv4 thread's kind: the same calls (poll, recvfrom, sendto) on the same
         // kind of socket.
-        let thread = ServerThread::spawn(
-            "dhcp6",
-            "berth-dhcp6",
-            sandbox::ThreadKind::Dhcp,
-            sock,
-            handler,
-        )?;
+        let thread = ServerThread::spawn("dhcp6", sandbox::ThreadKind::Dhcp, sock, handler)?;
         log::info!("dhcp6: advertising {prefix}/64 and serving {client} on {iface} ({mac})");
         Ok(Dhcp6Server { thread, bound })
     }
