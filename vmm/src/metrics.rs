@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use vm_memory::VolatileSlice;
 
+use crate::block::iov::{self, PartialIo};
 use crate::block::BlockBackend;
 use crate::linkstats::{LinkCounters, LinkStats};
 use crate::virtio::net::tap::NetBackend;
@@ -306,12 +307,12 @@ impl CountingDisk {
         CountingDisk { inner, m }
     }
 
-    fn timed<T>(
+    fn timed<T, E>(
         &self,
         op: usize,
         bytes: u64,
-        f: impl FnOnce(&dyn BlockBackend) -> io::Result<T>,
-    ) -> io::Result<T> {
+        f: impl FnOnce(&dyn BlockBackend) -> Result<T, E>,
+    ) -> Result<T, E> {
         let start = Instant::now();
         let r = f(self.inner.as_ref());
         match &r {
@@ -345,6 +346,26 @@ impl BlockBackend for CountingDisk {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.timed(WRITE, buf.len() as u64, |d| d.write_at(buf, offset))
+    }
+    // The vectored calls go to the inner backend's (zero-copy for raw disks); a failed one
+    // counts as an error, like a failed read_at/write_at.
+    fn read_vectored_at(
+        &self,
+        bufs: &[VolatileSlice<'_>],
+        offset: u64,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), PartialIo> {
+        let n = iov::total_len(bufs).map_err(PartialIo::none)? as u64;
+        self.timed(READ, n, |d| d.read_vectored_at(bufs, offset, bounce))
+    }
+    fn write_vectored_at(
+        &self,
+        bufs: &[VolatileSlice<'_>],
+        offset: u64,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), PartialIo> {
+        let n = iov::total_len(bufs).map_err(PartialIo::none)? as u64;
+        self.timed(WRITE, n, |d| d.write_vectored_at(bufs, offset, bounce))
     }
     fn flush(&self) -> io::Result<()> {
         self.timed(FLUSH, 0, |d| d.flush())
