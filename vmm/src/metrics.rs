@@ -518,6 +518,52 @@ mod tests {
         );
     }
 
+    /// The vectored calls reach the inner backend's own (a raw disk's `preadv`/`pwritev`, no
+    /// bounce buffer) and are counted like read_at/write_at.
+    #[test]
+    fn vectored_disk_io_is_forwarded_and_counted() {
+        use std::io::Write as _;
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+        let mut reg = Registry::default();
+        let m = VmMetrics::register(&mut reg);
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&[7u8; 8192]).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file.path())
+            .unwrap();
+        let raw = crate::block::raw::RawDisk::from_file(f, false).unwrap();
+        let d = CountingDisk::new(Box::new(raw), m.disk("vda"));
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
+        let bufs = [
+            mem.get_slice(GuestAddress(0x100), 512).unwrap(),
+            mem.get_slice(GuestAddress(0x2000), 1024).unwrap(),
+        ];
+        let mut bounce = Vec::new();
+        d.read_vectored_at(&bufs, 4096, &mut bounce).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x23ff)).unwrap(), 7);
+        mem.write_slice(&[9u8; 0x4000], GuestAddress(0)).unwrap();
+        d.write_vectored_at(&bufs, 0, &mut bounce).unwrap();
+        assert!(d.read_vectored_at(&bufs, 8192 - 512, &mut bounce).is_err());
+        assert_eq!(bounce.capacity(), 0);
+        let mut back = [0u8; 1537];
+        d.read_at(&mut back, 0).unwrap();
+        assert_eq!(back[..1536], [9u8; 1536]);
+        assert_eq!(back[1536], 7);
+        let t = text(&reg);
+        for line in [
+            r#"berth_disk_operations_total{disk="vda",op="write"} 1"#,
+            r#"berth_disk_operations_total{disk="vda",op="read"} 2"#,
+            r#"berth_disk_bytes_total{disk="vda",op="write"} 1536"#,
+            r#"berth_disk_bytes_total{disk="vda",op="read"} 3073"#,
+            r#"berth_disk_errors_total{disk="vda"} 1"#,
+        ] {
+            assert!(t.contains(line), "{line} missing in\n{t}");
+        }
+    }
+
     /// A tap that delivers `rx` frames, then WouldBlock; refuses writes when `full`.
     struct FakeTap {
         rx: Vec<Vec<u8>>,
