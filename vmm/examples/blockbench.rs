@@ -56,7 +56,7 @@ fn run() -> Result<(), String> {
             "--count" => count = value,
             "--step" => step = Some(value),
             "--threads" if value > 0 => threads = value,
-            "--virtio" if value >= 512 && value % 512 == 0 => seg = value,
+            "--virtio" if value >= 512 && value.is_multiple_of(512) => seg = value,
             _ => return Err(usage.into()),
         }
     }
@@ -74,7 +74,7 @@ fn run() -> Result<(), String> {
         ));
     }
     if seg > 0 {
-        if size % 512 != 0 || size.div_ceil(seg) + 2 > u64::from(QUEUE) {
+        if !size.is_multiple_of(512) || size.div_ceil(seg) + 2 > u64::from(QUEUE) {
             return Err(format!(
                 "--virtio needs --size a multiple of 512 and at most {} descriptors of SEG bytes",
                 QUEUE - 2
@@ -150,7 +150,12 @@ fn virtio(
         let mut at = 0;
         while at < size {
             let n = seg.min(size - at);
-            descs.push(RawDescriptor::from(Descriptor::new(DATA + at, n as u32, data_flags, 0)));
+            descs.push(RawDescriptor::from(Descriptor::new(
+                DATA + at,
+                n as u32,
+                data_flags,
+                0,
+            )));
             at += n;
         }
         descs.push(RawDescriptor::from(Descriptor::new(
@@ -172,9 +177,12 @@ fn virtio(
             let mut h = [0u8; 16];
             h[0..4].copy_from_slice(&kind.to_le_bytes());
             h[8..16].copy_from_slice(&(offset / 512).to_le_bytes());
-            mem.write_slice(&h, GuestAddress(HDR)).map_err(|e| e.to_string())?;
+            mem.write_slice(&h, GuestAddress(HDR))
+                .map_err(|e| e.to_string())?;
             request::execute(&mem, chain.clone(), disk, &mut buf);
-            let status: u8 = mem.read_obj(GuestAddress(STATUS)).map_err(|e| e.to_string())?;
+            let status: u8 = mem
+                .read_obj(GuestAddress(STATUS))
+                .map_err(|e| e.to_string())?;
             if status != request::S_OK {
                 return Err(format!("request at {offset}: status {status}"));
             }

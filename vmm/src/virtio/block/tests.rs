@@ -915,7 +915,11 @@ mod raw {
                 .write(true)
                 .open(file.path())
                 .unwrap();
-            let disk = Disk::new(Box::new(RawDisk::from_file(f, false).unwrap()), false, "raw");
+            let disk = Disk::new(
+                Box::new(RawDisk::from_file(f, false).unwrap()),
+                false,
+                "raw",
+            );
             RawRig { mem, disk, file }
         }
 
@@ -952,11 +956,11 @@ mod raw {
 
     /// Data buffers (address, length) over all three regions, one straddling R1/R2: 16 KiB.
     const BUFS: [(u64, u32); 5] = [
-        (0x1f_f000, 0x800),        // R1
-        (R2 - 0x600, 0x1000),      // R1 | R2
-        (R3 + 0x200, 0x1400),      // R3
-        (R2 + 0x8_0000, 0x400),    // R2
-        (END - 0x1000, 0x1000),    // the last page of guest memory
+        (0x1f_f000, 0x800),     // R1
+        (R2 - 0x600, 0x1000),   // R1 | R2
+        (R3 + 0x200, 0x1400),   // R3
+        (R2 + 0x8_0000, 0x400), // R2
+        (END - 0x1000, 0x1000), // the last page of guest memory
     ];
 
     fn data_descs(flags: u16) -> Vec<RawDescriptor> {
@@ -996,7 +1000,9 @@ mod raw {
         let mut at = 0;
         for &(a, l) in &BUFS {
             let l = l as usize;
-            r.mem.write_slice(&payload[at..at + l], GuestAddress(a)).unwrap();
+            r.mem
+                .write_slice(&payload[at..at + l], GuestAddress(a))
+                .unwrap();
             at += l;
         }
         r.header(T_OUT, 9);
