@@ -164,16 +164,32 @@ pub fn transfer(
         iovs.clear();
         // The guards keep the pointers valid (they matter for vm-memory's Xen mappings; on
         // plain mmap'ed guest memory they are the slice's address) until after the syscall.
-        let mut guards = Vec::with_capacity(iovs.capacity());
+        // A read writes guest memory (a mutable guard); a write only reads it.
+        let mut write_guards = Vec::new();
+        let mut read_guards = Vec::new();
         pieces(bufs, done, total - done, |piece, _| {
-            if iovs.len() < MAX_IOVS {
-                let guard = piece.ptr_guard_mut();
-                iovs.push(libc::iovec {
-                    iov_base: guard.as_ptr().cast(),
-                    iov_len: piece.len(),
-                });
-                guards.push(guard);
+            if iovs.len() == MAX_IOVS {
+                return;
             }
+            let base = match dir {
+                Dir::Read => {
+                    let guard = piece.ptr_guard_mut();
+                    let p = guard.as_ptr();
+                    write_guards.push(guard);
+                    p
+                }
+                Dir::Write => {
+                    let guard = piece.ptr_guard();
+                    // pwritev only reads through it.
+                    let p = guard.as_ptr().cast_mut();
+                    read_guards.push(guard);
+                    p
+                }
+            };
+            iovs.push(libc::iovec {
+                iov_base: base.cast(),
+                iov_len: piece.len(),
+            });
         });
         let count = iovs.len() as libc::c_int;
         // SAFETY: every iovec covers a VolatileSlice that vm-memory checked against the guest
@@ -185,7 +201,7 @@ pub fn transfer(
                 Dir::Write => libc::pwritev(fd, iovs.as_ptr(), count, at),
             }
         };
-        drop(guards);
+        drop((write_guards, read_guards));
         if r < 0 {
             let error = io::Error::last_os_error();
             if error.kind() == io::ErrorKind::Interrupted {
