@@ -131,7 +131,6 @@ where
     /// descriptors, in the same order, as virtio-queue's `Writer`/`Reader` use). `Ok(None)`
     /// when they take more than [`MAX_IOVS`] slices: the caller bounces instead, so the slice
     /// array stays bounded whatever the chain (indirect tables can hold 65535 descriptors).
-    #[allow(clippy::type_complexity)]
     fn slices(
         &self,
         writable: bool,
