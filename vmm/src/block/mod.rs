@@ -6,6 +6,10 @@
 
 use std::io;
 
+use vm_memory::VolatileSlice;
+
+pub use iov::{PartialIo, BOUNCE_CHUNK, MAX_IOVS};
+
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
 
@@ -22,6 +26,34 @@ pub trait BlockBackend: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes `buf` at `offset`. Writes past the end are an error.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Fills the guest memory `bufs`, in order, from `offset`; reads past the end are an
+    /// error, which says how many bytes had been filled before it. The default moves the data
+    /// through `bounce` (grown to at most [`BOUNCE_CHUNK`] bytes) with [`read_at`]; backends
+    /// that can read straight into guest memory (raw: `preadv`) override it.
+    ///
+    /// [`read_at`]: BlockBackend::read_at
+    fn read_vectored_at(
+        &self,
+        bufs: &[VolatileSlice<'_>],
+        offset: u64,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), PartialIo> {
+        iov::bounce_read(self, bufs, offset, bounce)
+    }
+    /// Writes the guest memory `bufs`, in order, at `offset`; writes past the end are an
+    /// error. The default moves the data through `bounce` (grown to at most
+    /// [`BOUNCE_CHUNK`] bytes) with [`write_at`]; backends that can write straight from guest
+    /// memory (raw: `pwritev`) override it.
+    ///
+    /// [`write_at`]: BlockBackend::write_at
+    fn write_vectored_at(
+        &self,
+        bufs: &[VolatileSlice<'_>],
+        offset: u64,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), PartialIo> {
+        iov::bounce_write(self, bufs, offset, bounce)
+    }
     /// Makes every completed write durable on the host (fsync of data and metadata).
     fn flush(&self) -> io::Result<()>;
     /// Tells the backend the range's contents are no longer needed; later reads may return
@@ -36,6 +68,7 @@ pub trait BlockBackend: Send + Sync {
     }
 }
 
+pub mod iov;
 pub mod lock;
 pub mod overlay;
 pub mod qcow2;

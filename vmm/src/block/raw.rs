@@ -1,6 +1,8 @@
 //! Raw disks: regular files and block devices, guest byte N at file byte N.
 //!
 //! Several threads read and write at once (`pread`/`pwrite` need no shared file position).
+//! virtio-blk data moves with `preadv`/`pwritev` straight between the page cache and guest
+//! memory ([`iov`]).
 //! I/O goes through the host page cache (like QEMU's `cache=writeback`); `flush` is
 //! `fdatasync`, which also persists the block allocation a write or hole punch changed, so no
 //! full `fsync` is needed (the file's size never changes).
@@ -12,6 +14,9 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use vm_memory::VolatileSlice;
+
+use super::iov::{self, Dir, PartialIo};
 use super::{check_range, check_write, BlockBackend, DiskError};
 
 /// `_IOR(0x12, 114, u64)`: a block device's size in bytes.
@@ -141,6 +146,28 @@ impl BlockBackend for RawDisk {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_write(self.read_only, self.size, offset, buf.len() as u64)?;
         self.file.write_all_at(buf, offset)
+    }
+
+    fn read_vectored_at(
+        &self,
+        bufs: &[VolatileSlice<'_>],
+        offset: u64,
+        _bounce: &mut Vec<u8>,
+    ) -> Result<(), PartialIo> {
+        let len = iov::total_len(bufs).map_err(PartialIo::none)?;
+        check_range(self.size, offset, len as u64).map_err(PartialIo::none)?;
+        iov::transfer(self.file.as_raw_fd(), Dir::Read, bufs, offset)
+    }
+
+    fn write_vectored_at(
+        &self,
+        bufs: &[VolatileSlice<'_>],
+        offset: u64,
+        _bounce: &mut Vec<u8>,
+    ) -> Result<(), PartialIo> {
+        let len = iov::total_len(bufs).map_err(PartialIo::none)?;
+        check_write(self.read_only, self.size, offset, len as u64).map_err(PartialIo::none)?;
+        iov::transfer(self.file.as_raw_fd(), Dir::Write, bufs, offset)
     }
 
     fn flush(&self) -> io::Result<()> {

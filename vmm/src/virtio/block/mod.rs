@@ -22,8 +22,9 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Most request queues a disk offers (`num_queues`); more vCPUs share them.
 pub const MAX_QUEUES: u16 = 16;
 /// Threads serving one disk, whatever its queue count: requests in flight at once. Enough to
-/// keep a host device busy beside the guest's vCPUs on a small node; each holds a bounce
-/// buffer of up to 1 MiB (docs/block.md has the measurements behind the number).
+/// keep a host device busy beside the guest's vCPUs on a small node; each may hold a bounce
+/// buffer of up to 1 MiB (qcow2 disks; raw disks move data straight into guest memory), and
+/// docs/block.md has the measurements behind the number.
 pub const THREADS: usize = 8;
 
 const F_SEG_MAX: u64 = 1 << 2;

@@ -5,9 +5,9 @@
 use std::io::{Read, Write};
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
-use crate::block::{BlockBackend, SECTOR_SIZE};
+use crate::block::{BlockBackend, BOUNCE_CHUNK, MAX_IOVS, SECTOR_SIZE};
 
 /// Request types.
 pub const T_IN: u32 = 0;
@@ -35,9 +35,13 @@ pub const ID_BYTES: usize = 20;
 pub const MAX_SEGMENTS: u32 = 32;
 /// Largest sector count of one discard/write-zeroes segment.
 pub const MAX_SEGMENT_SECTORS: u32 = 1 << 22;
-/// Bounce buffer granularity: data moves in pieces of at most this size, so each thread
-/// serving a disk holds at most this much, whatever the guest asks for.
-pub const CHUNK: usize = 1 << 20;
+/// Bounce buffer granularity: where data moves through a thread's bounce buffer (backends
+/// without vectored I/O, or chains of more than [`MAX_IOVS`] pieces) it moves in pieces of at
+/// most this size, so each thread serving a disk holds at most this much, whatever the guest
+/// asks for.
+pub const CHUNK: usize = BOUNCE_CHUNK;
+/// Length of the request header (type, reserved, sector).
+const HEADER_LEN: usize = 16;
 /// write-zeroes flag: the device may deallocate.
 const FLAG_UNMAP: u32 = 1;
 
@@ -77,9 +81,10 @@ impl Disk {
     }
 }
 
-/// Executes the request in `chain`, moving data through `buf` (grown to at most [`CHUNK`]
-/// bytes); returns the number of bytes written into the chain's device-writable buffers (what
-/// goes into the used ring).
+/// Executes the request in `chain`; returns the number of bytes written into the chain's
+/// device-writable buffers (what goes into the used ring). Data moves between the backend and
+/// the chain's guest memory with the backend's vectored calls (straight into guest memory for
+/// raw disks) or, failing that, through `buf` (grown to at most [`CHUNK`] bytes).
 pub fn execute<T>(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<T>,
@@ -91,7 +96,7 @@ where
     T::Target: vm_memory::GuestMemory + Sized,
 {
     let reader = Reader::new(mem, chain.clone());
-    let writer = Writer::new(mem, chain);
+    let writer = Writer::new(mem, chain.clone());
     let (Ok(mut reader), Ok(mut writer)) = (reader, writer) else {
         // Descriptors outside guest memory: nothing can be answered.
         return 0;
@@ -104,27 +109,96 @@ where
     let Ok(mut status_w) = writer.split_at(avail - 1) else {
         return 0;
     };
-    let (status, written) = run(&mut reader, &mut writer, disk, buf);
+    let data = DataBufs { mem, chain };
+    let (status, written) = run(&mut reader, &mut writer, &data, disk, buf);
     let _ = status_w.write_all(&[status]);
     (written + 1) as u32
 }
 
+/// The guest memory of a chain's data, for the backend's vectored calls.
+struct DataBufs<'m, T> {
+    mem: &'m GuestMemoryMmap,
+    chain: DescriptorChain<T>,
+}
+
+impl<'m, T> DataBufs<'m, T>
+where
+    T: std::ops::Deref + Clone,
+    T::Target: vm_memory::GuestMemory + Sized,
+{
+    /// The `len` bytes after the first `skip` of the chain's device-writable (`writable`) or
+    /// device-readable descriptors, as slices of guest memory checked by vm-memory (the same
+    /// descriptors, in the same order, as virtio-queue's `Writer`/`Reader` use). `Ok(None)`
+    /// when they take more than [`MAX_IOVS`] slices: the caller bounces instead, so the slice
+    /// array stays bounded whatever the chain (indirect tables can hold 65535 descriptors).
+    fn slices(
+        &self,
+        writable: bool,
+        mut skip: usize,
+        len: usize,
+    ) -> Result<Option<Vec<VolatileSlice<'m>>>, ()> {
+        let chain = self.chain.clone();
+        let descs = if writable {
+            chain.writable()
+        } else {
+            chain.readable()
+        };
+        let mut out = Vec::new();
+        let mut left = len;
+        for desc in descs {
+            if left == 0 {
+                break;
+            }
+            let pieces = GuestMemoryBackend::get_slices(self.mem, desc.addr(), desc.len() as usize);
+            for piece in pieces {
+                let piece = piece.map_err(|_| ())?;
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                let n = (piece.len() - skip).min(left);
+                if n == 0 {
+                    break;
+                }
+                if out.len() == MAX_IOVS {
+                    return Ok(None);
+                }
+                out.push(piece.subslice(skip, n).map_err(|_| ())?);
+                skip = 0;
+                left -= n;
+            }
+        }
+        // Fewer bytes than the Reader/Writer counted cannot happen (same descriptors); if it
+        // did, the request fails rather than moving less than it says.
+        if left == 0 {
+            Ok(Some(out))
+        } else {
+            Err(())
+        }
+    }
+}
+
 /// Parses and runs one request; returns its status and the data bytes written to the guest.
-fn run(
+fn run<T>(
     reader: &mut Reader<'_>,
     data: &mut Writer<'_>,
+    bufs: &DataBufs<'_, T>,
     disk: &Disk,
     buf: &mut Vec<u8>,
-) -> (u8, usize) {
-    let mut hdr = [0u8; 16];
+) -> (u8, usize)
+where
+    T: std::ops::Deref + Clone,
+    T::Target: vm_memory::GuestMemory + Sized,
+{
+    let mut hdr = [0u8; HEADER_LEN];
     if reader.read_exact(&mut hdr).is_err() {
         return (S_IOERR, 0);
     }
     let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
     let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap());
     match kind {
-        T_IN => read(sector, data, disk, buf),
-        T_OUT => (write(sector, reader, disk, buf), 0),
+        T_IN => read(sector, data, bufs, disk, buf),
+        T_OUT => (write(sector, reader, bufs, disk, buf), 0),
         T_FLUSH => (status_of(disk.backend.flush()), 0),
         T_GET_ID => {
             let n = ID_BYTES.min(data.available_bytes());
@@ -146,7 +220,17 @@ fn status_of(r: std::io::Result<()>) -> u8 {
     }
 }
 
-fn read(sector: u64, data: &mut Writer<'_>, disk: &Disk, buf: &mut Vec<u8>) -> (u8, usize) {
+fn read<T>(
+    sector: u64,
+    data: &mut Writer<'_>,
+    bufs: &DataBufs<'_, T>,
+    disk: &Disk,
+    buf: &mut Vec<u8>,
+) -> (u8, usize)
+where
+    T: std::ops::Deref + Clone,
+    T::Target: vm_memory::GuestMemory + Sized,
+{
     let len = data.available_bytes();
     if !(len as u64).is_multiple_of(SECTOR_SIZE) {
         return (S_IOERR, 0);
@@ -154,6 +238,18 @@ fn read(sector: u64, data: &mut Writer<'_>, disk: &Disk, buf: &mut Vec<u8>) -> (
     let Some(mut offset) = disk.range(sector, len as u64) else {
         return (S_IOERR, 0);
     };
+    // The data descriptors end where the status byte begins.
+    match bufs.slices(true, 0, len) {
+        Err(()) => return (S_IOERR, 0),
+        Ok(Some(slices)) => {
+            return match disk.backend.read_vectored_at(&slices, offset, buf) {
+                Ok(()) => (S_OK, len),
+                // Only what reached guest memory counts as written.
+                Err(partial) => (S_IOERR, partial.done),
+            };
+        }
+        Ok(None) => {}
+    }
     let mut done = 0;
     while done < len {
         let n = CHUNK.min(len - done);
@@ -169,7 +265,17 @@ fn read(sector: u64, data: &mut Writer<'_>, disk: &Disk, buf: &mut Vec<u8>) -> (
     (S_OK, done)
 }
 
-fn write(sector: u64, reader: &mut Reader<'_>, disk: &Disk, buf: &mut Vec<u8>) -> u8 {
+fn write<T>(
+    sector: u64,
+    reader: &mut Reader<'_>,
+    bufs: &DataBufs<'_, T>,
+    disk: &Disk,
+    buf: &mut Vec<u8>,
+) -> u8
+where
+    T: std::ops::Deref + Clone,
+    T::Target: vm_memory::GuestMemory + Sized,
+{
     if disk.read_only {
         return S_IOERR;
     }
@@ -180,6 +286,18 @@ fn write(sector: u64, reader: &mut Reader<'_>, disk: &Disk, buf: &mut Vec<u8>) -
     let Some(mut offset) = disk.range(sector, len as u64) else {
         return S_IOERR;
     };
+    // The data follows the 16-byte header the reader consumed.
+    match bufs.slices(false, HEADER_LEN, len) {
+        Err(()) => return S_IOERR,
+        Ok(Some(slices)) => {
+            return status_of(
+                disk.backend
+                    .write_vectored_at(&slices, offset, buf)
+                    .map_err(|p| p.error),
+            )
+        }
+        Ok(None) => {}
+    }
     let mut done = 0;
     while done < len {
         let n = CHUNK.min(len - done);
