@@ -1,5 +1,6 @@
 """Unit tests of the lab harness itself (no QEMU needed): python3 tests/lab/test_berthlab.py"""
 
+import os
 import sys
 import tempfile
 import unittest
@@ -150,6 +151,39 @@ class ConsoleTest(unittest.TestCase):
             # L1's own TIMEOUT marker came, but no END: L1 is stuck, so a runs again too
             c.feed("=== SCENARIO a TIMEOUT after 1s\n")
             self.assertEqual([s.name for s in runner.unfinished(scs, c)], ["a", "b"])
+            c.close()
+
+    def test_watchdog_kills_a_silent_l1_long_before_the_timeout(self):
+        # A stand-in for the wedged L1 of a CI run: scenario a (timeout 600 s) prints a line,
+        # then nothing at all.
+        script = ("echo L1-READY uptime=1; echo '=== SCENARIO a BEGIN timeout=600'; "
+                  "echo a-output; exec sleep 600")
+        scs = [type("S", (), {"name": n, "timeout": 600})() for n in ("a", "b")]
+        with tempfile.TemporaryDirectory() as d, \
+                mock.patch.dict(os.environ, {"LAB_SILENCE_LIMIT": "2"}):
+            c = Console(Path(d) / "console.log", echo=False)
+            import time
+            t0 = time.monotonic()
+            rc, timed_out = stream_process(["sh", "-c", script], c, 60,
+                                           watchdog=runner.l1_watchdog(scs, c))
+            self.assertLess(time.monotonic() - t0, 30, "the watchdog did not stop the silent L1")
+            self.assertFalse(timed_out)
+            self.assertIn("L1 IS STUCK: a has printed nothing for",
+                          (Path(d) / "console.log").read_text())
+            self.assertTrue(runner.l1_crashed(c, timed_out))
+            self.assertEqual([s.name for s in runner.unfinished(scs, c)], ["a", "b"])
+            c.close()
+        # Output keeps it alive: a scenario that prints every half second for 4 s is not killed.
+        script = ("echo L1-READY uptime=1; echo '=== SCENARIO a BEGIN timeout=600'; "
+                  "for i in 1 2 3 4 5 6 7 8; do echo tick; sleep 0.5; done; "
+                  "echo '=== SCENARIO a END rc=0 secs=4'; echo L1-DONE")
+        with tempfile.TemporaryDirectory() as d, \
+                mock.patch.dict(os.environ, {"LAB_SILENCE_LIMIT": "2"}):
+            c = Console(Path(d) / "console.log", echo=False)
+            rc, timed_out = stream_process(["sh", "-c", script], c, 60,
+                                           watchdog=runner.l1_watchdog(scs[:1], c))
+            self.assertEqual(rc, 0)
+            self.assertNotIn("L1 IS STUCK", (Path(d) / "console.log").read_text())
             c.close()
 
     def test_watchdog_kills_an_l1_that_never_comes_up(self):
