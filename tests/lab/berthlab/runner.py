@@ -53,7 +53,7 @@ def l1_command(images: dict, serial: list | None = None, disks: dict | None = No
                    "-device", f"virtio-blk-pci,drive=labdisk{n},serial={disk_serial}"]
     return [
         qemu_binary(), "-accel", "tcg,thread=multi", "-cpu", os.environ.get("LAB_L1_CPU", "max"),
-        "-smp", "2", "-m", os.environ.get("LAB_L1_MEM", "3G"), "-M", "q35",
+        "-smp", "2", "-m", os.environ.get("LAB_L1_MEM", "5G"), "-M", "q35",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         *(serial or ["-serial", "stdio"]),
         "-kernel", images["L1_KERNEL"], "-initrd", images["L1_INITRD"], "-append", L1_APPEND,
