@@ -3,6 +3,7 @@
 
 pub mod acpi;
 pub mod cmos;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod serial;
 
