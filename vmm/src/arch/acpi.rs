@@ -250,6 +250,139 @@ pub fn setup(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64, AcpiError> {
     Ok(RSDP_ADDR)
 }
 
+/// fw_cfg file holding the tables a firmware installs (DSDT, FADT, MADT, MCFG, XSDT).
+pub const TABLES_FILE: &str = "etc/acpi/tables";
+/// fw_cfg file holding the RSDP.
+pub const RSDP_FILE: &str = "etc/acpi/rsdp";
+/// fw_cfg file holding the linker/loader script that installs the two files above.
+pub const LOADER_FILE: &str = "etc/table-loader";
+
+/// Length of a file name in a loader command, NUL padding included.
+pub const LOADER_NAME_LEN: usize = 56;
+/// Size of one loader command.
+pub const LOADER_ENTRY_LEN: usize = 128;
+/// Loader command: allocate a file's contents in guest memory.
+pub const LOADER_ALLOCATE: u32 = 1;
+/// Loader command: add a file's guest address to a pointer inside another file.
+pub const LOADER_ADD_POINTER: u32 = 2;
+/// Loader command: make a byte range sum to zero by adjusting one byte.
+pub const LOADER_ADD_CHECKSUM: u32 = 3;
+/// Allocation zone: anywhere in RAM below 4 GiB.
+pub const ZONE_HIGH: u8 = 1;
+/// Allocation zone: the BIOS area 0xF0000-0xFFFFF (where the RSDP must be found).
+pub const ZONE_FSEG: u8 = 2;
+
+/// The ACPI tables as a firmware gets them through fw_cfg: the table blob, the RSDP and the
+/// loader script (QEMU's linker/loader format, little-endian 128-byte commands) that tells
+/// the firmware where to put them, which pointers to relocate and which checksums to fix.
+pub struct FirmwareAcpi {
+    /// Contents of [`TABLES_FILE`]: pointers inside it are offsets into the blob.
+    pub tables: Vec<u8>,
+    /// Contents of [`RSDP_FILE`]: its XSDT address is an offset into the tables.
+    pub rsdp: Vec<u8>,
+    /// Contents of [`LOADER_FILE`].
+    pub loader: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Loader(Vec<u8>);
+
+impl Loader {
+    fn entry(&mut self, command: u32, body: &[u8]) {
+        let start = self.0.len();
+        self.0.extend_from_slice(&command.to_le_bytes());
+        self.0.extend_from_slice(body);
+        self.0.resize(start + LOADER_ENTRY_LEN, 0);
+    }
+
+    fn name(out: &mut Vec<u8>, name: &str) {
+        let mut n = [0u8; LOADER_NAME_LEN];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        out.extend_from_slice(&n);
+    }
+
+    fn allocate(&mut self, file: &str, align: u32, zone: u8) {
+        let mut b = Vec::new();
+        Self::name(&mut b, file);
+        b.extend_from_slice(&align.to_le_bytes());
+        b.push(zone);
+        self.entry(LOADER_ALLOCATE, &b);
+    }
+
+    /// The `size`-byte value at `offset` in `dest` gets `src`'s address added.
+    fn add_pointer(&mut self, dest: &str, src: &str, offset: usize, size: u8) {
+        let mut b = Vec::new();
+        Self::name(&mut b, dest);
+        Self::name(&mut b, src);
+        b.extend_from_slice(&(offset as u32).to_le_bytes());
+        b.push(size);
+        self.entry(LOADER_ADD_POINTER, &b);
+    }
+
+    /// The byte at `offset` in `file` makes `file[start..start + len]` sum to zero.
+    fn add_checksum(&mut self, file: &str, offset: usize, start: usize, len: usize) {
+        let mut b = Vec::new();
+        Self::name(&mut b, file);
+        for v in [offset, start, len] {
+            b.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        self.entry(LOADER_ADD_CHECKSUM, &b);
+    }
+}
+
+/// Offset of the checksum byte in an ACPI table header.
+const SDT_CHECKSUM: usize = 9;
+/// Offset of X_DSDT in the FADT.
+const FADT_X_DSDT: usize = 140;
+/// Offset of the XSDT address in the RSDP.
+const RSDP_XSDT: usize = 24;
+
+/// The same tables [`setup`] writes for direct boot, packaged for a firmware (see
+/// [`FirmwareAcpi`]). Checksums in the files are zero: the loader's checksum commands,
+/// which run after the pointers are relocated, make them valid.
+pub fn firmware_files(vcpus: u8) -> FirmwareAcpi {
+    let mut blob: Vec<u8> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut place = |blob: &mut Vec<u8>, t: Vec<u8>| -> usize {
+        let at = blob.len().next_multiple_of(8);
+        blob.resize(at, 0);
+        blob.extend_from_slice(&t);
+        spans.push((at, t.len()));
+        at
+    };
+    let dsdt = place(&mut blob, dsdt());
+    let fadt = place(&mut blob, fadt(dsdt as u64));
+    let madt = place(&mut blob, madt(vcpus));
+    let mcfg = place(&mut blob, mcfg());
+    let xsdt = place(&mut blob, xsdt(&[fadt as u64, madt as u64, mcfg as u64]));
+
+    let mut rsdp = Vec::new();
+    Rsdp::new(OEM_ID, xsdt as u64).to_aml_bytes(&mut rsdp);
+
+    let mut l = Loader::default();
+    l.allocate(RSDP_FILE, 16, ZONE_FSEG);
+    l.allocate(TABLES_FILE, 64, ZONE_HIGH);
+    l.add_pointer(TABLES_FILE, TABLES_FILE, fadt + FADT_X_DSDT, 8);
+    for i in 0..3 {
+        l.add_pointer(TABLES_FILE, TABLES_FILE, xsdt + 36 + 8 * i, 8);
+    }
+    l.add_pointer(RSDP_FILE, TABLES_FILE, RSDP_XSDT, 8);
+    for (at, len) in spans {
+        blob[at + SDT_CHECKSUM] = 0;
+        l.add_checksum(TABLES_FILE, at + SDT_CHECKSUM, at, len);
+    }
+    // The ACPI 1.0 checksum covers the first 20 bytes; the extended one, after it, all 36.
+    rsdp[8] = 0;
+    rsdp[32] = 0;
+    l.add_checksum(RSDP_FILE, 8, 0, 20);
+    l.add_checksum(RSDP_FILE, 32, 0, rsdp.len());
+    FirmwareAcpi {
+        tables: blob,
+        rsdp,
+        loader: l.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +471,120 @@ mod tests {
             u64::from_le_bytes(mcfg[44..52].try_into().unwrap()),
             layout::ECAM_BASE
         );
+    }
+
+    /// Runs a loader script the way a firmware does: each file placed at `base[name]`,
+    /// pointers relocated, checksums fixed. Returns the memory image of each file.
+    fn run_loader(
+        f: &FirmwareAcpi,
+        base: &dyn Fn(&str) -> u64,
+    ) -> std::collections::HashMap<String, (u64, Vec<u8>)> {
+        let mut files = std::collections::HashMap::new();
+        let name =
+            |b: &[u8]| String::from_utf8(b.split(|&c| c == 0).next().unwrap().to_vec()).unwrap();
+        let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        assert_eq!(f.loader.len() % LOADER_ENTRY_LEN, 0);
+        for e in f.loader.chunks(LOADER_ENTRY_LEN) {
+            let body = &e[4..];
+            match u32_at(e, 0) {
+                LOADER_ALLOCATE => {
+                    let file = name(&body[..56]);
+                    let align = u64::from(u32_at(body, 56));
+                    let zone = body[60];
+                    let addr = base(&file);
+                    assert_eq!(addr % align, 0, "{file} aligned");
+                    if zone == ZONE_FSEG {
+                        assert!((0xf_0000..0x10_0000).contains(&addr));
+                    }
+                    let data = match file.as_str() {
+                        TABLES_FILE => f.tables.clone(),
+                        RSDP_FILE => f.rsdp.clone(),
+                        other => panic!("unknown file {other}"),
+                    };
+                    files.insert(file, (addr, data));
+                }
+                LOADER_ADD_POINTER => {
+                    let (dest, src) = (name(&body[..56]), name(&body[56..112]));
+                    let (off, size) = (u32_at(body, 112) as usize, body[116]);
+                    assert_eq!(size, 8);
+                    let src_addr = files[&src].0;
+                    let d = &mut files.get_mut(&dest).unwrap().1[off..off + 8];
+                    let v = u64::from_le_bytes(d.try_into().unwrap()) + src_addr;
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
+                LOADER_ADD_CHECKSUM => {
+                    let file = name(&body[..56]);
+                    let (off, start, len) = (
+                        u32_at(body, 56) as usize,
+                        u32_at(body, 60) as usize,
+                        u32_at(body, 64) as usize,
+                    );
+                    let d = &mut files.get_mut(&file).unwrap().1;
+                    let s = sum(&d[start..start + len]);
+                    d[off] = d[off].wrapping_sub(s);
+                }
+                c => panic!("unknown loader command {c}"),
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn loader_script_installs_valid_linked_tables() {
+        let f = firmware_files(2);
+        // Before the loader runs, no checksum is valid by accident.
+        assert_ne!(sum(&f.rsdp[..20]), 0);
+        let tables_at = 0x7fe_0000u64;
+        let files = run_loader(&f, &|n| if n == RSDP_FILE { 0xf_5a40 } else { tables_at });
+        let (_, rsdp) = &files[RSDP_FILE];
+        let (_, tables) = &files[TABLES_FILE];
+        // Lay the tables into guest memory and read them as a guest would.
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 128 << 20)]).unwrap();
+        mem.write_slice(tables, GuestAddress(tables_at)).unwrap();
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(sum(&rsdp[..20]), 0);
+        assert_eq!(sum(rsdp), 0);
+        let xsdt = table(&mem, u64::from_le_bytes(rsdp[24..32].try_into().unwrap()));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        let sigs: Vec<Vec<u8>> = xsdt[36..]
+            .chunks(8)
+            .map(|c| table(&mem, u64::from_le_bytes(c.try_into().unwrap()))[..4].to_vec())
+            .collect();
+        assert_eq!(
+            sigs,
+            vec![b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]
+        );
+        let fadt = table(&mem, u64::from_le_bytes(xsdt[36..44].try_into().unwrap()));
+        let dsdt = table(&mem, u64::from_le_bytes(fadt[140..148].try_into().unwrap()));
+        assert_eq!(&dsdt[..4], b"DSDT");
+        // The direct-boot tables are the same, byte for byte, apart from the addresses.
+        let direct = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let r = setup(&direct, 2).unwrap();
+        let mut rs = [0u8; 36];
+        direct.read_slice(&mut rs, GuestAddress(r)).unwrap();
+        let dx = table(&direct, u64::from_le_bytes(rs[24..32].try_into().unwrap()));
+        let df = table(&direct, u64::from_le_bytes(dx[36..44].try_into().unwrap()));
+        let dd = table(
+            &direct,
+            u64::from_le_bytes(df[140..148].try_into().unwrap()),
+        );
+        assert_eq!(dd, dsdt);
+        assert_eq!(df.len(), fadt.len());
+    }
+
+    #[test]
+    fn loader_commands_name_only_the_two_files() {
+        let f = firmware_files(1);
+        let names: std::collections::BTreeSet<String> = f
+            .loader
+            .chunks(LOADER_ENTRY_LEN)
+            .filter(|e| e[0] == LOADER_ALLOCATE as u8)
+            .map(|e| {
+                String::from_utf8(e[4..60].split(|&c| c == 0).next().unwrap().to_vec()).unwrap()
+            })
+            .collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(RSDP_FILE) && names.contains(TABLES_FILE));
+        assert_eq!(f.rsdp.len(), 36);
     }
 }

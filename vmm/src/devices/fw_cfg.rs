@@ -155,7 +155,12 @@ impl FwCfg {
     }
 
     /// Adds a named file; returns its key. `writable` files accept DMA writes in place.
-    pub fn add_file(&mut self, name: &str, data: Vec<u8>, writable: bool) -> Result<u16, FwCfgError> {
+    pub fn add_file(
+        &mut self,
+        name: &str,
+        data: Vec<u8>,
+        writable: bool,
+    ) -> Result<u16, FwCfgError> {
         if name.is_empty() || name.len() >= FILE_NAME_LEN || name.contains('\0') {
             return Err(FwCfgError::BadName(name.into()));
         }
@@ -493,9 +498,17 @@ mod tests {
         let ctl = u32::from(key) << 16 | DMA_SELECT | DMA_READ;
         // Target straddling the end of memory, beyond it, and wrapping around.
         for target in [MEM as u64 - 8, 1 << 40, u64::MAX - 4] {
-            assert_eq!(dma(&mut d, 0x100, ctl, 64, target), DMA_ERROR, "{target:#x}");
+            assert_eq!(
+                dma(&mut d, 0x100, ctl, 64, target),
+                DMA_ERROR,
+                "{target:#x}"
+            );
         }
-        assert_eq!(mem(&d, MEM as u64 - 8, 8), [0; 8], "nothing partially written");
+        assert_eq!(
+            mem(&d, MEM as u64 - 8, 8),
+            [0; 8],
+            "nothing partially written"
+        );
         // A huge length is refused, not looped over.
         assert_eq!(dma(&mut d, 0x100, ctl, u32::MAX, 0), DMA_ERROR);
         // A control structure outside memory: nothing happens, nothing panics.
@@ -534,7 +547,16 @@ mod tests {
         assert_eq!(dma(&mut d, 0x100, w(ro), 8, 0x1000), DMA_ERROR);
         assert_eq!(d.file("ro").unwrap(), [0; 8]);
         // Two bytes in, ten bytes long: the file keeps its size.
-        assert_eq!(dma(&mut d, 0x100, u32::from(rw) << 16 | DMA_SELECT | DMA_SKIP, 2, 0), 0);
+        assert_eq!(
+            dma(
+                &mut d,
+                0x100,
+                u32::from(rw) << 16 | DMA_SELECT | DMA_SKIP,
+                2,
+                0
+            ),
+            0
+        );
         assert_eq!(dma(&mut d, 0x100, DMA_WRITE, 10, 0x1000), 0);
         assert_eq!(d.file("rw").unwrap(), [0, 0, 1, 2, 3, 4, 5, 6]);
     }
