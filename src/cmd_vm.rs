@@ -21,8 +21,14 @@ pub struct VmArgs {
     /// first disk's own kernel: it finds the kernel, initramfs and arguments in the image
     /// (grub.cfg, boot loader entries, /vmlinuz; see docs/imageboot.md), and KERNEL, INITRD
     /// (`none` for no initramfs) and KERNEL_CMDLINE, or --initrd and --cmdline, override them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "firmware")]
     kernel: Option<PathBuf>,
+    /// Boot through a firmware instead of loading a kernel: a SeaBIOS image
+    /// (/usr/share/seabios/bios-256k.bin from Debian's seabios package), which runs the first
+    /// disk's own boot loader. Its screen shows on the serial console; BERTH_FIRMWARE_DEBUG=1
+    /// adds its debug log on stderr. See docs/firmware.md.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["initrd", "cmdline"])]
+    firmware: Option<PathBuf>,
     /// Initial ramdisk (initramfs).
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -279,7 +285,13 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         .as_ref()
         .map(|(_, e)| e.lock().expect("exporter lock poisoned").vm_metrics());
     // Kept alive until the kernel is loaded: extracted files are unnamed files.
-    let (boot, _from_disk) = boot_files(&args, &disks)?;
+    let (boot, _from_disk) = match &args.firmware {
+        Some(f) => (machine::read_firmware(f)?, None),
+        None => {
+            let (linux, files) = boot_files(&args, &disks)?;
+            (machine::Boot::Linux(linux), files)
+        }
+    };
     let spec = MachineSpec {
         config: MachineConfig {
             vcpus: args.cpus,
@@ -331,9 +343,8 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
     }
     drop(_from_disk);
     eprintln!(
-        "berth: booting {} ({:?}) with {} vCPU(s), {} MiB, {} disk(s){}",
-        spec.boot.kernel.display(),
-        kernel.format,
+        "berth: booting {} with {} vCPU(s), {} MiB, {} disk(s){}",
+        kernel,
         args.cpus,
         args.memory,
         spec.disks.len(),
@@ -368,8 +379,7 @@ fn lockdown(spec: &MachineSpec) -> Result<(), Failure> {
         }
         l.chown.push(d.path.clone());
     }
-    l.read_only.push(spec.boot.kernel.clone());
-    l.read_only.extend(spec.boot.initrd.clone());
+    l.read_only.extend(spec.boot.files());
     let said = sandbox::lockdown(&l).map_err(|e| {
         Failure::Sandbox(format!(
             "cannot drop privileges: {e}; set BERTH_SECCOMP=off and BERTH_UID=0 to debug"

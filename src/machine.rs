@@ -144,8 +144,8 @@ pub fn open_vhost(
 pub struct MachineSpec {
     /// vCPUs and memory.
     pub config: MachineConfig,
-    /// Kernel, initrd, command line.
-    pub boot: LinuxBoot,
+    /// What boots: a kernel, or a firmware that runs the disk's boot loader.
+    pub boot: Boot,
     /// Disks in guest order (vda, vdb, ...).
     pub disks: Vec<DiskSpec>,
     /// The NIC, if any.
@@ -157,6 +157,55 @@ pub struct MachineSpec {
     pub pointer: Option<Arc<PointerInput>>,
     /// Where vCPUs, disks and the NIC count what they do, if anywhere.
     pub metrics: Option<Arc<VmMetrics>>,
+}
+
+/// What a VM boots.
+pub enum Boot {
+    /// A Linux kernel, loaded directly (berth's fast path).
+    Linux(LinuxBoot),
+    /// A firmware image (SeaBIOS), read once at set-up so a guest reboot does not reopen it;
+    /// it boots the first disk's own boot loader.
+    Firmware {
+        /// Where it was read from.
+        path: PathBuf,
+        /// Its contents.
+        image: Arc<[u8]>,
+    },
+}
+
+impl Boot {
+    /// The files the VM reads when it is built (again, on a guest reboot).
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            Boot::Linux(l) => std::iter::once(l.kernel.clone())
+                .chain(l.initrd.clone())
+                .collect(),
+            Boot::Firmware { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Reads a firmware image for [`Boot::Firmware`]: refuses a missing file (exit code 3) and
+/// one that cannot be a ROM (exit code 5) in one line each, before any VM is built.
+pub fn read_firmware(path: &std::path::Path) -> Result<Boot, Failure> {
+    let max = vmm::arch::layout::FIRMWARE_MAX_SIZE;
+    let mut f = File::open(path).map_err(|e| Failure::file(path, e))?;
+    let mut image = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, max + 1), &mut image)
+        .map_err(|e| Failure::file(path, e))?;
+    let len = image.len() as u64;
+    if len == 0 || len % 0x1_0000 != 0 || len > max {
+        return Err(Failure::Kernel(format!(
+            "firmware {}: {len} bytes is not a ROM image (a multiple of 64 KiB up to {} MiB); \
+             give bios-256k.bin from Debian's seabios package",
+            path.display(),
+            max >> 20
+        )));
+    }
+    Ok(Boot::Firmware {
+        path: path.to_owned(),
+        image: image.into(),
+    })
 }
 
 /// The name the guest gives disk `i` (vda, vdb, ...; vdaa after vdz).
@@ -314,8 +363,9 @@ pub fn count_nic_in_kernel(spec: &MachineSpec) {
     }
 }
 
-/// Creates the VM with its devices and loads the kernel; its serial console goes to stdout.
-pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
+/// Creates the VM with its devices and loads the kernel or firmware; its serial console goes
+/// to stdout. Returns the VM and what it boots, for the log.
+pub fn build(spec: &MachineSpec) -> Result<(Vm, String), Failure> {
     build_with_console(spec, Box::new(std::io::stdout()))
 }
 
@@ -324,7 +374,7 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
 pub fn build_with_console(
     spec: &MachineSpec,
     console: Box<dyn std::io::Write + Send>,
-) -> Result<(Vm, LoadedKernel), Failure> {
+) -> Result<(Vm, String), Failure> {
     let mut vm = Vm::new(spec.config, console)?;
     if let Some(m) = &spec.metrics {
         vm.set_metrics(m.clone());
@@ -384,8 +434,21 @@ pub fn build_with_console(
     if let Some(p) = &spec.pointer {
         vm.add_virtio(Box::new(Input::new(p.clone())))?;
     }
-    let kernel = vm.load_linux(&spec.boot)?;
-    Ok((vm, kernel))
+    let what = match &spec.boot {
+        Boot::Linux(linux) => {
+            let LoadedKernel { format, .. } = vm.load_linux(linux)?;
+            format!("{} ({format:?})", linux.kernel.display())
+        }
+        Boot::Firmware { path, image } => {
+            // BERTH_FIRMWARE_DEBUG=1: the firmware's debug log (port 0x402) on stderr.
+            let debug = std::env::var_os("BERTH_FIRMWARE_DEBUG")
+                .is_some_and(|v| v == "1")
+                .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>);
+            vm.load_firmware(image, debug)?;
+            format!("firmware {}", path.display())
+        }
+    };
+    Ok((vm, what))
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ pub fn run() -> Result<ExitReason, Failure> {
             memory_mib: cfg.ram_mb,
             nested: cfg.nested,
         },
-        boot,
+        boot: crate::machine::Boot::Linux(boot),
         disks,
         net: Some(NetSpec {
             taps,
@@ -319,8 +319,7 @@ fn confine(
         l.read_only.push(b.to_path_buf());
         l.chown.push(b.to_path_buf());
     }
-    l.read_only.push(spec.boot.kernel.clone());
-    l.read_only.extend(spec.boot.initrd.clone());
+    l.read_only.extend(spec.boot.files());
     let said = sandbox::lockdown(&l).map_err(|e| {
         Failure::Sandbox(format!(
             "cannot drop privileges: {e}; set BERTH_SECCOMP=off and BERTH_UID=0 to debug"
@@ -426,10 +425,9 @@ fn run_vm(
             s.since = Instant::now();
             s.state = State::Running;
             log(format!(
-                "boot {}: {} ({:?}), {} vCPU(s), {} MiB, {} disk(s)",
+                "boot {}: {}, {} vCPU(s), {} MiB, {} disk(s)",
                 s.boots,
-                spec.boot.kernel.display(),
-                kernel.format,
+                kernel,
                 spec.config.vcpus,
                 spec.config.memory_mib,
                 spec.disks.len()

@@ -311,10 +311,10 @@ fn sizing_then_new_address() -> Vec<u8> {
     ops
 }
 
-/// Moves BAR 0 above the window (unmapped), after bringing the device up.
+/// Moves BAR 0 onto the IOAPIC, above the BAR windows (unmapped), after bringing the device up.
 fn bar_leaves_window() -> Vec<u8> {
     let mut ops = vec![0, fuzzing::pci_ops::BRING_UP, 2];
-    ecam_write(&mut ops, 0x10, 0xf000_0000);
+    ecam_write(&mut ops, 0x10, 0xfec0_0000);
     ops
 }
 

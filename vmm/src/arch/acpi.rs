@@ -87,8 +87,15 @@ fn dsdt() -> Vec<u8> {
                     &AddressSpace::new_memory(
                         AddressSpaceCacheable::NotCacheable,
                         true,
-                        layout::PCI_MMIO_START as u32,
-                        (layout::PCI_MMIO_END - 1) as u32,
+                        layout::PCI_BAR_WINDOWS[0].0 as u32,
+                        (layout::PCI_BAR_WINDOWS[0].1 - 1) as u32,
+                        None,
+                    ),
+                    &AddressSpace::new_memory(
+                        AddressSpaceCacheable::NotCacheable,
+                        true,
+                        layout::PCI_BAR_WINDOWS[1].0 as u32,
+                        (layout::PCI_BAR_WINDOWS[1].1 - 1) as u32,
                         None,
                     ),
                 ]),
