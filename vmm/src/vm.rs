@@ -327,7 +327,7 @@ impl Vm {
     }
 
     /// Boots through a firmware instead of a kernel: maps `rom` (a SeaBIOS image) so that it
-    /// ends at 4 GiB, read-only where KVM allows, copies its last 128 KiB to 0xE0000-0xFFFFF
+    /// ends at 4 GiB, read-only where KVM allows, copies its last 256 KiB to 0xC0000-0xFFFFF
     /// (RAM, so the BIOS can write its own data there without chipset shadowing), and adds the
     /// fw_cfg device with the machine's description, e820 map and ACPI tables. The boot vCPU
     /// keeps its reset state: real mode at the reset vector, CS base 0xFFFF0000.

@@ -61,9 +61,11 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfeff_d000;
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfeff_c000;
 /// Largest firmware ROM, mapped so that it ends at 4 GiB: above the KVM pages.
 pub const FIRMWARE_MAX_SIZE: u64 = MMIO_HOLE_END - (KVM_TSS_ADDRESS + 3 * 0x1000);
-/// Bytes of the ROM's end also placed below 1 MiB (0xE0000-0xFFFFF), where a BIOS runs in
-/// real mode.
-pub const FIRMWARE_LOW_SIZE: u64 = 0x2_0000;
+/// Most bytes of the ROM's end also placed below 1 MiB, ending at 1 MiB (0xC0000-0xFFFFF):
+/// a BIOS runs there in real mode, and SeaBIOS's 256 KiB build is linked to live in all of
+/// it (on a PC it copies itself there after enabling RAM through the chipset's PAM registers;
+/// berth's low memory is RAM from the start, so berth places the copy).
+pub const FIRMWARE_LOW_SIZE: u64 = 0x4_0000;
 
 /// Whether a BAR of `size` bytes at `addr` lies inside one of [`PCI_BAR_WINDOWS`].
 pub fn in_bar_window(addr: u64, size: u64) -> bool {

@@ -327,7 +327,9 @@ impl FwCfg {
 impl BusDevice for FwCfg {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         match offset {
-            DATA if data.len() == 1 => data[0] = self.read_byte(),
+            // A string read (`rep insb`, how SeaBIOS reads items) arrives as one exit with
+            // every byte: consecutive bytes of the item.
+            DATA => data.iter_mut().for_each(|b| *b = self.read_byte()),
             DMA_HIGH..=11 => {
                 for (i, b) in data.iter_mut().enumerate() {
                     let at = (offset - DMA_HIGH) as usize + i;
@@ -416,6 +418,15 @@ mod tests {
         assert_eq!(port_read(&mut d, 2), b"QE");
         select(&mut d, keys::SIGNATURE);
         assert_eq!(port_read(&mut d, 1), b"Q");
+    }
+
+    #[test]
+    fn string_reads_of_the_data_port_return_consecutive_bytes() {
+        let mut d = device();
+        select(&mut d, keys::ID);
+        let mut id = [0u8; 4];
+        d.read(PORT_BASE, DATA, &mut id);
+        assert_eq!(u32::from_le_bytes(id), ID_TRADITIONAL | ID_DMA);
     }
 
     #[test]
