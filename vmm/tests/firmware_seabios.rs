@@ -1,0 +1,114 @@
+//! Firmware boot on this host's /dev/kvm (kvm_pvm runs SeaBIOS's real-mode and 32-bit code,
+//! only Linux is beyond it): Debian's SeaBIOS finds berth's fw_cfg (ports and DMA), takes the
+//! e820 map and the ACPI tables through the table-loader, assigns the virtio-blk BAR above
+//! ECAM, mirrors its screen on COM1 and boots a disk whose MBR prints a marker and powers the
+//! VM off through the ACPI sleep register. About 3 s.
+//!
+//! Needs /usr/share/seabios/bios-256k.bin (Debian's `seabios`, installed by scripts/setup).
+
+use std::io::Write;
+
+use vmm::block::{open_disk, DiskFormat, DiskOptions};
+use vmm::devices::serial::CaptureOutput;
+use vmm::virtio::block::Block;
+use vmm::{ExitReason, MachineConfig, Vm};
+
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+/// 16-bit boot code loaded at 0x7c00: with interrupts off (so SeaBIOS's serial console cannot
+/// interleave its pending text), write the message to COM1, then SLP_EN|S5 to port 0x600.
+fn mbr() -> Vec<u8> {
+    let msg = b"\r\nBERTH-MBR-OK\r\n\0";
+    let mut code = vec![
+        0xfa, // cli
+        0xbe, 0x18, 0x7c, // mov si, 0x7c18 (the message)
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xac, // l: lodsb
+        0x84, 0xc0, // test al, al
+        0x74, 0x03, // jz d
+        0xee, // out dx, al
+        0xeb, 0xf8, // jmp l
+        0xba, 0x00, 0x06, // d: mov dx, 0x600
+        0xb0, 0x34, // mov al, SLP_EN | 5 << 2
+        0xee, // out dx, al
+        0xf4, // h: hlt
+        0xeb, 0xfd, // jmp h
+    ];
+    assert_eq!(code.len(), 0x18);
+    code.extend_from_slice(msg);
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xaa]);
+    code.resize(1 << 20, 0);
+    code
+}
+
+fn boot(vcpus: u8, disk: &[u8]) -> (ExitReason, String, String) {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "THESE TESTS NEED /dev/kvm: run them on a host with KVM"
+    );
+    let rom = std::fs::read(SEABIOS)
+        .unwrap_or_else(|e| panic!("{SEABIOS}: {e}: install Debian's seabios (scripts/setup)"));
+    let mut img = tempfile::NamedTempFile::new().unwrap();
+    img.write_all(disk).unwrap();
+    let console = CaptureOutput::default();
+    let debug = CaptureOutput::default();
+    let mut vm = Vm::new(
+        MachineConfig {
+            vcpus,
+            memory_mib: 128,
+            nested: false,
+        },
+        Box::new(console.clone()),
+    )
+    .expect("create VM");
+    let backend = open_disk(
+        img.path(),
+        DiskOptions {
+            read_only: true,
+            format: Some(DiskFormat::Raw),
+            confine_backing: false,
+        },
+    )
+    .unwrap();
+    vm.add_virtio(Box::new(Block::new(backend, true, "fw-test")))
+        .unwrap();
+    vm.load_firmware(&rom, Some(Box::new(debug.clone())))
+        .unwrap();
+    let control = vm.control();
+    // A firmware that loops (no bootable disk: SeaBIOS retries every 60 s) must not hang
+    // the test.
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        control.request_exit(ExitReason::Stopped("test watchdog".into()));
+    });
+    let reason = vm.run().unwrap();
+    drop(watchdog);
+    (reason, console.text(), debug.text())
+}
+
+#[test]
+fn seabios_boots_the_disk_through_fw_cfg_and_virtio_blk() {
+    let (reason, console, debug) = boot(2, &mbr());
+    let all = format!("--- COM1:\n{console}\n--- debug port:\n{debug}");
+    assert_eq!(reason, ExitReason::PowerOff, "{all}");
+    for want in [
+        "Found QEMU fw_cfg",
+        "QEMU fw_cfg DMA interface supported",
+        // etc/e820 read: RAM from 0 and ECAM reserved.
+        "qemu/e820: addr 0x0000000000000000 len 0x0000000008000000 [RAM]",
+        "qemu/e820: addr 0x00000000e0000000 len 0x0000000000100000 [reserved]",
+        // The table-loader installed berth's tables: SeaBIOS finds the FADT through the XSDT.
+        "table(50434146)=",
+        // BARs placed top-down from the IOAPIC, above ECAM, and used there.
+        "bar 0, addr febf8000",
+        "using modern (1.0) virtio mode",
+        "sercon: using ioport 0x3f8",
+        "Found 2 cpu(s)",
+        "Booting from Hard Disk...",
+    ] {
+        assert!(debug.contains(want), "missing {want:?}\n{all}");
+    }
+    assert!(console.contains("SeaBIOS (version"), "{all}");
+    assert!(console.contains("\r\nBERTH-MBR-OK\r\n"), "{all}");
+}
