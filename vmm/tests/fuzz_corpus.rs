@@ -20,7 +20,7 @@ const RANDOM_INPUTS: usize = 5000;
 
 type Harness = fn(&[u8]);
 
-fn targets() -> [(&'static str, Harness); 7] {
+fn targets() -> [(&'static str, Harness); 8] {
     [
         ("virtio_blk_request", |d| {
             fuzzing::virtio_blk_request(d);
@@ -40,6 +40,9 @@ fn targets() -> [(&'static str, Harness); 7] {
         ("vnc_ws_session", fuzzing::vnc_ws_session),
         ("virtio_input", |d| {
             fuzzing::virtio_input(d);
+        }),
+        ("fw_cfg", |d| {
+            fuzzing::fw_cfg(d);
         }),
     ]
 }
@@ -68,6 +71,7 @@ fn seed_inputs(target: &str) -> Vec<(&'static str, Vec<u8>)> {
         ],
         "vnc_ws_session" => vec![("seed-novnc", seeds::vnc_ws_session())],
         "virtio_input" => vec![("seed-click", seeds::input_click())],
+        "fw_cfg" => vec![("seed-session", seeds::fw_cfg_session())],
         _ => unreachable!(),
     }
 }
@@ -210,6 +214,11 @@ fn random_virtio_input() {
 }
 
 #[test]
+fn random_fw_cfg() {
+    random_run(7);
+}
+
+#[test]
 fn seed_corpus_is_current() {
     let write = std::env::var_os("BERTH_WRITE_SEEDS").is_some();
     for (name, _) in targets() {
@@ -272,6 +281,10 @@ fn seeds_reach_the_devices() {
     let r = fuzzing::virtio_input(&seeds::input_click());
     assert_eq!((r.used, r.events), (8, 8), "{r:?}");
     assert!(r.checked_memory, "{r:?}");
+
+    // Read, skip and write succeed; the read outside memory fails.
+    let r = fuzzing::fw_cfg(&seeds::fw_cfg_session());
+    assert_eq!((r.dma_ok, r.dma_err, r.port_bytes), (3, 1, 4), "{r:?}");
 }
 
 /// The seeds also hold under the checks berth does not pass yet in general.

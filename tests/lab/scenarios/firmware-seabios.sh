@@ -5,6 +5,9 @@
 # expect: Found QEMU fw_cfg
 # expect: QEMU fw_cfg DMA interface supported
 # expect: sercon: using ioport 0x3f8
+# expect: Found 2 cpu\(s\)
+# expect: table\(50434146\)=
+# expect: bar 0, addr febf8000
 # expect: Booting from Hard Disk
 # expect: BERTH-MBR-OK
 # expect: FIRMWARE-EXIT rc=0
@@ -26,7 +29,11 @@ dd if=/dev/zero of=mbr.img bs=1 count=0 seek=510 2>/dev/null
 printf '\125\252' >> mbr.img
 dd if=/dev/zero of=mbr.img bs=1M count=0 seek=1 2>/dev/null
 
+# The debug log (port 0x402) goes to a file: interleaved with the serial console on one
+# terminal, the two garble each other.
 start=$(date +%s)
 BERTH_FIRMWARE_DEBUG=1 timeout 150 "$BERTH" vm --firmware "$BIOS" --disk mbr.img,format=raw \
-    --memory 128 --balloon off </dev/null 2>&1
+    --cpus 2 --memory 128 --balloon off </dev/null 2>debug.log
 echo "FIRMWARE-EXIT rc=$? seconds=$(( $(date +%s) - start ))"
+echo "--- berth's stderr and the firmware's debug log:"
+cat debug.log

@@ -305,3 +305,33 @@ Sec-WebSocket-Version: 13\r\n\r\n"
     frame(&[3, 1, 0, 0, 0, 0, 0, 64, 0, 40]);
     d
 }
+
+/// A firmware's fw_cfg session: the directory count through the port, then DMA: select and
+/// read etc/e820, skip, write the writable file, and a read to an address outside memory.
+pub fn fw_cfg_session() -> Vec<u8> {
+    use super::fw_cfg_ops::*;
+    let mut d = vec![7];
+    d.push(SELECT);
+    d.extend_from_slice(&0x19u16.to_le_bytes());
+    d.extend_from_slice(&[PORT_READ, 4]);
+    for at in [0x100u64, 0x110, 0x120, 0x130] {
+        d.push(DMA);
+        d.extend_from_slice(&at.to_le_bytes());
+    }
+    // Read the DMA signature.
+    d.extend_from_slice(&[RAW, 4, 0x80 | 3]);
+    d.extend_from_slice(&0u64.to_le_bytes());
+    let mut mem = vec![0u8; 0x3000];
+    let mut access = |at: usize, control: u32, len: u32, addr: u64| {
+        mem[at..at + 4].copy_from_slice(&control.to_be_bytes());
+        mem[at + 4..at + 8].copy_from_slice(&len.to_be_bytes());
+        mem[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
+    };
+    access(0x100, 0x20 << 16 | 0x08 | 0x02, 40, 0x1000);
+    access(0x110, 0x04, 10, 0);
+    access(0x120, 0x22 << 16 | 0x08 | 0x10, 28, 0x2000);
+    access(0x130, 0x02, 16, 0xffff_0000);
+    mem[0x2000..0x201c].fill(0x5a);
+    d.extend_from_slice(&mem);
+    d
+}
