@@ -194,7 +194,7 @@ pub fn read_firmware(path: &std::path::Path) -> Result<Boot, Failure> {
     std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, max + 1), &mut image)
         .map_err(|e| Failure::file(path, e))?;
     let len = image.len() as u64;
-    if len == 0 || len % 0x1_0000 != 0 || len > max {
+    if len == 0 || !len.is_multiple_of(0x1_0000) || len > max {
         return Err(Failure::Kernel(format!(
             "firmware {}: {len} bytes is not a ROM image (a multiple of 64 KiB up to {} MiB); \
              give bios-256k.bin from Debian's seabios package",
@@ -454,6 +454,40 @@ pub fn build_with_console(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn firmware_files_are_checked_before_any_vm() {
+        let dir = std::env::temp_dir().join(format!("berth-fw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = read_firmware(&dir.join("nope.bin")).err().unwrap();
+        assert_eq!(missing.code(), 3, "{missing}");
+        for (len, ok) in [
+            (0usize, false),
+            (100_000, false),
+            (0x4_0000, true),
+            (32 << 20, false),
+        ] {
+            let f = dir.join(format!("rom-{len}"));
+            std::fs::write(&f, vec![0u8; len]).unwrap();
+            match read_firmware(&f) {
+                Ok(Boot::Firmware { image, .. }) => {
+                    assert!(ok, "{len} accepted");
+                    assert_eq!(image.len(), len);
+                }
+                Ok(Boot::Linux(_)) => unreachable!(),
+                Err(e) => {
+                    assert!(!ok, "{len}: {e}");
+                    assert_eq!(e.code(), 5);
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("is not a ROM image") && !msg.contains('\n'),
+                        "{msg}"
+                    );
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn disk_specs() {

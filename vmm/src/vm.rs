@@ -340,7 +340,7 @@ impl Vm {
         debug: Option<Box<dyn Write + Send>>,
     ) -> Result<(), VmError> {
         let size = rom.len() as u64;
-        if size == 0 || size % 0x1_0000 != 0 || size > layout::FIRMWARE_MAX_SIZE {
+        if size == 0 || !size.is_multiple_of(0x1_0000) || size > layout::FIRMWARE_MAX_SIZE {
             return Err(VmError::Firmware(format!(
                 "a firmware image of {size} bytes is not a ROM (a multiple of 64 KiB up to \
                  {} MiB); give bios-256k.bin from Debian's seabios package",
