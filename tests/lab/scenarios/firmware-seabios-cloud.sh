@@ -1,0 +1,57 @@
+# description: firmware boot of the unmodified Debian cloud image: SeaBIOS runs the image's GRUB from its MBR, GRUB loads Linux from the disk through SeaBIOS's virtio-blk driver, Linux finds the disk at the BAR SeaBIOS assigned and mounts its root; then SIGTERM presses the ACPI power button and the guest powers off
+# timeout: 600
+# needs: berth
+# l1-disk: debian-cloud
+# expect: Booting from Hard Disk
+# expect: Linux version 6\.1\.
+# expect: virtio_blk virtio\d+: \[vda\]
+# expect: EXT4-fs \(vda1\): mounted filesystem
+# expect: CLOUD-REACHED
+# reject: KVM internal error
+# reject: Kernel panic
+# reject: No bootable device
+[ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
+BIOS=/usr/share/qemu/bios-256k.bin
+[ -f "$BIOS" ] || { echo "SKIP: no $BIOS in this lab image"; exit 0; }
+set -u
+cd "$SCRATCH"
+
+# The cached cloud image, attached to L1 as a virtio disk (snapshot: writes stay in L1).
+if [ "$LAB_MODE" = l1 ]; then
+    mkdir -p mods && (cd mods && zcat "$L2_INITRD" | cpio -id 2>/dev/null)
+    for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+        insmod "mods/lib/modules/$m.ko" 2>/dev/null
+    done
+    img=
+    for i in $(seq 1 10); do
+        for b in /sys/block/vd*; do
+            [ "$(cat "$b/serial" 2>/dev/null)" = debian-cloud ] && img=/dev/${b##*/}
+        done
+        [ -n "$img" ] && [ -b "$img" ] && break
+        sleep 1
+    done
+    [ -n "$img" ] || { echo "CLOUD-ERROR no disk with serial debian-cloud in L1"; exit 1; }
+    fmt=raw
+else
+    img=${LAB_DISK_DEBIAN_CLOUD:?the harness sets it}
+    fmt=qcow2
+fi
+
+start=$(date +%s)
+"$BERTH" vm --firmware "$BIOS" --disk "$img,format=$fmt" --memory 1024 --balloon off \
+    --shutdown-timeout 60 </dev/null > console.log 2>&1 &
+pid=$!
+# Wait for the root file system (or a login prompt), at most 420 s.
+reached=
+for i in $(seq 1 420); do
+    if grep -qE 'EXT4-fs \(vda1\): mounted|login:' console.log; then reached=1; break; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 1
+done
+[ -n "$reached" ] && echo "CLOUD-REACHED seconds=$(( $(date +%s) - start ))"
+# Give systemd time to come up, then SIGTERM: berth presses the power button.
+sleep 30
+kill -TERM "$pid" 2>/dev/null
+wait "$pid"
+echo "CLOUD-EXIT rc=$? seconds=$(( $(date +%s) - start ))"
+cat console.log
