@@ -21,8 +21,10 @@ GI_NAME=l1-image.sh
 need busybox cpio ldd sha256sum
 
 # Modules L1 loads (dependencies are added from modules.dep, loaded first).
+# virtio_pci + virtio_blk: L1's own disks (`# l1-disks:` of berth-gate), from L1's kernel.
 L1_MODULES=(irqbypass ccp kvm kvm-amd tun llc stp bridge veth vhost_iotlb vhost vhost_net
-            crc32c_generic nfnetlink nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat)
+            crc32c_generic nfnetlink nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat
+            virtio_pci virtio_blk)
 QEMU_BIN=${QEMU_BIN:-$(command -v qemu-system-x86_64 || true)}
 [ -n "$QEMU_BIN" ] || die "qemu-system-x86_64 not found; run scripts/setup"
 IPROUTE_BIN=$(readlink -f "$(command -v ip || echo /bin/ip)")
