@@ -18,10 +18,7 @@ cd "$SCRATCH"
 
 # The cached cloud image, attached to L1 as a virtio disk (snapshot: writes stay in L1).
 if [ "$LAB_MODE" = l1 ]; then
-    mkdir -p mods && (cd mods && zcat "$L2_INITRD" | cpio -id 2>/dev/null)
-    for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
-        insmod "mods/lib/modules/$m.ko" 2>/dev/null
-    done
+    # L1's /init loaded virtio_pci and virtio_blk (built for L1's kernel, l1-image.sh).
     img=
     for i in $(seq 1 10); do
         for b in /sys/block/vd*; do
