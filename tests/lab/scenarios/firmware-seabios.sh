@@ -1,6 +1,7 @@
-# description: firmware boot: berth runs Debian's SeaBIOS (no --kernel), which reads fw_cfg, assigns the virtio-blk BARs, finds the disk and runs its MBR boot code; the MBR writes a marker to COM1 and powers the VM off through the ACPI sleep register
+# description: firmware boot: berth runs Debian's SeaBIOS (no --kernel), which reads fw_cfg, assigns the virtio-blk BARs, finds the disk and runs its MBR boot code; the MBR writes a marker to COM1 and powers the VM off through the ACPI sleep register; then a GRUB disk (guest-images/grub-disk.sh): SeaBIOS loads GRUB's core.img through int 13h, GRUB prints through its own serial driver and powers off
 # timeout: 180
 # needs: berth
+# l1-disk: grub-disk:file
 # expect: SeaBIOS \(version
 # expect: Found QEMU fw_cfg
 # expect: QEMU fw_cfg DMA interface supported
@@ -11,6 +12,9 @@
 # expect: Booting from Hard Disk
 # expect: BERTH-MBR-OK
 # expect: FIRMWARE-EXIT rc=0
+# expect: GRUB loading\.
+# expect: BERTH-GRUB-OK
+# expect: GRUB-EXIT rc=0
 # reject: KVM internal error
 # reject: No bootable device
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
@@ -37,3 +41,24 @@ BERTH_FIRMWARE_DEBUG=1 timeout 150 "$BERTH" vm --firmware "$BIOS" --disk mbr.img
 echo "FIRMWARE-EXIT rc=$? seconds=$(( $(date +%s) - start ))"
 echo "--- berth's stderr and the firmware's debug log:"
 cat debug.log
+
+# GRUB: the disk guest-images/grub-disk.sh built on the host (boot.img + core.img).
+if [ "$LAB_MODE" = l1 ]; then
+    # L1's /init loaded virtio_pci and virtio_blk (l1-image.sh).
+    grub=
+    for i in $(seq 1 10); do
+        for b in /sys/block/vd*; do
+            [ "$(cat "$b/serial" 2>/dev/null)" = grub-disk-file ] && grub=/dev/${b##*/}
+        done
+        [ -n "$grub" ] && [ -b "$grub" ] && break
+        sleep 1
+    done
+    [ -n "$grub" ] || { echo "GRUB-ERROR no disk with serial grub-disk-file in L1"; exit 1; }
+else
+    grub=${LAB_DISK_GRUB_DISK_FILE:?the harness sets it}
+fi
+start=$(date +%s)
+timeout 150 "$BERTH" vm --firmware "$BIOS" --disk "$grub,format=raw,readonly" --memory 128 \
+    --balloon off </dev/null 2>grub-debug.log
+echo "GRUB-EXIT rc=$? seconds=$(( $(date +%s) - start ))"
+cat grub-debug.log
