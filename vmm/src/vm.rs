@@ -19,7 +19,7 @@ use crate::arch::boot::{self, BootError, LinuxBoot, LoadedKernel};
 use crate::arch::{acpi, cpuid, layout, mptable, msr, regs};
 use crate::bus::Bus;
 use crate::control::{ExitReason, VmControl};
-use crate::devices::acpi::{AcpiPm, PowerButton};
+use crate::devices::acpi::{AcpiPm, AcpiPm1, PowerButton};
 use crate::devices::cmos::{Cmos, CMOS_BASE};
 use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::i8042::{KeyboardInput, COMMAND_PORT, DATA_PORT, I8042, KEYBOARD_IRQ};
@@ -246,6 +246,14 @@ impl Vm {
             acpi::PM_PORT,
             1,
             Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
+        )
+        .map_err(dev_err)?;
+        // The PM1 blocks only a firmware boot's FADT names (arch::acpi says why); a directly
+        // booted guest that pokes them can do nothing it could not do through PM_PORT.
+        pio.insert(
+            acpi::PM1_PORT,
+            acpi::PM1_LEN,
+            Arc::new(Mutex::new(AcpiPm1::new(control.clone()))),
         )
         .map_err(dev_err)?;
         let ged = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
