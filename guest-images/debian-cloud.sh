@@ -13,10 +13,11 @@
 # Cached in $BERTH_CACHE/debian-cloud/ (the .info file next to the image holds the same lines);
 # rebuilt when this script or its helpers change. Needs root (mmdebstrap in root mode, chroot).
 #
-# What differs from Debian's image: GRUB is configured but not installed into the BIOS boot
-# partition or the ESP (grub-install needs the disk as a device; berth boots without firmware
-# and reads grub.cfg itself), no growpart, and the root file system is made with
-# `mkfs.ext4 -d` into a partition-sized file that is then copied into the disk image.
+# What differs from Debian's image: GRUB is installed for BIOS boot the way grub-install would
+# (boot.img in the MBR, core.img in the BIOS boot partition, modules in /boot/grub/i386-pc)
+# but by this script, since grub-install needs the disk as a device; the ESP is empty (no
+# UEFI boot yet); no growpart; and the root file system is made with `mkfs.ext4 -d` into a
+# partition-sized file that is then copied into the disk image.
 #
 # Knobs: DEBIAN_MIRROR (default: the URIs of /etc/apt/sources.list.d/debian.sources),
 #        DEBIAN_CLOUD_SIZE_MB (virtual disk size, default 2048).
@@ -109,6 +110,20 @@ mv "$sbin/grub-probe.real" "$sbin/grub-probe"
 mv "$r/usr/bin/grub-mkrelpath.real" "$r/usr/bin/grub-mkrelpath"
 grep -q "root=UUID=$ROOT_UUID" "$r/boot/grub/grub.cfg" \
     || die "update-grub wrote a grub.cfg without root=UUID=$ROOT_UUID"
+# GRUB for BIOS boot, what `grub-install --target=i386-pc` does on Debian's image, without a
+# block device: the image's own modules into /boot/grub/i386-pc, and a core.img made by the
+# image's own grub-mkimage (so it matches those modules) that finds the root file system by
+# UUID and reads /boot/grub from it. boot.img and core.img go into the disk below.
+mkdir -p "$r/boot/grub/i386-pc"
+cp "$r"/usr/lib/grub/i386-pc/*.mod "$r"/usr/lib/grub/i386-pc/*.lst "$r/boot/grub/i386-pc/"
+printf 'search.fs_uuid %s root hd0,gpt1\nset prefix=($root)/boot/grub\n' "$ROOT_UUID" \
+    > "$r/tmp/early.cfg"
+chroot "$r" grub-mkimage -O i386-pc -d /usr/lib/grub/i386-pc -c /tmp/early.cfg \
+    -p /boot/grub -o /tmp/core.img biosdisk part_gpt ext2 search_fs_uuid \
+    >"$tmp/grub-mkimage.log" 2>&1 || { cat "$tmp/grub-mkimage.log" >&2; die "grub-mkimage failed"; }
+mv "$r/tmp/core.img" "$tmp/core.img"
+cp "$r/usr/lib/grub/i386-pc/boot.img" "$tmp/boot.img"
+rm -f "$r/tmp/early.cfg"
 kver=$(ls "$r/lib/modules" | head -n1)
 [ -f "$r/boot/vmlinuz-$kver" ] && [ -f "$r/boot/initrd.img-$kver" ] \
     || die "no /boot/vmlinuz-$kver + initrd.img-$kver in the tree"
@@ -134,6 +149,24 @@ mkfs.ext4 -q -F -U "$ROOT_UUID" -L root -d "$r" "$tmp/root.ext4" \
     || die "mkfs.ext4 -d failed (image too small? DEBIAN_CLOUD_SIZE_MB=$SIZE_MB)"
 dd if="$tmp/root.ext4" of="$disk" bs=1M seek=$((start / 2048)) conv=notrunc,sparse status=none
 rm -f "$tmp/root.ext4" "$tmp/esp.img"
+# boot.img's code into the protective MBR (its first 440 bytes; the partition table stays), told
+# to load core.img from sector 2048, the BIOS boot partition; core.img there, its first sector's
+# block list pointing at the rest (grub-bios-setup's two patches).
+python3 - "$tmp/boot.img" "$tmp/core.img" "$disk" <<'PY' || die "installing GRUB's boot code failed"
+import struct, sys
+boot = bytearray(open(sys.argv[1], "rb").read())
+core = bytearray(open(sys.argv[2], "rb").read())
+start, room = 2048, (8191 - 2048 + 1) * 512
+assert len(boot) == 512 and len(core) <= room, "core.img does not fit the BIOS boot partition"
+struct.pack_into("<Q", boot, 0x5C, start)          # GRUB_BOOT_MACHINE_KERNEL_SECTOR
+start_rest, n_rest, _ = struct.unpack_from("<QHH", core, 0x1F4)
+assert n_rest == (len(core) + 511) // 512 - 1, "unexpected block list in core.img"
+struct.pack_into("<Q", core, 0x1F4, start + 1)     # the rest of core.img follows it
+with open(sys.argv[3], "r+b") as d:
+    d.write(boot[:440])
+    d.seek(start * 512)
+    d.write(core)
+PY
 
 qemu-img convert -O qcow2 "$disk" "$tmp/image.qcow2" || die "qemu-img convert failed"
 printf 'DEBIAN_CLOUD_IMAGE=%q\nDEBIAN_CLOUD_ROOT_UUID=%q\nDEBIAN_CLOUD_KVER=%q\n' \
