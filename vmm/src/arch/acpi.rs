@@ -227,9 +227,15 @@ fn fadt(dsdt_addr: u64, hw: Hardware) -> Vec<u8> {
             f.pm1_evt_len = 4;
             f.pm1a_cnt_blk = (PM1_PORT as u32 + 4).into();
             f.pm1_cnt_len = 2;
-            f.x_pm1a_evt_blk = GAS::new(GasSpace::SystemIo, 32, 0, AccessSize::WordAccess, PM1_PORT);
-            f.x_pm1a_cnt_blk =
-                GAS::new(GasSpace::SystemIo, 16, 0, AccessSize::WordAccess, PM1_PORT + 4);
+            f.x_pm1a_evt_blk =
+                GAS::new(GasSpace::SystemIo, 32, 0, AccessSize::WordAccess, PM1_PORT);
+            f.x_pm1a_cnt_blk = GAS::new(
+                GasSpace::SystemIo,
+                16,
+                0,
+                AccessSize::WordAccess,
+                PM1_PORT + 4,
+            );
         }
     }
     f.reset_reg = pm;
@@ -638,7 +644,11 @@ mod tests {
         let u32_at = |t: &[u8], o: usize| u32::from_le_bytes(t[o..o + 4].try_into().unwrap());
         assert_eq!(u32_at(&fadt, 112) & (1 << 20), 0, "not hardware reduced");
         assert_eq!(u16_at(&fadt, 46), u16::from(SCI_IRQ));
-        assert_eq!(u32_at(&fadt, 48), 0, "no SMI command port: always in ACPI mode");
+        assert_eq!(
+            u32_at(&fadt, 48),
+            0,
+            "no SMI command port: always in ACPI mode"
+        );
         assert_eq!(u32_at(&fadt, 56), PM1_PORT as u32);
         assert_eq!(u32_at(&fadt, 64), PM1_PORT as u32 + 4);
         assert_eq!((fadt[88], fadt[89]), (4, 2));
@@ -663,8 +673,16 @@ mod tests {
         );
         assert_eq!(dd, dsdt);
         assert_eq!(df.len(), fadt.len());
-        assert_ne!(u32_at(&df, 112) & (1 << 20), 0, "direct boot: hardware reduced");
-        assert_eq!((u32_at(&df, 56), u32_at(&df, 132)), (0, 0), "no PM1, no FACS");
+        assert_ne!(
+            u32_at(&df, 112) & (1 << 20),
+            0,
+            "direct boot: hardware reduced"
+        );
+        assert_eq!(
+            (u32_at(&df, 56), u32_at(&df, 132)),
+            (0, 0),
+            "no PM1, no FACS"
+        );
     }
 
     #[test]

@@ -75,7 +75,11 @@ impl BusDevice for AcpiPm1 {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             let o = offset as usize + i;
-            *b = if o < self.regs.len() { self.byte(o) } else { 0xff };
+            *b = if o < self.regs.len() {
+                self.byte(o)
+            } else {
+                0xff
+            };
         }
     }
 
@@ -158,7 +162,11 @@ mod tests {
         pm.read(0x610, 6, &mut b);
         assert_eq!(b, [0xff]);
         // S1 (SLP_TYP 1, SLP_EN) is not offered: ignored, and SLP_EN reads back 0.
-        pm.write(0x610, 4, &(PM1_SLP_EN | (1 << 10) | PM1_SCI_EN).to_le_bytes());
+        pm.write(
+            0x610,
+            4,
+            &(PM1_SLP_EN | (1 << 10) | PM1_SCI_EN).to_le_bytes(),
+        );
         assert!(!c.exit_requested());
         pm.read(0x610, 4, &mut w);
         assert_eq!(u16::from_le_bytes(w), (1 << 10) | PM1_SCI_EN);
