@@ -1,5 +1,6 @@
 """Unit tests of the lab harness itself (no QEMU needed): python3 tests/lab/test_berthlab.py"""
 
+import os
 import sys
 import tempfile
 import unittest
@@ -129,6 +130,18 @@ class ConsoleTest(unittest.TestCase):
             self.assertFalse(runner.l1_crashed(c, timed_out=False), "L1 never came up")
             c.close()
 
+    def stand_in_l1(self, script: str, scs: list, d: str) -> tuple:
+        """Runs `script` as a stand-in L1 under the watchdog; (console, rc, timed_out, text),
+        after checking that the watchdog ended it within 30 s."""
+        import time
+        c = Console(Path(d) / "console.log", echo=False)
+        t0 = time.monotonic()
+        rc, timed_out = stream_process(["sh", "-c", script], c, 60,
+                                       watchdog=runner.l1_watchdog(scs, c))
+        self.assertLess(time.monotonic() - t0, 30, "the watchdog did not stop the stand-in L1")
+        self.assertFalse(timed_out)
+        return c, rc, timed_out, (Path(d) / "console.log").read_text()
+
     def test_watchdog_kills_a_stuck_l1_and_the_rest_run_again(self):
         # A stand-in for L1: it comes up, starts scenario a (timeout 1 s), then neither ends nor
         # kills it and prints nothing more, as the stuck L1 did in CI.
@@ -137,19 +150,37 @@ class ConsoleTest(unittest.TestCase):
         scs = [type("S", (), {"name": n, "timeout": 1})() for n in ("a", "b")]
         with tempfile.TemporaryDirectory() as d, \
                 mock.patch.object(runner, "HANG_GRACE", 1):
-            c = Console(Path(d) / "console.log", echo=False)
-            import time
-            t0 = time.monotonic()
-            rc, timed_out = stream_process(["sh", "-c", script], c, 60,
-                                           watchdog=runner.l1_watchdog(scs, c))
-            self.assertLess(time.monotonic() - t0, 30, "the watchdog did not stop the stuck L1")
-            self.assertFalse(timed_out)
+            c, rc, timed_out, text = self.stand_in_l1(script, scs, d)
             self.assertNotEqual(rc, 0)
-            self.assertIn("L1 IS STUCK: a", (Path(d) / "console.log").read_text())
+            self.assertIn("L1 IS STUCK: a", text)
             self.assertTrue(runner.l1_crashed(c, timed_out))
             # L1's own TIMEOUT marker came, but no END: L1 is stuck, so a runs again too
             c.feed("=== SCENARIO a TIMEOUT after 1s\n")
             self.assertEqual([s.name for s in runner.unfinished(scs, c)], ["a", "b"])
+            c.close()
+
+    def test_watchdog_kills_a_silent_l1_long_before_the_timeout(self):
+        # A stand-in for the wedged L1 of a CI run: scenario a (timeout 600 s) prints a line,
+        # then nothing at all.
+        script = ("echo L1-READY uptime=1; echo '=== SCENARIO a BEGIN timeout=600'; "
+                  "echo a-output; exec sleep 600")
+        scs = [type("S", (), {"name": n, "timeout": 600})() for n in ("a", "b")]
+        with tempfile.TemporaryDirectory() as d, \
+                mock.patch.dict(os.environ, {"LAB_SILENCE_LIMIT": "2"}):
+            c, rc, timed_out, text = self.stand_in_l1(script, scs, d)
+            self.assertIn("L1 IS STUCK: a has printed nothing for", text)
+            self.assertTrue(runner.l1_crashed(c, timed_out))
+            self.assertEqual([s.name for s in runner.unfinished(scs, c)], ["a", "b"])
+            c.close()
+        # Output keeps it alive: a scenario that prints every half second for 4 s is not killed.
+        script = ("echo L1-READY uptime=1; echo '=== SCENARIO a BEGIN timeout=600'; "
+                  "for i in 1 2 3 4 5 6 7 8; do echo tick; sleep 0.5; done; "
+                  "echo '=== SCENARIO a END rc=0 secs=4'; echo L1-DONE")
+        with tempfile.TemporaryDirectory() as d, \
+                mock.patch.dict(os.environ, {"LAB_SILENCE_LIMIT": "2"}):
+            c, rc, _, text = self.stand_in_l1(script, scs[:1], d)
+            self.assertEqual(rc, 0)
+            self.assertNotIn("L1 IS STUCK", text)
             c.close()
 
     def test_watchdog_kills_an_l1_that_never_comes_up(self):

@@ -65,6 +65,7 @@ class Console:
         self.current: Section | None = None
         self.tail: list = []  # last lines of the whole console
         self.markers: dict = {}  # first line seen for each of LAB_MARKERS
+        self.last_line_at = 0.0  # elapsed() when the last line came
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -73,6 +74,7 @@ class Console:
         """Handle one console line."""
         line = clean(raw.rstrip("\n"))
         now = self.elapsed()
+        self.last_line_at = now
         stamped = f"[{now:7.1f}] {line}"
         self.log.write(stamped + "\n")
         self.log.flush()

@@ -20,6 +20,11 @@ PER_SCENARIO_SLACK = 5
 # returned from killing berth); waiting for the outer timeout (the sum of every scenario's
 # timeout) would overrun CI's budget, so the harness kills L1 and runs the rest in a fresh one.
 HANG_GRACE = 60
+# A scenario whose console stays silent this long is on a wedged L1 too: in passing runs the
+# longest silence was 45 s (bench-disk between fio runs; 42 s in berth-balloon, 33 s in
+# berth-gate), while a wedged L1 in CI printed nothing for 20 minutes until the scenario's
+# timeout (berth-gate's is 900 s). LAB_SILENCE_LIMIT overrides it (0: no limit).
+SILENCE_LIMIT = 300
 
 
 def qemu_binary() -> str:
@@ -48,7 +53,7 @@ def l1_command(images: dict, serial: list | None = None, disks: dict | None = No
                    "-device", f"virtio-blk-pci,drive=labdisk{n},serial={disk_serial}"]
     return [
         qemu_binary(), "-accel", "tcg,thread=multi", "-cpu", os.environ.get("LAB_L1_CPU", "max"),
-        "-smp", "2", "-m", os.environ.get("LAB_L1_MEM", "3G"), "-M", "q35",
+        "-smp", "2", "-m", os.environ.get("LAB_L1_MEM", "5G"), "-M", "q35",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         *(serial or ["-serial", "stdio"]),
         "-kernel", images["L1_KERNEL"], "-initrd", images["L1_INITRD"], "-append", L1_APPEND,
@@ -73,8 +78,9 @@ class Result:
 def l1_watchdog(scenarios: list, console: Console):
     """A watchdog for stream_process: a reason to kill L1 when it is stuck, else None.
 
-    L1 is stuck when it does not come up within L1_BOOT_ALLOWANCE, or when the running scenario
-    has not ended HANG_GRACE seconds after its timeout. L1's /init prints END as soon as the
+    L1 is stuck when it does not come up within L1_BOOT_ALLOWANCE, when the running scenario
+    has printed nothing for SILENCE_LIMIT seconds, or when it has not ended HANG_GRACE seconds
+    after its timeout. L1's /init prints END as soon as the
     killed scenario's shell is reaped, and SIGKILL ends berth even in a deadlock of its own, so a
     missing END means L1's kernel is wedged (in CI: a 2-vCPU L2's vCPU stalled, then L1 never
     finished killing it): that is L1's failure like a crash, and `unfinished` sends the stuck
@@ -82,6 +88,7 @@ def l1_watchdog(scenarios: list, console: Console):
     """
     timeouts = {s.name: s.timeout for s in scenarios}
     started = console.elapsed()
+    silence = float(os.environ.get("LAB_SILENCE_LIMIT", SILENCE_LIMIT))
 
     def check():
         now = console.elapsed()
@@ -93,6 +100,11 @@ def l1_watchdog(scenarios: list, console: Console):
         sec = console.current
         if sec is None or sec.ended or sec.name not in timeouts:
             return None
+        quiet = now - max(console.last_line_at, sec.started)
+        if silence > 0 and quiet > silence:
+            console.markers["L1-HUNG"] = sec.name
+            return (f"L1 IS STUCK: {sec.name} has printed nothing for {quiet:.0f}s (passing runs "
+                    f"stay under a minute); killing L1")
         over = now - sec.started - timeouts[sec.name]
         if over > HANG_GRACE:
             console.markers["L1-HUNG"] = sec.name

@@ -1,6 +1,6 @@
 #!/bin/sh
 # description: the Berth acceptance test: berth started as the chart starts it, in a pod network namespace with its own resolv.conf, /userdata, /metadata and /image, fetches the unmodified Debian cloud image over HTTP, makes the pet overlay, boots the image's own kernel; cloud-init applies the user data; SSH answers at the pod IP and a login with the user-data key runs a command; a file written over SSH survives SIGTERM and a second berth on the same /image, which cloud-init treats as the same instance; berth runs confined (uid 65534, no capabilities, no_new_privs, a seccomp filter on every thread, checked in /proc after each boot), and a guest reboot inside the confined berth gets its lease and SSH back
-# timeout: 1400
+# timeout: 900
 # needs: berth
 # l1-disk: debian-cloud:file
 # expect: berth: downloaded http://10\.78\.0\.1:8080/
