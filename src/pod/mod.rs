@@ -177,7 +177,7 @@ pub fn run() -> Result<ExitReason, Failure> {
     }
 
     // Kept alive as long as VMs are built: the image's kernel lives in unnamed files.
-    let (boot, _image_files) = kernel(&cfg, root.as_ref())?;
+    let (boot, _image_files) = choose_boot(&cfg, root.as_ref())?;
     {
         let mut s = status.lock().expect("status lock poisoned");
         s.disks = disks.iter().map(|d| d.path.display().to_string()).collect();
@@ -221,7 +221,7 @@ pub fn run() -> Result<ExitReason, Failure> {
             memory_mib: cfg.ram_mb,
             nested: cfg.nested,
         },
-        boot: crate::machine::Boot::Linux(boot),
+        boot,
         disks,
         net: Some(NetSpec {
             taps,
@@ -517,6 +517,50 @@ fn root_disk(cfg: &PodConfig) -> Result<(Option<DiskSpec>, Option<PathBuf>), Fai
         }),
         Some(base),
     ))
+}
+
+/// How the VM boots (BOOT): directly, with the kernel berth reads from the image (or KERNEL),
+/// or through the BIOS firmware and the image's own boot loader. `auto` boots directly when
+/// berth finds the kernel, and through the firmware when it does not but the disk has BIOS boot
+/// code; the log says which and why in one line.
+fn choose_boot(
+    cfg: &PodConfig,
+    root: Option<&DiskSpec>,
+) -> Result<(crate::machine::Boot, Option<imageboot::BootFiles>), Failure> {
+    use crate::machine::Boot;
+    use config::BootMode;
+    let direct = |(l, f)| (Boot::Linux(l), f);
+    let firmware = |why: String| -> Result<(Boot, Option<imageboot::BootFiles>), Failure> {
+        let fw = crate::machine::read_firmware(&cfg.bios)?;
+        log(format!(
+            "boot: BIOS firmware {} ({why})",
+            cfg.bios.display()
+        ));
+        Ok((fw, None))
+    };
+    match (cfg.boot, root) {
+        (BootMode::Bios, None) => Err(Failure::Config(
+            "BOOT=bios needs a root disk (IMG_TARGET or /dev/vm/root): the firmware boots the              disk's boot loader"
+                .into(),
+        )),
+        (BootMode::Bios, Some(_)) => firmware("BOOT=bios".into()),
+        (BootMode::Direct, _) | (BootMode::Auto, None) => kernel(cfg, root).map(direct),
+        (BootMode::Auto, Some(r)) => match kernel(cfg, Some(r)) {
+            Ok(k) => Ok(direct(k)),
+            Err(Failure::Kernel(why)) => {
+                if imageboot::has_bios_boot_code(&r.path, r.format)? {
+                    firmware(format!(
+                        "BOOT=auto: berth cannot boot the image directly ({why}), and its disk                          has BIOS boot code"
+                    ))
+                } else {
+                    Err(Failure::Kernel(format!(
+                        "{why}; and the disk has no BIOS boot code for a firmware boot either                          (BOOT=auto)"
+                    )))
+                }
+            }
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// The image's own kernel, initramfs and command line (read through the root disk), with
