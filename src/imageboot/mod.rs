@@ -85,7 +85,8 @@ impl ImageRead for Backend {
     }
 }
 
-fn how_to_supply() -> &'static str {
+/// The advice that ends a refusal: how to boot the image anyway with a kernel of one's own.
+pub fn how_to_supply() -> &'static str {
     "supply the kernel yourself with KERNEL=<bzImage> INITRD=<initramfs or none> \
      KERNEL_CMDLINE=<arguments, e.g. root=/dev/vda1 console=ttyS0> (or berth vm --kernel/--initrd/--cmdline)"
 }
@@ -277,7 +278,10 @@ mod tests {
             has_bios_boot_code(&p, Some(DiskFormat::Raw)).unwrap()
         };
         assert!(disk("grub", 0xeb, true, 1 << 20), "boot code and 0x55AA");
-        assert!(!disk("protective", 0, true, 1 << 20), "a GPT protective MBR: zeros");
+        assert!(
+            !disk("protective", 0, true, 1 << 20),
+            "a GPT protective MBR: zeros"
+        );
         assert!(!disk("unsigned", 0xeb, false, 1 << 20), "no signature");
         assert!(!disk("tiny", 0, false, 100), "shorter than a sector");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -540,7 +540,8 @@ fn choose_boot(
     };
     match (cfg.boot, root) {
         (BootMode::Bios, None) => Err(Failure::Config(
-            "BOOT=bios needs a root disk (IMG_TARGET or /dev/vm/root): the firmware boots the              disk's boot loader"
+            "BOOT=bios needs a root disk (IMG_TARGET or /dev/vm/root): the firmware boots the \
+             disk's boot loader"
                 .into(),
         )),
         (BootMode::Bios, Some(_)) => firmware("BOOT=bios".into()),
@@ -549,12 +550,17 @@ fn choose_boot(
             Ok(k) => Ok(direct(k)),
             Err(Failure::Kernel(why)) => {
                 if imageboot::has_bios_boot_code(&r.path, r.format)? {
+                    // The direct path's advice (supply KERNEL...) does not apply here.
+                    let what = why
+                        .strip_suffix(&format!("; {}", imageboot::how_to_supply()))
+                        .unwrap_or(&why);
                     firmware(format!(
-                        "BOOT=auto: berth cannot boot the image directly ({why}), and its disk                          has BIOS boot code"
+                        "BOOT=auto: no direct boot: {what}; the disk has BIOS boot code"
                     ))
                 } else {
                     Err(Failure::Kernel(format!(
-                        "{why}; and the disk has no BIOS boot code for a firmware boot either                          (BOOT=auto)"
+                        "{why}; nor does the disk have BIOS boot code for a firmware boot \
+                         (BOOT=auto)"
                     )))
                 }
             }
