@@ -23,8 +23,9 @@ HANG_GRACE = 60
 # A scenario whose console stays silent this long is on a wedged L1 too: in passing runs the
 # longest silence was 45 s (bench-disk between fio runs; 42 s in berth-balloon, 33 s in
 # berth-gate), while a wedged L1 in CI printed nothing for 20 minutes until the scenario's
-# timeout (berth-gate's is 900 s). LAB_SILENCE_LIMIT overrides it (0: no limit).
-SILENCE_LIMIT = 300
+# timeout (berth-gate's is 900 s). 180 s is four times the longest passing silence.
+# LAB_SILENCE_LIMIT overrides it (0: no limit).
+SILENCE_LIMIT = 180
 
 
 def qemu_binary() -> str:
