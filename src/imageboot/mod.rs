@@ -103,15 +103,23 @@ pub fn inspect(
     format: Option<DiskFormat>,
     budget: &Budget,
 ) -> Result<Inspection, ImageBootError> {
-    let backend = open_disk(
+    let backend = open_read_only(path, format)?;
+    imageboot::inspect(Box::new(Backend(backend)), budget).map_err(|r| refused(path, r))
+}
+
+/// The image through berth's block layer, read-only (nothing here writes to it).
+fn open_read_only(
+    path: &Path,
+    format: Option<DiskFormat>,
+) -> Result<Box<dyn BlockBackend>, ImageBootError> {
+    Ok(open_disk(
         path,
         DiskOptions {
             read_only: true,
             format,
             ..Default::default()
         },
-    )?;
-    imageboot::inspect(Box::new(Backend(backend)), budget).map_err(|r| refused(path, r))
+    )?)
 }
 
 /// Whether the disk at `path` starts with BIOS boot code: an MBR (or GPT's protective MBR)
@@ -119,14 +127,7 @@ pub fn inspect(
 /// firmware boot runs; a protective MBR without GRUB's boot.img has zeros there, and a BIOS
 /// would execute them.
 pub fn has_bios_boot_code(path: &Path, format: Option<DiskFormat>) -> Result<bool, ImageBootError> {
-    let disk = open_disk(
-        path,
-        DiskOptions {
-            read_only: true,
-            format,
-            ..Default::default()
-        },
-    )?;
+    let disk = open_read_only(path, format)?;
     let mut mbr = [0u8; 512];
     if disk.size() < 512 {
         return Ok(false);

@@ -28,3 +28,17 @@ wait_for() {
         sleep 0.25
     done
 }
+
+# l1_disk SERIAL: the block device of the l1-disk image attached with that serial (the
+# harness names it after the image: `grub-linux-disk:file` -> grub-linux-disk-file); waits up
+# to 10 s for L1's virtio_blk to bring it up. Prints nothing when there is none.
+l1_disk() {
+    for _ in $(seq 1 10); do
+        for b in /sys/block/vd*; do
+            [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] && [ -b "/dev/${b##*/}" ] &&
+                { echo "/dev/${b##*/}"; return 0; }
+        done
+        sleep 1
+    done
+    return 1
+}

@@ -23,15 +23,8 @@ cd "$SCRATCH"
 # The cached cloud image, attached to L1 as a virtio disk (snapshot: writes stay in L1).
 if [ "$LAB_MODE" = l1 ]; then
     # L1's /init loaded virtio_pci and virtio_blk (built for L1's kernel, l1-image.sh).
-    img=
-    for i in $(seq 1 10); do
-        for b in /sys/block/vd*; do
-            [ "$(cat "$b/serial" 2>/dev/null)" = debian-cloud ] && img=/dev/${b##*/}
-        done
-        [ -n "$img" ] && [ -b "$img" ] && break
-        sleep 1
-    done
-    [ -n "$img" ] || { echo "CLOUD-ERROR no disk with serial debian-cloud in L1"; exit 1; }
+    . "$LAB_LIB/l2.sh"
+    img=$(l1_disk debian-cloud) || { echo "CLOUD-ERROR no disk with serial debian-cloud in L1"; exit 1; }
     fmt=raw
 else
     img=${LAB_DISK_DEBIAN_CLOUD:?the harness sets it}

@@ -19,15 +19,8 @@ set -u
 cd "$SCRATCH"
 if [ "$LAB_MODE" = l1 ]; then
     # L1's /init loaded virtio_pci and virtio_blk (l1-image.sh).
-    disk=
-    for i in $(seq 1 10); do
-        for b in /sys/block/vd*; do
-            [ "$(cat "$b/serial" 2>/dev/null)" = grub-linux-disk-file ] && disk=/dev/${b##*/}
-        done
-        [ -n "$disk" ] && [ -b "$disk" ] && break
-        sleep 1
-    done
-    [ -n "$disk" ] || { echo "LINUX-ERROR no disk with serial grub-linux-disk-file in L1"; exit 1; }
+    . "$LAB_LIB/l2.sh"
+    disk=$(l1_disk grub-linux-disk-file) || { echo "LINUX-ERROR no disk with serial grub-linux-disk-file in L1"; exit 1; }
 else
     disk=${LAB_DISK_GRUB_LINUX_DISK_FILE:?the harness sets it}
 fi

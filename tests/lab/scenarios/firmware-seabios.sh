@@ -45,15 +45,8 @@ cat debug.log
 # GRUB: the disk guest-images/grub-disk.sh built on the host (boot.img + core.img).
 if [ "$LAB_MODE" = l1 ]; then
     # L1's /init loaded virtio_pci and virtio_blk (l1-image.sh).
-    grub=
-    for i in $(seq 1 10); do
-        for b in /sys/block/vd*; do
-            [ "$(cat "$b/serial" 2>/dev/null)" = grub-disk-file ] && grub=/dev/${b##*/}
-        done
-        [ -n "$grub" ] && [ -b "$grub" ] && break
-        sleep 1
-    done
-    [ -n "$grub" ] || { echo "GRUB-ERROR no disk with serial grub-disk-file in L1"; exit 1; }
+    . "$LAB_LIB/l2.sh"
+    grub=$(l1_disk grub-disk-file) || { echo "GRUB-ERROR no disk with serial grub-disk-file in L1"; exit 1; }
 else
     grub=${LAB_DISK_GRUB_DISK_FILE:?the harness sets it}
 fi
