@@ -27,7 +27,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use block_util::{qemu_img, qemu_img_check, qemu_img_overlay_clusters, s, shm_tempdir};
+use block_util::{
+    qemu_img, qemu_img_check, qemu_img_overlay_clusters, read_vectored, s, shm_tempdir,
+    write_vectored,
+};
 use common::Rng;
 use vmm::block::qcow2::{IoObserver, Qcow2Disk, Qcow2Options};
 use vmm::block::BlockBackend;
@@ -190,7 +193,12 @@ fn run_layout(l: &Layout, seed: u64) {
                     let data: Vec<u8> = (sector..sector + count)
                         .flat_map(|s| sector_data(seq, s))
                         .collect();
-                    disk.write_at(&data, off).unwrap();
+                    // Half straight from guest memory (the virtio-blk engine's path).
+                    if kind.is_multiple_of(2) {
+                        disk.write_at(&data, off).unwrap();
+                    } else {
+                        write_vectored(&disk, &data, off);
+                    }
                     Content::Written(seq)
                 }
             };
@@ -281,8 +289,12 @@ fn run_layout(l: &Layout, seed: u64) {
         let mut got = vec![0u8; l.size as usize];
         for r in 0..l.regions {
             let at = (r * stride) as usize;
-            disk.read_at(&mut got[at..at + l.region_len as usize], at as u64)
-                .unwrap();
+            let region = &mut got[at..at + l.region_len as usize];
+            if r.is_multiple_of(2) {
+                disk.read_at(region, at as u64).unwrap();
+            } else {
+                read_vectored(&disk, region, at as u64);
+            }
         }
         drop(disk);
         let (code, report) = qemu_img_check(&over);
@@ -410,7 +422,11 @@ fn concurrent_workload(
                                 let data: Vec<u8> = (sector..sector + count)
                                     .flat_map(|s| sector_data(id, s))
                                     .collect();
-                                disk.write_at(&data, off).unwrap();
+                                if id.is_multiple_of(2) {
+                                    disk.write_at(&data, off).unwrap();
+                                } else {
+                                    write_vectored(disk, &data, off);
+                                }
                                 Content::Written(id)
                             }
                         };

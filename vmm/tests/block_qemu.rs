@@ -9,8 +9,8 @@ use std::path::Path;
 
 use block_util::{
     assert_check_clean, assert_same_content, base_and_overlay, info_field, make_qcow2_base, open,
-    pattern, qcow2_base, qemu_img, qemu_img_create, qemu_img_overlay, qemu_io, read_all, s, to_raw,
-    write_flushed,
+    pattern, qcow2_base, qemu_img, qemu_img_create, qemu_img_overlay, qemu_io, read_all,
+    read_all_vectored, s, to_raw, write_flushed, write_vectored,
 };
 use common::Rng;
 use vmm::block::overlay::{
@@ -110,7 +110,12 @@ fn berth_writes_qemu_reads() {
             1 => disk.discard(off, len).unwrap(),
             _ => {
                 let data = pattern(i, l);
-                disk.write_at(&data, off).unwrap();
+                // Half through the vectored path (straight from guest memory).
+                if i.is_multiple_of(2) {
+                    disk.write_at(&data, off).unwrap();
+                } else {
+                    write_vectored(disk.as_ref(), &data, off);
+                }
                 reference[o..o + l].copy_from_slice(&data);
                 continue;
             }
@@ -153,6 +158,10 @@ fn qemu_writes_berth_reads() {
     let expect = to_raw(&over, "qcow2", d);
     assert!(expect[2 << 20..(2 << 20) + 131072].iter().all(|&b| b == 0));
     assert!(read_all(&over, DiskFormat::Qcow2) == expect, "overlay");
+    assert!(
+        read_all_vectored(&over, DiskFormat::Qcow2) == expect,
+        "overlay, vectored"
+    );
 
     // Compressed: every cluster of the flattened image goes through deflate.
     let comp = d.join("compressed.qcow2");
@@ -165,6 +174,10 @@ fn qemu_writes_berth_reads() {
         .unwrap();
     assert!(compressed > 10, "{info}");
     assert!(read_all(&comp, DiskFormat::Qcow2) == expect, "compressed");
+    assert!(
+        read_all_vectored(&comp, DiskFormat::Qcow2) == expect,
+        "compressed, vectored"
+    );
 
     // A compressed base under a berth overlay, with writes partly over compressed clusters.
     let top = d.join("top.qcow2");
@@ -173,6 +186,14 @@ fn qemu_writes_berth_reads() {
     write_flushed(&top, 30_000, &data);
     let mut want = expect;
     want[30_000..130_000].copy_from_slice(&data);
+    // And straight from guest memory, partly over compressed clusters of the base.
+    let more = pattern(10, 150_000);
+    {
+        let disk = open_rw(&top);
+        write_vectored(disk.as_ref(), &more, 1_000_000);
+        disk.flush().unwrap();
+    }
+    want[1_000_000..1_150_000].copy_from_slice(&more);
     assert!(
         read_all(&top, DiskFormat::Qcow2) == want,
         "overlay on compressed"

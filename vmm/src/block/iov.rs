@@ -85,6 +85,28 @@ pub fn scatter(bufs: &[VolatileSlice<'_>], at: usize, src: &[u8]) {
     });
 }
 
+/// Zeroes `len` bytes of `bufs` from byte `at` of their concatenation.
+pub fn zero(bufs: &[VolatileSlice<'_>], at: usize, len: usize) {
+    const ZEROES: [u8; 4096] = [0; 4096];
+    pieces(bufs, at, len, |piece, _| {
+        let mut off = 0;
+        while off < piece.len() {
+            let n = (piece.len() - off).min(ZEROES.len());
+            if let Ok(p) = piece.subslice(off, n) {
+                p.copy_from(&ZEROES[..n]);
+            }
+            off += n;
+        }
+    });
+}
+
+/// The slices covering bytes `[at, at + len)` of the concatenation of `bufs`.
+pub fn sub<'a>(bufs: &[VolatileSlice<'a>], at: usize, len: usize) -> Vec<VolatileSlice<'a>> {
+    let mut v = Vec::new();
+    pieces(bufs, at, len, |piece, _| v.push(piece));
+    v
+}
+
 /// Fills `dst` from `bufs`, from byte `at` of their concatenation.
 pub fn gather(bufs: &[VolatileSlice<'_>], at: usize, dst: &mut [u8]) {
     pieces(bufs, at, dst.len(), |piece, pos| {

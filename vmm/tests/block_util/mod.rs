@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::Rng;
+use vm_memory::VolatileSlice;
 use vmm::block::overlay::{ensure_overlay, OverlayState};
 use vmm::block::{open_disk, BlockBackend, DiskFormat, DiskOptions};
 
@@ -232,6 +233,53 @@ pub fn read_all(path: &Path, format: DiskFormat) -> Vec<u8> {
     let disk = open(path, format, true);
     let mut buf = vec![0u8; disk.size() as usize];
     disk.read_at(&mut buf, 0).unwrap();
+    buf
+}
+
+/// Cuts `buf` into pieces of uneven sizes (one byte to 64 KiB, rarely sector-aligned), as
+/// guest memory of a descriptor chain, for the backends' vectored calls.
+fn pieces(buf: &mut [u8], seed: usize) -> Vec<VolatileSlice<'_>> {
+    const SIZES: [usize; 7] = [4096, 513, 65536, 1, 3000, 512, 20_000];
+    let mut v = Vec::new();
+    let mut rest = buf;
+    let mut i = seed;
+    while !rest.is_empty() {
+        let n = SIZES[i % SIZES.len()].min(rest.len());
+        let (a, b) = rest.split_at_mut(n);
+        v.push(VolatileSlice::from(a));
+        rest = b;
+        i += 1;
+    }
+    v
+}
+
+/// Reads `buf.len()` bytes at `off` through the backend's vectored path (guest memory in
+/// pieces of uneven sizes, filled with a poison pattern first).
+pub fn read_vectored(disk: &dyn BlockBackend, buf: &mut [u8], off: u64) {
+    // Guest memory is never zero to begin with: every byte must be written.
+    buf.fill(0xa5);
+    let seed = off as usize;
+    let bufs = pieces(buf, seed);
+    disk.read_vectored_at(&bufs, off, &mut Vec::new())
+        .unwrap_or_else(|e| panic!("read_vectored_at {off}: {} after {}", e.error, e.done));
+}
+
+/// Writes `data` at `off` through the backend's vectored path.
+pub fn write_vectored(disk: &dyn BlockBackend, data: &[u8], off: u64) {
+    let mut copy = data.to_vec();
+    let bufs = pieces(&mut copy, off as usize);
+    disk.write_vectored_at(&bufs, off, &mut Vec::new())
+        .unwrap_or_else(|e| panic!("write_vectored_at {off}: {} after {}", e.error, e.done));
+}
+
+/// [`read_all`] through the vectored path, 3 MiB (plus a piece) at a time.
+pub fn read_all_vectored(path: &Path, format: DiskFormat) -> Vec<u8> {
+    let disk = open(path, format, true);
+    let mut buf = vec![0u8; disk.size() as usize];
+    for (i, chunk) in buf.chunks_mut(3 << 20 | 4097).enumerate() {
+        let off = (i * (3 << 20 | 4097)) as u64;
+        read_vectored(disk.as_ref(), chunk, off);
+    }
     buf
 }
 

@@ -33,10 +33,12 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
-use imago::{FormatAccess, StorageOpenOptions};
+use imago::{FormatAccess, Mapping, StorageOpenOptions};
+use vm_memory::VolatileSlice;
 
 use self::refcount::{Geometry, ScanError};
 pub use self::storage::{ImageFile, IoObserver, WriteBarrier};
+use super::iov::{self, PartialIo, BOUNCE_CHUNK};
 use super::lock::lock_image;
 use super::{
     check_range, check_write, detect_format, BlockBackend, DiskError, DiskFormat, MAX_CHAIN_DEPTH,
@@ -315,7 +317,9 @@ pub fn read_header(path: &Path, file: &File) -> Result<Qcow2Header, DiskError> {
 pub fn recorded_backing_format(path: &Path) -> Result<Option<String>, DiskError> {
     let file = open_file(path, false)?;
     read_header(path, &file)?;
-    let storage = imago_storage(path, file, false)?;
+    let opts = StorageOpenOptions::new().write(false).filename(path);
+    let storage =
+        ImagoFile::from_open_file(file, opts).map_err(|e| DiskError::io(path, e, false))?;
     let qcow2: Qcow2<ImagoFile> =
         Qcow2::open_image(storage, false).map_err(|e| imago_error(path, e))?;
     Ok(qcow2.implicit_backing_format().cloned())
@@ -372,9 +376,21 @@ fn open_file(path: &Path, writable: bool) -> Result<File, DiskError> {
         .map_err(|e| DiskError::io(path, e, writable))
 }
 
-fn imago_storage(path: &Path, file: File, writable: bool) -> Result<ImagoFile, DiskError> {
+/// imago's file driver over `file`, wrapped in an [`ImageFile`] that keeps a duplicate of the
+/// descriptor for berth's own transfers between guest memory and the file.
+fn image_file(
+    path: &Path,
+    file: File,
+    writable: bool,
+    observer: Option<Arc<dyn IoObserver>>,
+) -> Result<ImageFile, DiskError> {
+    let fd = file
+        .try_clone()
+        .map_err(|e| DiskError::io(path, e, writable))?;
     let opts = StorageOpenOptions::new().write(writable).filename(path);
-    ImagoFile::from_open_file(file, opts).map_err(|e| DiskError::io(path, e, writable))
+    let inner =
+        ImagoFile::from_open_file(file, opts).map_err(|e| DiskError::io(path, e, writable))?;
+    Ok(ImageFile::new(inner, fd, observer))
 }
 
 /// One opened qcow2 layer (with its chain below it).
@@ -406,10 +422,10 @@ fn open_qcow2_layer(
     let dup = file
         .try_clone()
         .map_err(|e| DiskError::io(path, e, writable))?;
-    let meta = ImageFile::new(imago_storage(path, dup, writable)?, observer.clone());
+    let meta = image_file(path, dup, writable, observer.clone())?;
     let mut notes = Vec::new();
     let (moved_by_write, barrier) = check_refcounts(path, &meta, &header, writable, &mut notes)?;
-    let mut storage = ImageFile::new(imago_storage(path, file, writable)?, observer);
+    let mut storage = image_file(path, file, writable, observer)?;
     if let Some(barrier) = barrier {
         storage = storage.with_barrier(barrier);
     }
@@ -577,7 +593,7 @@ fn open_backing(
         }
         DiskFormat::Raw => {
             lock_image(&file, &backing, false)?;
-            let storage = ImageFile::new(imago_storage(&backing, file, false)?, None);
+            let storage = image_file(&backing, file, false, None)?;
             let raw = Raw::open_image(storage, false).map_err(|e| imago_error(&backing, e))?;
             Ok(FormatAccess::new(raw))
         }
@@ -654,6 +670,96 @@ impl BlockBackend for Qcow2Disk {
         // imago zero-fills past the end; the trait wants an error.
         check_range(self.size, offset, buf.len() as u64)?;
         self.shared().read(buf, offset)
+    }
+
+    fn read_vectored_at(
+        &self,
+        bufs: &[VolatileSlice<'_>],
+        offset: u64,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), PartialIo> {
+        let total = iov::total_len(bufs).map_err(PartialIo::none)?;
+        check_range(self.size, offset, total as u64).map_err(PartialIo::none)?;
+        let image = self.shared();
+        let mut done = 0;
+        // imago's readv, with the data clusters read straight into guest memory. The shared
+        // lock keeps every cluster a mapping names where it is until the read is done: only
+        // operations that hold the image exclusively free clusters.
+        while done < total {
+            let at = offset + done as u64;
+            let fail = |error| PartialIo { done, error };
+            let (mapping, n) = image.get_mapping(at, (total - done) as u64).map_err(fail)?;
+            let n = (n as usize).min(total - done);
+            match mapping {
+                Mapping::Raw {
+                    storage, offset, ..
+                } if n > 0 => {
+                    storage
+                        .read_guest(&iov::sub(bufs, done, n), offset)
+                        .map_err(|e| PartialIo {
+                            done: done + e.done,
+                            error: e.error,
+                        })?;
+                }
+                Mapping::Zero { .. } | Mapping::Eof { .. } => {
+                    // Past the end of a shorter backing file, or unallocated: zeroes (a zero
+                    // length ends the image, which check_range ruled out, so the rest).
+                    let n = if n == 0 { total - done } else { n };
+                    iov::zero(bufs, done, n);
+                    done += n;
+                    continue;
+                }
+                _ => {
+                    // Compressed clusters: through imago, a bounded piece at a time.
+                    let n = n.clamp(1, BOUNCE_CHUNK);
+                    bounce.resize(n, 0);
+                    image.read(&mut bounce[..n], at).map_err(fail)?;
+                    iov::scatter(bufs, done, &bounce[..n]);
+                    done += n;
+                    continue;
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_vectored_at(
+        &self,
+        bufs: &[VolatileSlice<'_>],
+        offset: u64,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), PartialIo> {
+        let total = iov::total_len(bufs).map_err(PartialIo::none)?;
+        check_write(self.read_only, self.size, offset, total as u64).map_err(PartialIo::none)?;
+        let image = self.shared();
+        if self.touches_moving(offset, total as u64, false) {
+            // A write that moves clusters takes the image exclusively (write_at).
+            drop(image);
+            return iov::bounce_write(self, bufs, offset, bounce);
+        }
+        // imago's writev, with the data written straight from guest memory: prepare the
+        // mapping (allocating clusters, copying the backing's data around the range), write,
+        // then link it (commit), so no L2 entry points at a cluster before its data is there.
+        let mut done = 0;
+        while done < total {
+            let fail = |error| PartialIo { done, error };
+            let at = offset + done as u64;
+            let mapping = image
+                .prepare_data_mapping(at, (total - done) as u64, true)
+                .map_err(fail)?;
+            let n = (mapping.length() as usize).min(total - done);
+            mapping
+                .storage()
+                .write_guest(&iov::sub(bufs, done, n), mapping.offset())
+                .map_err(|e| PartialIo {
+                    done: done + e.done,
+                    error: e.error,
+                })?;
+            image.commit_data_mapping(mapping).map_err(fail)?;
+            done += n;
+        }
+        Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -26,8 +26,10 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +38,9 @@ use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::storage::drivers::CommonStorageHelper;
 use imago::storage::PreallocateMode;
 use imago::Storage;
+use vm_memory::VolatileSlice;
+
+use crate::block::iov::{self, Dir, PartialIo};
 
 /// Sees every change berth makes to one image file, in order. For tests.
 pub trait IoObserver: Send + Sync {
@@ -50,9 +55,12 @@ pub trait IoObserver: Send + Sync {
     fn sync(&self);
 }
 
-/// An image file: imago's file driver plus an optional observer and write barrier.
+/// An image file: imago's file driver plus an optional observer and write barrier, and a
+/// descriptor of the same file for berth's own transfers between guest memory and clusters
+/// ([`ImageFile::read_guest`], [`ImageFile::write_guest`]; imago's driver keeps its own).
 pub struct ImageFile {
     inner: ImagoFile,
+    fd: File,
     observer: Option<Arc<dyn IoObserver>>,
     barrier: Option<Mutex<WriteBarrier>>,
 }
@@ -147,10 +155,11 @@ impl WriteBarrier {
 }
 
 impl ImageFile {
-    /// Wraps an imago file.
-    pub fn new(inner: ImagoFile, observer: Option<Arc<dyn IoObserver>>) -> Self {
+    /// Wraps an imago file; `fd` is the same file (a duplicate of imago's descriptor).
+    pub fn new(inner: ImagoFile, fd: File, observer: Option<Arc<dyn IoObserver>>) -> Self {
         ImageFile {
             inner,
+            fd,
             observer,
             barrier: None,
         }
@@ -221,6 +230,49 @@ impl ImageFile {
         // SAFETY: imago's "pure" accessors skip its overlap serialisation; berth only calls
         // these while no imago request is in flight (at open and close, one thread).
         unsafe { self.pure_readv(IoVectorMut::from(&mut buf[..n]), offset) }
+    }
+
+    /// Fills guest memory `bufs` from the file at `offset` with `preadv` (one copy, as for raw
+    /// disks). Bytes past the end of the file read as zero, as through imago's driver.
+    pub fn read_guest(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), PartialIo> {
+        match iov::transfer(self.fd.as_raw_fd(), Dir::Read, bufs, offset) {
+            Err(PartialIo { done, error }) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                let total = iov::total_len(bufs).map_err(PartialIo::none)?;
+                iov::zero(bufs, done, total - done);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Writes guest memory `bufs` to the file at `offset` with `pwritev`: a data write as
+    /// imago's would be (the write barrier counts it, an observer sees it).
+    pub fn write_guest(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), PartialIo> {
+        let len = iov::total_len(bufs).map_err(PartialIo::none)?;
+        let table = self
+            .barrier()
+            .is_some_and(|b| b.is_table(offset, len as u64));
+        if table {
+            // Never for a data cluster imago hands out; should it happen, imago's own path
+            // learns the table's new entries.
+            let mut v = vec![0u8; len];
+            iov::gather(bufs, 0, &mut v);
+            return self.write_at(&v, offset).map_err(PartialIo::none);
+        }
+        let (_, data) = self
+            .before_write(offset, len as u64)
+            .map_err(PartialIo::none)?;
+        // Guest data is copied only for an observer (tests), after the write like imago's.
+        iov::transfer(self.fd.as_raw_fd(), Dir::Write, bufs, offset)?;
+        if let Some(o) = &self.observer {
+            let mut v = vec![0u8; len];
+            iov::gather(bufs, 0, &mut v);
+            o.write(offset, &v);
+        }
+        if data {
+            self.data_written();
+        }
+        Ok(())
     }
 
     /// Writes all of `buf` at `offset`.
@@ -447,11 +499,12 @@ mod tests {
             release: Mutex::new(Some(release_rx)),
         });
         let opts = StorageOpenOptions::new().write(true).filename(&path);
+        let fd = f.try_clone().unwrap();
         let inner = ImagoFile::from_open_file(f, opts).unwrap();
         // 512-byte clusters: L1 table in cluster 1, refcount table in cluster 2, an L2 table
         // in cluster 3.
         let barrier = WriteBarrier::new(9, 512..1024, 1024..1536, [3]);
-        let file = ImageFile::new(inner, Some(obs.clone())).with_barrier(barrier);
+        let file = ImageFile::new(inner, fd, Some(obs.clone())).with_barrier(barrier);
         std::thread::scope(|s| {
             let data = s.spawn(|| file.write_at(&[1; 512], HOLD).unwrap());
             reached.recv().unwrap();
