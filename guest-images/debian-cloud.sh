@@ -19,13 +19,28 @@
 # UEFI boot yet); no growpart; and the root file system is made with `mkfs.ext4 -d` into a
 # partition-sized file that is then copied into the disk image.
 #
+# Layouts (DEBIAN_CLOUD_LAYOUT): `ext4` (the default, above) and `xfs`, the RHEL family's
+# layout (Rocky, Alma, CentOS Stream, Oracle): the same disk with an XFS root holding /boot,
+# which berth's direct boot cannot read, so the image boots through the firmware and its own
+# GRUB (guest-images/debian-cloud-xfs.sh; cached in $BERTH_CACHE/debian-cloud-xfs/ and printed
+# as DEBIAN_CLOUD_XFS_IMAGE=...). mkfs.xfs cannot take a directory, so the XFS root is filled
+# through a loop mount.
+#
 # Knobs: DEBIAN_MIRROR (default: the URIs of /etc/apt/sources.list.d/debian.sources),
-#        DEBIAN_CLOUD_SIZE_MB (virtual disk size, default 2048).
+#        DEBIAN_CLOUD_SIZE_MB (virtual disk size, default 2048), DEBIAN_CLOUD_LAYOUT.
 set -euo pipefail
 GI_NAME=debian-cloud.sh
 . "$(dirname "$0")/lib.sh"
 need mmdebstrap sgdisk mkfs.ext4 mkfs.vfat qemu-img chroot dd
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap root mode and chroot)"
+LAYOUT=${DEBIAN_CLOUD_LAYOUT:-ext4}
+case $LAYOUT in
+    ext4) ROOT_FS=ext4 GRUB_FS=ext2 NAME=debian-cloud VAR=DEBIAN_CLOUD ;;
+    xfs) ROOT_FS=xfs GRUB_FS=xfs NAME=debian-cloud-xfs VAR=DEBIAN_CLOUD_XFS
+        need mkfs.xfs mount umount ;;
+    *) die "DEBIAN_CLOUD_LAYOUT=$LAYOUT: use ext4 or xfs" ;;
+esac
+export ROOT_FS
 
 SUITE=bookworm
 SIZE_MB=${DEBIAN_CLOUD_SIZE_MB:-2048}
@@ -35,6 +50,7 @@ PACKAGES+=,ifupdown,isc-dhcp-client,netbase,iproute2,e2fsprogs,kmod,grub-pc-bin,
 # dbus: systemd-logind needs it, and logind is what turns the ACPI power button (berth on
 # SIGTERM) into a clean shutdown, as in the distribution's own cloud images.
 PACKAGES+=,qemu-guest-agent,ca-certificates,sudo,less,dbus
+[ "$LAYOUT" = xfs ] && PACKAGES+=,xfsprogs
 
 mirror_of() {  # the first URIs: of the stanza serving suite $1 in debian.sources
     awk -v suite="$1" 'BEGIN { RS=""; FS="\n" } {
@@ -52,11 +68,11 @@ SECURITY=$(mirror_of "$SUITE-security")
 SOURCES=("deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main")
 [ -z "$SECURITY" ] || SOURCES+=("deb $SECURITY $SUITE-security main")
 
-out_dir=$CACHE/debian-cloud
-out=$out_dir/debian-12-cloud.qcow2
+out_dir=$CACHE/$NAME
+out=$out_dir/${NAME/debian-cloud/debian-12-cloud}.qcow2
 mkdir -p "$out_dir"
-stamp=$(stamp_of "$0" "$GI_DIR/lib.sh" "$HELPERS/customize.sh" "$HELPERS/grub-probe" \
-    "$PACKAGES" "$SIZE_MB" "${SOURCES[*]}")
+stamp=$(stamp_of "$GI_DIR/debian-cloud.sh" "$GI_DIR/lib.sh" "$HELPERS/customize.sh" \
+    "$HELPERS/grub-probe" "$PACKAGES" "$SIZE_MB" "${SOURCES[*]}" "$LAYOUT")
 
 emit() { cat "$out.info"; }
 if fresh "$out" "$stamp" && [ -f "$out.info" ]; then
@@ -95,7 +111,7 @@ sbin=$r/usr/sbin
 mv "$sbin/grub-probe" "$sbin/grub-probe.real"
 mv "$r/usr/bin/grub-mkrelpath" "$r/usr/bin/grub-mkrelpath.real"
 sed -e "s/@ROOT_UUID@/$ROOT_UUID/" -e "s/@ROOT_PARTUUID@/$ROOT_PARTUUID/" \
-    "$HELPERS/grub-probe" > "$sbin/grub-probe"
+    -e "s/@GRUB_FS@/$GRUB_FS/" "$HELPERS/grub-probe" > "$sbin/grub-probe"
 printf '#!/bin/sh\nfor a; do p=$a; done\necho "$p"\n' > "$r/usr/bin/grub-mkrelpath"
 chmod 755 "$sbin/grub-probe" "$r/usr/bin/grub-mkrelpath"
 made_null=
@@ -119,7 +135,7 @@ cp "$r"/usr/lib/grub/i386-pc/*.mod "$r"/usr/lib/grub/i386-pc/*.lst "$r/boot/grub
 printf 'search.fs_uuid %s root hd0,gpt1\nset prefix=($root)/boot/grub\n' "$ROOT_UUID" \
     > "$r/tmp/early.cfg"
 chroot "$r" grub-mkimage -O i386-pc -d /usr/lib/grub/i386-pc -c /tmp/early.cfg \
-    -p /boot/grub -o /tmp/core.img biosdisk part_gpt ext2 search_fs_uuid \
+    -p /boot/grub -o /tmp/core.img biosdisk part_gpt "$GRUB_FS" search_fs_uuid \
     >"$tmp/grub-mkimage.log" 2>&1 || { cat "$tmp/grub-mkimage.log" >&2; die "grub-mkimage failed"; }
 mv "$r/tmp/core.img" "$tmp/core.img"
 cp "$r/usr/lib/grub/i386-pc/boot.img" "$tmp/boot.img"
@@ -144,11 +160,20 @@ truncate -s $((124 * 1024 * 1024)) "$tmp/esp.img"
 mkfs.vfat -F 32 -n EFI "$tmp/esp.img" >/dev/null || die "mkfs.vfat failed"
 dd if="$tmp/esp.img" of="$disk" bs=512 seek=8192 conv=notrunc,sparse status=none
 
-truncate -s "$root_bytes" "$tmp/root.ext4"
-mkfs.ext4 -q -F -U "$ROOT_UUID" -L root -d "$r" "$tmp/root.ext4" \
-    || die "mkfs.ext4 -d failed (image too small? DEBIAN_CLOUD_SIZE_MB=$SIZE_MB)"
-dd if="$tmp/root.ext4" of="$disk" bs=1M seek=$((start / 2048)) conv=notrunc,sparse status=none
-rm -f "$tmp/root.ext4" "$tmp/esp.img"
+truncate -s "$root_bytes" "$tmp/root.fs"
+if [ "$LAYOUT" = xfs ]; then
+    mkfs.xfs -q -f -m uuid="$ROOT_UUID" -L root "$tmp/root.fs" || die "mkfs.xfs failed"
+    mkdir "$tmp/mnt"
+    mount -o loop "$tmp/root.fs" "$tmp/mnt" \
+        || die "mount -o loop of the XFS root failed: the xfs layout needs loop devices and mount"
+    cp -a "$r/." "$tmp/mnt/" || { umount "$tmp/mnt"; die "copying the tree into the XFS root failed"; }
+    umount "$tmp/mnt" || die "umount of the XFS root failed"
+else
+    mkfs.ext4 -q -F -U "$ROOT_UUID" -L root -d "$r" "$tmp/root.fs" \
+        || die "mkfs.ext4 -d failed (image too small? DEBIAN_CLOUD_SIZE_MB=$SIZE_MB)"
+fi
+dd if="$tmp/root.fs" of="$disk" bs=1M seek=$((start / 2048)) conv=notrunc,sparse status=none
+rm -f "$tmp/root.fs" "$tmp/esp.img"
 # boot.img's code into the protective MBR (its first 440 bytes; the partition table stays), told
 # to load core.img from sector 2048, the BIOS boot partition; core.img there, its first sector's
 # block list pointing at the rest (grub-bios-setup's two patches).
@@ -169,8 +194,8 @@ with open(sys.argv[3], "r+b") as d:
 PY
 
 qemu-img convert -O qcow2 "$disk" "$tmp/image.qcow2" || die "qemu-img convert failed"
-printf 'DEBIAN_CLOUD_IMAGE=%q\nDEBIAN_CLOUD_ROOT_UUID=%q\nDEBIAN_CLOUD_KVER=%q\n' \
-    "$out" "$ROOT_UUID" "$kver" > "$tmp/image.info"
+printf '%s_IMAGE=%q\n%s_ROOT_UUID=%q\n%s_KVER=%q\n' \
+    "$VAR" "$out" "$VAR" "$ROOT_UUID" "$VAR" "$kver" > "$tmp/image.info"
 cp "$r/boot/grub/grub.cfg" "$tmp/image.grub.cfg"
 mv -f "$tmp/image.info" "$out.info"
 mv -f "$tmp/image.grub.cfg" "$out.grub.cfg"

@@ -355,6 +355,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
     let _terminal = console::attach_stdin(vm.serial_input(), vm.control());
     match vm.run()? {
         ExitReason::Failed(why) => Err(Failure::GuestFailed(why)),
+        ExitReason::NoBootDevice(why) => Err(Failure::Kernel(no_boot_device(&why))),
         ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
             Err(Failure::ShutdownTimeout(format!(
                 "{why} ({} s); disks were flushed",
@@ -363,6 +364,16 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         }
         other => Ok(other),
     }
+}
+
+/// The one line for a firmware that found nothing to boot (exit code 5, as for a kernel
+/// berth cannot boot).
+pub fn no_boot_device(why: &str) -> String {
+    format!(
+        "the firmware found no bootable disk ({why}): the image has no boot loader the \
+         firmware can run; install one (grub-install), or boot it directly (BOOT=direct, or \
+         KERNEL with INITRD and KERNEL_CMDLINE)"
+    )
 }
 
 /// Drops what set-up needed before the guest runs (docs/security.md): `berth vm` keeps its

@@ -448,6 +448,9 @@ fn run_vm(
                 ));
             }
             ExitReason::Failed(why) => return Err(Failure::GuestFailed(why)),
+            ExitReason::NoBootDevice(why) => {
+                return Err(Failure::Kernel(crate::cmd_vm::no_boot_device(&why)))
+            }
             ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
                 return Err(Failure::ShutdownTimeout(format!(
                     "{why} ({timeout} s); disks were flushed"
@@ -544,7 +547,18 @@ fn choose_boot(
              disk's boot loader"
                 .into(),
         )),
-        (BootMode::Bios, Some(_)) => firmware("BOOT=bios".into()),
+        (BootMode::Bios, Some(r)) => {
+            // SeaBIOS would run a zeroed boot sector as code, or wait and retry for ever.
+            if !imageboot::has_bios_boot_code(&r.path, r.format)? {
+                return Err(Failure::Kernel(format!(
+                    "BOOT=bios: the disk {} has no BIOS boot code (its first sector has no boot \
+                     signature or no code): install a boot loader (grub-install), or use \
+                     BOOT=auto or BOOT=direct",
+                    r.path.display()
+                )));
+            }
+            firmware("BOOT=bios".into())
+        }
         (BootMode::Direct, _) | (BootMode::Auto, None) => kernel(cfg, root).map(direct),
         (BootMode::Auto, Some(r)) => match kernel(cfg, Some(r)) {
             Ok(k) => Ok(direct(k)),

@@ -341,7 +341,9 @@ impl Vm {
     /// keeps its reset state: real mode at the reset vector, CS base 0xFFFF0000.
     ///
     /// The BIOS's text screen is mirrored on COM1 (fw_cfg `etc/sercon-port`); its debug
-    /// output (port 0x402, QEMU's debugcon) goes to `debug` when given.
+    /// output (port 0x402, QEMU's debugcon) goes to `debug` when given, and is always
+    /// watched: when the firmware says it found no bootable device, the VM stops with
+    /// [`ExitReason::NoBootDevice`] (SeaBIOS would wait a minute and reboot, for ever).
     pub fn load_firmware(
         &mut self,
         rom: &[u8],
@@ -393,11 +395,15 @@ impl Vm {
                 Arc::new(Mutex::new(fw)),
             )
             .map_err(dev_err)?;
-        if let Some(out) = debug {
-            self.pio
-                .insert(DEBUGCON_PORT, 1, Arc::new(Mutex::new(DebugCon(out))))
-                .map_err(dev_err)?;
-        }
+        let con = DebugCon {
+            out: debug,
+            line: Vec::new(),
+            failures: Vec::new(),
+            control: self.control.clone(),
+        };
+        self.pio
+            .insert(DEBUGCON_PORT, 1, Arc::new(Mutex::new(con)))
+            .map_err(dev_err)?;
         Ok(())
     }
 
@@ -531,17 +537,58 @@ pub const DEBUGCON_PORT: u64 = 0x402;
 /// What the debug console port reads as: the firmware's test that the port is there.
 const DEBUGCON_PRESENT: u8 = 0xe9;
 
-/// The debug console: bytes written to [`DEBUGCON_PORT`] go to a writer.
-struct DebugCon(Box<dyn Write + Send>);
+/// Longest debug console line kept for matching; the rest of a longer line is dropped.
+const DEBUGCON_LINE_MAX: usize = 160;
+/// Boot failure lines kept for the exit message (SeaBIOS prints one per device it tried).
+const DEBUGCON_FAILURES_MAX: usize = 4;
+
+/// The debug console: bytes written to [`DEBUGCON_PORT`] go to a writer when one is given,
+/// and lines are watched for the firmware giving up on booting.
+struct DebugCon {
+    out: Option<Box<dyn Write + Send>>,
+    /// The current line (bounded: the guest writes what it likes here).
+    line: Vec<u8>,
+    /// The last "Boot failed: ..." lines, for the exit message.
+    failures: Vec<String>,
+    control: Arc<VmControl>,
+}
+
+impl DebugCon {
+    fn end_line(&mut self) {
+        let line = String::from_utf8_lossy(&self.line).trim().to_string();
+        self.line.clear();
+        if line.starts_with("Boot failed") {
+            if self.failures.len() == DEBUGCON_FAILURES_MAX {
+                self.failures.remove(0);
+            }
+            self.failures.push(line);
+        } else if line.starts_with("No bootable device") {
+            let mut why = self.failures.join("; ");
+            if why.is_empty() {
+                why = line;
+            }
+            self.control.request_exit(ExitReason::NoBootDevice(why));
+        }
+    }
+}
 
 impl crate::bus::BusDevice for DebugCon {
     fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
         data.fill(DEBUGCON_PRESENT);
     }
     fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
-        let _ = self.0.write_all(data);
-        if data.contains(&b'\n') {
-            let _ = self.0.flush();
+        if let Some(out) = &mut self.out {
+            let _ = out.write_all(data);
+            if data.contains(&b'\n') {
+                let _ = out.flush();
+            }
+        }
+        for &b in data {
+            match b {
+                b'\n' => self.end_line(),
+                _ if self.line.len() < DEBUGCON_LINE_MAX => self.line.push(b),
+                _ => {}
+            }
         }
     }
 }

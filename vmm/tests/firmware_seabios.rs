@@ -86,6 +86,12 @@ fn grub_disk() -> Vec<u8> {
 }
 
 fn boot(vcpus: u8, disk: &[u8]) -> (ExitReason, String, String) {
+    boot_with(vcpus, disk, true)
+}
+
+/// Boots `disk`; the debug port is captured only with `capture_debug` (berth watches it
+/// either way).
+fn boot_with(vcpus: u8, disk: &[u8], capture_debug: bool) -> (ExitReason, String, String) {
     assert!(
         std::path::Path::new("/dev/kvm").exists(),
         "THESE TESTS NEED /dev/kvm: run them on a host with KVM"
@@ -116,13 +122,13 @@ fn boot(vcpus: u8, disk: &[u8]) -> (ExitReason, String, String) {
     .unwrap();
     vm.add_virtio(Box::new(Block::new(backend, true, "fw-test")))
         .unwrap();
-    vm.load_firmware(&rom, Some(Box::new(debug.clone())))
-        .unwrap();
+    let out = capture_debug.then(|| Box::new(debug.clone()) as Box<dyn Write + Send>);
+    vm.load_firmware(&rom, out).unwrap();
     let control = vm.control();
-    // A firmware that loops (no bootable disk: SeaBIOS retries every 60 s) must not hang
-    // the test.
+    // A firmware that loops must not hang the test (SeaBIOS retries a failed boot after
+    // 60 s; berth stops it at once, which the last test checks).
     let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_secs(50));
         control.request_exit(ExitReason::Stopped("test watchdog".into()));
     });
     let reason = vm.run().unwrap();
@@ -164,4 +170,17 @@ fn seabios_runs_grub_from_the_disk() {
     // boot.img's message, printed through the BIOS (sercon), then GRUB's own serial output.
     assert!(console.contains("GRUB loading."), "{all}");
     assert!(console.contains("BERTH-GRUB-OK"), "{all}");
+}
+
+/// A disk without boot code (no boot signature): SeaBIOS tries it, says "No bootable
+/// device." and would wait a minute and reboot, for ever. berth stops the VM at that line,
+/// with SeaBIOS's reason, whether or not anyone reads the debug port.
+#[test]
+fn a_disk_without_boot_code_stops_the_vm() {
+    let (reason, console, _) = boot_with(1, &vec![0u8; 1 << 20], false);
+    let ExitReason::NoBootDevice(why) = &reason else {
+        panic!("{reason:?}\n--- COM1:\n{console}");
+    };
+    // (Without the watch, the test's 50 s watchdog would stop it with another reason.)
+    assert!(why.contains("not a bootable disk"), "{why}");
 }
