@@ -65,6 +65,14 @@ class LabIo(unittest.TestCase):
         off_rx = next(r for r in res.rows if "TCP receive: berth vhost=off vs QEMU vhost=off" in r["what"])
         self.assertAlmostEqual(off_rx["ratio"], 205.0 / 105.0)
 
+    def test_a_configuration_not_asked_for_is_not_run_not_failed(self):
+        # As with BENCH_NET_CONFIGS='berth-off qemu-off qemu-vhost': berth-vhost never ran.
+        log = "\n".join(l for l in NET_LOG.splitlines() if "berth-vhost" not in l) + "\n"
+        _, res = self.rows("bench-net", log)
+        best_tx = next(r for r in res.rows if "TCP send: best of each" in r["what"])
+        self.assertIn("(berth vhost=on not run)", best_tx["what"])
+        self.assertNotIn("FAILED", best_tx["what"])
+
     def test_general_failure_fails_the_scenario(self):
         with self.assertRaises(br.Failed):
             self.rows("bench-net", NET_LOG + "BENCH-FAIL cannot create tap bt0\n")
