@@ -22,7 +22,7 @@
 # Layouts (DEBIAN_CLOUD_LAYOUT): `ext4` (the default, above) and `xfs`, the RHEL family's
 # layout (Rocky, Alma, CentOS Stream, Oracle): the same disk with an XFS root holding /boot,
 # which berth's direct boot cannot read, so the image boots through the firmware and its own
-# GRUB (guest-images/debian-cloud-xfs.sh; cached in $BERTH_CACHE/debian-cloud-xfs/ and printed
+# GRUB (guest-images/debian-xfs.sh; cached in $BERTH_CACHE/debian-cloud-xfs/ and printed
 # as DEBIAN_CLOUD_XFS_IMAGE=...). mkfs.xfs cannot take a directory, so the XFS root is filled
 # through a loop mount.
 #

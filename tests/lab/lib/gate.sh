@@ -10,7 +10,8 @@ T0=$(cut -d' ' -f1 /proc/uptime)
 at() { awk -v a="$(cut -d' ' -f1 /proc/uptime)" -v b="$T0" 'BEGIN{printf "%.0f", a-b}'; }
 
 # gate_image NAME: sets img and size to the l1-disk NAME attached as a file's bytes
-# (`l1-disk: NAME:file`), in L1 or (direct mode) from $LAB_DISK_<NAME>_FILE.
+# (`l1-disk: NAME:file`), in L1 or (direct mode) from $LAB_DISK_<NAME>_FILE. L1 finds it by
+# its virtio serial, NAME-file, which virtio-blk cuts at 20 characters: keep NAME to 15.
 gate_image() {
     if [ "$LAB_MODE" = l1 ]; then
         . "$LAB_LIB/l2.sh"
