@@ -13,15 +13,9 @@ at() { awk -v a="$(cut -d' ' -f1 /proc/uptime)" -v b="$T0" 'BEGIN{printf "%.0f",
 # (`l1-disk: NAME:file`), in L1 or (direct mode) from $LAB_DISK_<NAME>_FILE. L1 finds it by
 # its virtio serial, NAME-file, which virtio-blk cuts at 20 characters: keep NAME to 15.
 gate_image() {
-    if [ "$LAB_MODE" = l1 ]; then
-        . "$LAB_LIB/l2.sh"
-        img=$(l1_disk "$1-file") || { echo "GATE-ERROR no disk with serial $1-file in L1"; exit 1; }
-        size=$(blockdev --getsize64 "$img")
-    else
-        var=LAB_DISK_$(echo "$1" | tr a-z- A-Z_)_FILE
-        eval "img=\${$var:?the harness sets $var}"
-        size=$(stat -c %s "$img")
-    fi
+    . "$LAB_LIB/l2.sh"
+    img=$(lab_disk "$1:file") || exit 1
+    if [ -b "$img" ]; then size=$(blockdev --getsize64 "$img"); else size=$(stat -c %s "$img"); fi
 }
 
 # gate_serve NAME: an HTTP server on the client side that serves $img once as /NAME.

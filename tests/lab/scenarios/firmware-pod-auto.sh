@@ -17,12 +17,8 @@ IP=/usr/local/bin/ip2
 [ -x "$IP" ] || { echo "SKIP: no iproute2 ip in this lab image"; exit 0; }
 . "$LAB_LIB/podnet.sh"
 cd "$SCRATCH"
-if [ "$LAB_MODE" = l1 ]; then
-    . "$LAB_LIB/l2.sh"
-    disk=$(l1_disk grub-linux-disk-file) || { echo "POD-ERROR no disk with serial grub-linux-disk-file in L1"; exit 1; }
-else
-    disk=${LAB_DISK_GRUB_LINUX_DISK_FILE:?the harness sets it}
-fi
+. "$LAB_LIB/l2.sh"
+disk=$(lab_disk grub-linux-disk:file) || exit 1
 pod_network 10.79.0 1500
 mkdir -p root/image root/volumes
 dd if="$disk" of=root/image/grub-linux.img bs=1M 2>/dev/null

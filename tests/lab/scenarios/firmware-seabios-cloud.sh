@@ -21,15 +21,10 @@ set -u
 cd "$SCRATCH"
 
 # The cached cloud image, attached to L1 as a virtio disk (snapshot: writes stay in L1).
-if [ "$LAB_MODE" = l1 ]; then
-    # L1's /init loaded virtio_pci and virtio_blk (built for L1's kernel, l1-image.sh).
-    . "$LAB_LIB/l2.sh"
-    img=$(l1_disk debian-cloud) || { echo "CLOUD-ERROR no disk with serial debian-cloud in L1"; exit 1; }
-    fmt=raw
-else
-    img=${LAB_DISK_DEBIAN_CLOUD:?the harness sets it}
-    fmt=qcow2
-fi
+# L1 sees the disk the image describes (raw); direct mode has the qcow2 file.
+. "$LAB_LIB/l2.sh"
+img=$(lab_disk debian-cloud) || exit 1
+if [ "$LAB_MODE" = l1 ]; then fmt=raw; else fmt=qcow2; fi
 
 # An image without boot code in its MBR (an old cache of guest-images/debian-cloud.sh, which
 # once only configured GRUB) would have SeaBIOS run zeros: skip, loudly.

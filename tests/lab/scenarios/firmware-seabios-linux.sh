@@ -17,13 +17,8 @@ BIOS=/usr/share/qemu/bios-256k.bin
 [ -f "$BIOS" ] || { echo "SKIP: no $BIOS in this lab image"; exit 0; }
 set -u
 cd "$SCRATCH"
-if [ "$LAB_MODE" = l1 ]; then
-    # L1's /init loaded virtio_pci and virtio_blk (l1-image.sh).
-    . "$LAB_LIB/l2.sh"
-    disk=$(l1_disk grub-linux-disk-file) || { echo "LINUX-ERROR no disk with serial grub-linux-disk-file in L1"; exit 1; }
-else
-    disk=${LAB_DISK_GRUB_LINUX_DISK_FILE:?the harness sets it}
-fi
+. "$LAB_LIB/l2.sh"
+disk=$(lab_disk grub-linux-disk:file) || exit 1
 start=$(date +%s)
 timeout 200 "$BERTH" vm --firmware "$BIOS" --disk "$disk,format=raw,readonly" --memory 256 \
     --balloon off </dev/null

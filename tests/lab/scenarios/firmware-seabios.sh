@@ -43,13 +43,8 @@ echo "--- berth's stderr and the firmware's debug log:"
 cat debug.log
 
 # GRUB: the disk guest-images/grub-disk.sh built on the host (boot.img + core.img).
-if [ "$LAB_MODE" = l1 ]; then
-    # L1's /init loaded virtio_pci and virtio_blk (l1-image.sh).
-    . "$LAB_LIB/l2.sh"
-    grub=$(l1_disk grub-disk-file) || { echo "GRUB-ERROR no disk with serial grub-disk-file in L1"; exit 1; }
-else
-    grub=${LAB_DISK_GRUB_DISK_FILE:?the harness sets it}
-fi
+. "$LAB_LIB/l2.sh"
+grub=$(lab_disk grub-disk:file) || exit 1
 start=$(date +%s)
 timeout 150 "$BERTH" vm --firmware "$BIOS" --disk "$grub,format=raw,readonly" --memory 128 \
     --balloon off </dev/null 2>grub-debug.log
