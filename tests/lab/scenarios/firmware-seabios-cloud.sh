@@ -39,9 +39,13 @@ if [ -z "$(head -c 440 mbr.bin | tr -d '\000')" ]; then
 fi
 
 start=$(date +%s)
+# The console goes to console.log and, as it comes, to the scenario's output (the lab's
+# watchdog takes a scenario silent for 180 s for a stuck L1).
+: > console.log
 "$BERTH" vm --firmware "$BIOS" --disk "$img,format=$fmt" --memory 1024 --balloon off \
-    --shutdown-timeout 60 </dev/null > console.log 2>&1 &
+    --shutdown-timeout 60 </dev/null >> console.log 2>&1 &
 pid=$!
+tail -f console.log & TAIL=$!
 # Wait for the login prompt on the serial console (the root file system is mounted long
 # before), at most 420 s: only then is systemd-logind there to act on the power button; a
 # press before it is lost, as on a real machine.
@@ -56,5 +60,6 @@ done
 sleep 5
 kill -TERM "$pid" 2>/dev/null
 wait "$pid"
-echo "CLOUD-EXIT rc=$? seconds=$(( $(date +%s) - start ))"
-cat console.log
+rc=$?
+sleep 2; kill "$TAIL" 2>/dev/null  # tail polls once a second: let it print the last lines
+echo "CLOUD-EXIT rc=$rc seconds=$(( $(date +%s) - start ))"
