@@ -45,12 +45,16 @@ run_pod() {
     tag=$1 net=$2 l2net=""
     [ -z "$net" ] && l2net=" l2.net=off"
     mkdir -p "root-$tag/image"
+    # berth's output (the guest's console with it) goes to a log, followed on stdout, so that
+    # the guest's report can be waited for below.
+    : > "pod-$tag.log"
     inpod env HOSTNAME=vm-0 BERTH_ROOT="$SCRATCH/root-$tag" RESOLV_CONF="$SCRATCH/resolv.conf" \
         KERNEL="$L2_KERNEL" INITRD="$SCRATCH/initrd" BERTH_SHUTDOWN_TIMEOUT=60 NO_VNC=1 \
         BERTH_CONTROL_SOCKET=@berth-lab-$tag \
         KERNEL_CMDLINE="console=ttyS0 quiet panic=-1 l2.action=script l2.ssh=1 l2.tag=$tag$l2net" \
-        "$BERTH" pod </dev/null &
+        "$BERTH" pod </dev/null >> "pod-$tag.log" 2>&1 &
     BERTH_PID=$!
+    tail -f "pod-$tag.log" & TAIL=$!
     banner=""
     for i in $(seq 1 120); do
         banner=$(incl sh -c 'echo | nc -w 3 2001:db8:78::2 22' 2>/dev/null | head -n1 | tr -d '\r')
@@ -65,10 +69,15 @@ run_pod() {
         # No IPv4 for the VM: no VM_GW on the bridge (nor an `ip berth` table, nor DHCPv4).
         [ -z "$(inpod $IP -4 -o addr show dev br0)" ] && echo "$tag NO-IPV4-ON-BRIDGE"
     fi
+    # SSH can answer before the guest's script has reported its address, route and MTU (it
+    # waits for the router advertisement's address first): wait for its last line.
+    wait_for "pod-$tag.log" "$tag L2-MTU6" 60 || echo "$tag NO-L2-REPORT within 60 s"
     # (busybox nsenter forks: signal berth itself, then wait for nsenter, which passes its status.)
     kill -TERM $(pidof berth)
     wait "$BERTH_PID"
-    echo "$tag BERTH-EXIT rc=$?"
+    rc=$?
+    sleep 2; kill "$TAIL" 2>/dev/null  # tail polls once a second: let it print the last lines
+    echo "$tag BERTH-EXIT rc=$rc"
 }
 
 pod_network 10.78.0 1450
