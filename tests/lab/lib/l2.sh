@@ -57,3 +57,35 @@ l1_disk() {
     done
     return 1
 }
+
+# lab_watch PID LABEL IFACE [STALL] [LOG]: in the background, while PID (a berth) runs, prints
+# one progress line every 15 s (LABEL, IFACE's byte counters, and the last `L2-WATCH` line the
+# guest wrote to LOG, its console, if given), so a long transfer is not taken
+# for a stuck L1 by the lab's silence watchdog and a stuck one shows where it stands. When
+# IFACE has carried less than 64 KiB in STALL seconds (default 90: TCP's retransmissions of a
+# lost segment move a few bytes), prints berth's threads (state and kernel wait channel) and
+# SIGKILLs it: a stalled guest or datapath ends the scenario with a diagnosis, not in a silent
+# L1 kill. Sets WATCH to the watcher's pid.
+lab_watch() {
+    (
+        mark=0 idle=0 t=0
+        while kill -0 "$1" 2>/dev/null; do
+            sleep 15; t=$((t + 15))
+            kill -0 "$1" 2>/dev/null || break
+            rx=$(cat "/sys/class/net/$3/statistics/rx_bytes") tx=$(cat "/sys/class/net/$3/statistics/tx_bytes")
+            echo "LAB-WATCH $2 t=${t}s $3 rx=$rx tx=$tx"
+            [ -z "${5:-}" ] || tr -d '\r' < "$5" | grep '^L2-WATCH' | tail -n 1
+            if [ $((rx + tx - mark)) -lt 65536 ]; then idle=$((idle + 15)); else idle=0 mark=$((rx + tx)); fi
+            if [ "$idle" -ge "${4:-90}" ]; then
+                echo "LAB-STALL $2: $3 carried less than 64 KiB in ${idle}s; berth's threads (name state wchan):"
+                for task in /proc/"$1"/task/*; do
+                    echo "LAB-STALL   $(cat "$task/comm") $(cut -d' ' -f3 "$task/stat") $(cat "$task/wchan" 2>/dev/null)"
+                done
+                [ -z "${5:-}" ] || tr -d '\r' < "$5" | tail -n 15 | sed 's/^/LAB-STALL   guest: /'
+                kill -KILL "$1"
+                break
+            fi
+        done
+    ) &
+    WATCH=$!
+}

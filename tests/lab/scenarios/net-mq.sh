@@ -11,6 +11,7 @@
 # reject: KVM internal error
 # reject: triple fault
 # reject: Fail to set num of queue pairs
+# reject: LAB-STALL
 [ -x "$BERTH" ] || { echo "SKIP: no berth binary in this lab image"; exit 0; }
 IP=/usr/local/bin/ip2
 [ -x "$IP" ] || IP=ip
@@ -29,9 +30,16 @@ ip addr add 10.0.7.2/24 dev eth0; ip link set eth0 up
 n=0; until ping -c 1 -W 1 10.0.7.1 >/dev/null 2>&1 || [ $n -ge 30 ]; do n=$((n + 1)); done
 q=$(ls /sys/class/net/eth0/queues | tr '\n' ' ' | sed 's/ *$//')
 mkfifo /tmp/hold; (sleep 600 > /tmp/hold &)
+# Every 10 s: eth0's packet counters and the NIC's interrupts per vector (a stall shows which
+# side stopped: no packets in, or packets in and no interrupt).
+(while sleep 10; do
+    echo "L2-WATCH rx=$(cat /sys/class/net/eth0/statistics/rx_packets) tx=$(cat /sys/class/net/eth0/statistics/tx_packets)" \
+        "$(awk '/virtio/ { n = 0; for (c = 2; c < NF; c++) if ($c ~ /^[0-9]+$/) n += $c; printf "%s%s ", $NF, "=" n }' /proc/interrupts)"
+done &)
 tx_ok=0 rx_ok=0
 for r in 1 2; do
     dd if=/dev/zero bs=64k count=128 2>/dev/null | nc 10.0.7.1 $((5000 + r)) && tx_ok=$((tx_ok + 1))
+    echo "L2-TX round=$r sent"
     got=$(nc -l -p $((6000 + r)) < /tmp/hold | wc -c)
     echo "L2-RX round=$r bytes=$got"
     [ "$got" = 8388608 ] && rx_ok=$((rx_ok + 1))
@@ -47,11 +55,22 @@ for mode in ${NET_MQ_MODES:-off on}; do
         (sleep 600 > "hold$r" &)
         (nc -l -p $((5000 + r)) < "hold$r" > "recv-$mode-$r" 2>/dev/null) &
     done
-    "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 2 --memory 384 \
-        --net tap=mq0,vhost=$mode \
-        --cmdline "console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off" \
-        </dev/null > "out-$mode.log" 2>&1 &
+    CMD="console=ttyS0 quiet panic=-1 reboot=k l2.action=script l2.net=off"
+    if [ "${NET_MQ_VMM:-berth}" = qemu ]; then
+        # The same guest and tap under QEMU (a diagnosis: does the lab stall it too?).
+        QEMU=${QEMU:-$(command -v qemu-system-x86_64)}
+        "$QEMU" -accel kvm -cpu host -M q35 -m 384M -smp 2 -nodefaults -no-user-config \
+            -nographic -serial stdio -no-reboot -kernel "$L2_KERNEL" -initrd initrd -append "$CMD" \
+            -netdev tap,id=n0,ifname=mq0,script=no,downscript=no,queues=2,vhost=$mode \
+            -device virtio-net-pci,netdev=n0,mq=on,vectors=6 \
+            ${NET_MQ_QEMU_ARGS:-} </dev/null > "out-$mode.log" 2>&1 &
+    else
+        "$BERTH" vm --kernel "$L2_KERNEL" --initrd initrd --cpus 2 --memory 384 \
+            --net tap=mq0,vhost=$mode --cmdline "$CMD" ${NET_MQ_BERTH_ARGS:-} \
+            </dev/null > "out-$mode.log" 2>&1 &
+    fi
     JOB=$!
+    lab_watch "$JOB" "net-mq vhost=$mode" mq0 90 "out-$mode.log"
     # L1 -> guest: once the guest listens on 600r (after its round-r send), send 8 MiB.
     for r in 1 2; do
         n=0
@@ -62,9 +81,12 @@ for mode in ${NET_MQ_MODES:-off on}; do
         done
     done
     wait "$JOB"
-    echo "BERTH-EXIT $mode rc=$?"
+    rc=$?
+    echo "BERTH-EXIT $mode rc=$rc"
+    [ "$rc" = 0 ] || tail -n 25 "out-$mode.log" | sed 's/^/GUEST: /'
+    kill "$WATCH" 2>/dev/null
     echo "SINKS $mode $(wc -c < "recv-$mode-1") $(wc -c < "recv-$mode-2")"
-    grep -E '^berth:|^L2-|triple|Fail to' "out-$mode.log"
+    grep -E '^berth:|^L2-|triple|Fail to|rcu|stall|hung|BUG' "out-$mode.log"
     sed -n "s/^L2-MQ /MQ-DONE $mode /p" "out-$mode.log"
 done
 $IP link del mq0
