@@ -227,18 +227,16 @@ const VGA_ROM_MAX: u64 = 128 << 10;
 pub fn find_vga_rom(firmware: &std::path::Path) -> Option<(PathBuf, Arc<[u8]>)> {
     let name = vmm::devices::ramfb::VGA_ROM_NAME;
     let beside = firmware.parent().map(|d| d.join(name));
-    let candidates = beside
-        .into_iter()
-        .chain(std::iter::once(std::path::Path::new(VGA_ROM_DIR).join(name)));
+    let candidates = beside.into_iter().chain(std::iter::once(
+        std::path::Path::new(VGA_ROM_DIR).join(name),
+    ));
     for path in candidates {
         let Ok(f) = File::open(&path) else {
             continue;
         };
         let mut rom = Vec::new();
-        let read = std::io::Read::read_to_end(
-            &mut std::io::Read::take(f, VGA_ROM_MAX + 1),
-            &mut rom,
-        );
+        let read =
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, VGA_ROM_MAX + 1), &mut rom);
         if read.is_ok() && rom.len() as u64 <= VGA_ROM_MAX && rom.starts_with(&[0x55, 0xaa]) {
             return Some((path, rom.into()));
         }
@@ -541,7 +539,10 @@ mod tests {
         assert_eq!((path, &found[..]), (beside.clone(), &rom[..]));
         // Not an option ROM (no 0x55AA; too large): not taken from beside the firmware
         // (Debian's /usr/share/seabios may still be found).
-        for bad in [vec![0u8; 512], [&[0x55, 0xaa][..], &[0; 128 << 10]].concat()] {
+        for bad in [
+            vec![0u8; 512],
+            [&[0x55, 0xaa][..], &[0; 128 << 10]].concat(),
+        ] {
             std::fs::write(&beside, bad).unwrap();
             assert_ne!(find_vga_rom(&bios).map(|f| f.0), Some(beside.clone()));
         }

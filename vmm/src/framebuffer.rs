@@ -223,8 +223,7 @@ impl Framebuffer {
         for y in 0..height {
             let at = m.view.addr + u64::from(y) * u64::from(m.view.stride);
             // Checked when the view was accepted; a failure here only skips the line.
-            if m
-                .memory
+            if m.memory
                 .read_slice(&mut m.guest_line, GuestAddress(at))
                 .is_err()
             {

@@ -177,14 +177,19 @@ fn seabios_text_screen_shows_on_vnc_through_ramfb() {
     }
 
     // SeaBIOS ran the ROM, which configured etc/ramfb, which berth accepted.
-    let view = fb.guest_view().unwrap_or_else(|| panic!("no ramfb\n{}", logs()));
+    let view = fb
+        .guest_view()
+        .unwrap_or_else(|| panic!("no ramfb\n{}", logs()));
     assert_eq!(
         (view.width, view.height, view.stride),
         (W as u32, H as u32, 4096),
         "{view:?}"
     );
     let GuestView { addr, .. } = view;
-    assert!(addr > 0x10_0000 && addr + 4096 * 768 <= 128 << 20, "{addr:#x}");
+    assert!(
+        addr > 0x10_0000 && addr + 4096 * 768 <= 128 << 20,
+        "{addr:#x}"
+    );
     let debug_text = debug.text();
     for want in [
         "ramfb: fw_cfg (etc/ramfb) file at slot",
@@ -219,9 +224,15 @@ fn seabios_text_screen_shows_on_vnc_through_ramfb() {
     };
     let rgb = |p: u32| (p >> 16 & 0xff, p >> 8 & 0xff, p & 0xff);
     let (r, g, b) = rgb(bg);
-    assert!(r >= 0x80 && g < 0x40 && b < 0x40, "background {bg:06x} is not red");
+    assert!(
+        r >= 0x80 && g < 0x40 && b < 0x40,
+        "background {bg:06x} is not red"
+    );
     let (r, g, b) = rgb(fg);
-    assert!(r >= 0x80 && g >= 0x80 && b < 0x80, "glyphs {fg:06x} are not yellow");
+    assert!(
+        r >= 0x80 && g >= 0x80 && b < 0x80,
+        "glyphs {fg:06x} are not yellow"
+    );
     // The same glyph ('X') in each of the 20 cells.
     let cell = |i: usize| -> Vec<u32> {
         (0..CELL_H)
@@ -247,14 +258,18 @@ fn seabios_text_screen_shows_on_vnc_through_ramfb() {
         assert_eq!(glyph(a), glyph(b), "cells {a} and {b} hold the same letter");
     }
     for (a, b) in [(0, 1), (1, 2), (3, 4), (12, 13), (5, 0)] {
-        assert_ne!(glyph(a), glyph(b), "cells {a} and {b} hold different letters");
+        assert_ne!(
+            glyph(a),
+            glyph(b),
+            "cells {a} and {b} hold different letters"
+        );
     }
     // Everything else is black: mode 3 cleared the screen (SeaBIOS's banner is gone).
     let lit_outside = (0..H)
         .flat_map(|y| (0..W).map(move |x| (x, y)))
         .filter(|&(x, y)| {
-            let in_cells = (10 * CELL_H..11 * CELL_H).contains(&y)
-                && (4 * CELL_W..24 * CELL_W).contains(&x);
+            let in_cells =
+                (10 * CELL_H..11 * CELL_H).contains(&y) && (4 * CELL_W..24 * CELL_W).contains(&x);
             let in_text = (12 * CELL_H..13 * CELL_H).contains(&y) && x < 14 * CELL_W;
             !in_cells && !in_text && screen[y * W + x] != 0
         })
@@ -276,7 +291,12 @@ fn seabios_text_screen_shows_on_vnc_through_ramfb() {
     let blink = c.read_update();
     for r in &blink {
         let lines = usize::from(r.y)..usize::from(r.y + r.h);
-        assert_eq!(lines, cursor_lines, "only the cursor changes: {:?}", (r.y, r.h));
+        assert_eq!(
+            lines,
+            cursor_lines,
+            "only the cursor changes: {:?}",
+            (r.y, r.h)
+        );
     }
     // And a pixel written into guest memory at the ramfb's address, as the guest would
     // draw: its line arrives (with, perhaps, the cursor's).

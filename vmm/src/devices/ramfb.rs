@@ -307,7 +307,11 @@ mod tests {
         let m = memory();
         let bad = |c: RamfbConfig| c.validate(&m).unwrap_err();
         // Formats.
-        for f in [0, u32::from_le_bytes(*b"AR24"), u32::from_le_bytes(*b"RG16")] {
+        for f in [
+            0,
+            u32::from_le_bytes(*b"AR24"),
+            u32::from_le_bytes(*b"RG16"),
+        ] {
             assert!(matches!(
                 bad(RamfbConfig {
                     fourcc: f,
@@ -325,7 +329,13 @@ mod tests {
             "pixel format 'RG16' is not XR24 (XRGB8888), the only one berth shows"
         );
         // Sizes: zero, one past the limit, huge.
-        for (w, h) in [(0, 768), (1024, 0), (4097, 16), (16, 4097), (u32::MAX, u32::MAX)] {
+        for (w, h) in [
+            (0, 768),
+            (1024, 0),
+            (4097, 16),
+            (16, 4097),
+            (u32::MAX, u32::MAX),
+        ] {
             assert_eq!(
                 bad(RamfbConfig {
                     width: w,
@@ -399,7 +409,9 @@ mod tests {
         .unwrap();
         // The guest's picture: 32x16 at 0x10000 with a 256-byte stride; pixel (x, y) = y<<8|x.
         for y in 0..16u32 {
-            let line: Vec<u8> = (0..32u32).flat_map(|x| (y << 8 | x).to_le_bytes()).collect();
+            let line: Vec<u8> = (0..32u32)
+                .flat_map(|x| (y << 8 | x).to_le_bytes())
+                .collect();
             m.write_slice(&line, GuestAddress(0x10000 + u64::from(y) * 256))
                 .unwrap();
         }
@@ -427,8 +439,11 @@ mod tests {
         assert_eq!(px(0, 16), 0, "below the picture: black");
         // Nothing changed: nothing dirty. One guest pixel changes: its line only.
         assert!(fb.take_dirty_lines().is_empty());
-        m.write_slice(&0xabcdefu32.to_le_bytes(), GuestAddress(0x10000 + 9 * 256 + 12))
-            .unwrap();
+        m.write_slice(
+            &0xabcdefu32.to_le_bytes(),
+            GuestAddress(0x10000 + 9 * 256 + 12),
+        )
+        .unwrap();
         assert_eq!(fb.take_dirty_lines(), vec![(9, 10)]);
         assert_eq!(px(3, 9), 0xabcdef);
         // A hostile rewrite is ignored: the old view stays.
@@ -462,7 +477,8 @@ mod tests {
         assert_eq!(fb.guest_view(), None);
         assert_eq!(fb.take_dirty_lines(), vec![(0, 32)]);
         assert_eq!(px(10, 10), 0);
-        m.write_slice(&[0x22; 400], GuestAddress(0x20_0000)).unwrap();
+        m.write_slice(&[0x22; 400], GuestAddress(0x20_0000))
+            .unwrap();
         assert!(fb.take_dirty_lines().is_empty());
     }
 }
