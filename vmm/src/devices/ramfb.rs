@@ -199,7 +199,7 @@ pub fn apply(bytes: &[u8], memory: &GuestMemoryMmap, fb: &Framebuffer) -> Outcom
 }
 
 /// The fw_cfg write hook of [`FILE`]: applies each configuration the guest writes to `fb`,
-/// with one log line each (at most [`MAX_LOG_LINES`] per VM, then one saying so).
+/// with one log line each (at most 8 per VM, then one saying so).
 pub fn write_hook(fb: Arc<Framebuffer>, memory: GuestMemoryMmap) -> WriteHook {
     let mut logged = 0u32;
     Box::new(move |bytes| {
