@@ -324,12 +324,16 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
                 Framebuffer::new(FramebufferConfig::default())
                     .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
             );
-            vm.add_framebuffer(fb.clone())?;
+            machine::attach_display(&mut vm, &spec.boot, fb.clone())?;
             let server = VncServer::start(config, fb, Some(vm.keyboard()))
                 .map_err(|e| Failure::Setup(format!("cannot serve VNC on {addr}: {e}")))?;
             server.set_serial(serial.clone());
             server.set_pointer(pointer.clone());
-            eprintln!("berth: VNC console on {}", server.local_addr());
+            eprintln!(
+                "berth: VNC console on {}, showing {}",
+                server.local_addr(),
+                machine::display_note(&spec.boot)
+            );
             Some(server)
         }
     };

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
+use vmm::framebuffer::Framebuffer;
 use vmm::metrics::{CountingDisk, CountingNet, VmMetrics};
 use vmm::virtio::balloon::{Balloon, BalloonConfig, BalloonShared};
 use vmm::virtio::block::{Block, MAX_QUEUES};
@@ -170,6 +171,9 @@ pub enum Boot {
         path: PathBuf,
         /// Its contents.
         image: Arc<[u8]>,
+        /// SeaBIOS's ramfb VGA ROM (where it was found, its contents), for the VNC console's
+        /// display ([`find_vga_rom`]); `None` when there is none.
+        vga_rom: Option<(PathBuf, Arc<[u8]>)>,
     },
 }
 
@@ -205,7 +209,74 @@ pub fn read_firmware(path: &std::path::Path) -> Result<Boot, Failure> {
     Ok(Boot::Firmware {
         path: path.to_owned(),
         image: image.into(),
+        vga_rom: find_vga_rom(path),
     })
+}
+
+/// Where SeaBIOS's ramfb VGA ROM is looked for besides next to the firmware: Debian's
+/// `seabios` package.
+pub const VGA_ROM_DIR: &str = "/usr/share/seabios";
+/// Largest VGA ROM read (Debian's vgabios-ramfb.bin has 29 184 bytes; option ROMs live in
+/// the 128 KiB at 0xC0000 with everything else).
+const VGA_ROM_MAX: u64 = 128 << 10;
+
+/// Reads `vgabios-ramfb.bin` from the firmware's directory, else from [`VGA_ROM_DIR`]: at set-up,
+/// like the firmware, so reboots do not reopen it. `None` (the firmware's screen is then only
+/// on the serial console) when neither has one that looks like an option ROM (0x55AA, at
+/// most 128 KiB).
+pub fn find_vga_rom(firmware: &std::path::Path) -> Option<(PathBuf, Arc<[u8]>)> {
+    let name = vmm::devices::ramfb::VGA_ROM_NAME;
+    let beside = firmware.parent().map(|d| d.join(name));
+    let candidates = beside.into_iter().chain(std::iter::once(
+        std::path::Path::new(VGA_ROM_DIR).join(name),
+    ));
+    for path in candidates {
+        let Ok(f) = File::open(&path) else {
+            continue;
+        };
+        let mut rom = Vec::new();
+        let read =
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, VGA_ROM_MAX + 1), &mut rom);
+        if read.is_ok() && rom.len() as u64 <= VGA_ROM_MAX && rom.starts_with(&[0x55, 0xaa]) {
+            return Some((path, rom.into()));
+        }
+        eprintln!(
+            "berth: {}: not an option ROM (0x55AA, at most {} KiB); ignored",
+            path.display(),
+            VGA_ROM_MAX >> 10
+        );
+    }
+    None
+}
+
+/// Gives `vm` its display for the VNC console, `fb`: under a direct boot the linear
+/// framebuffer mapped into the guest (announced in the zero page); under a firmware boot
+/// QEMU's ramfb, which the firmware (SeaBIOS's VGA ROM) places in guest RAM and `fb` mirrors.
+/// Without a VGA ROM the firmware draws nowhere; it still mirrors its screen on COM1.
+pub fn attach_display(vm: &mut Vm, boot: &Boot, fb: Arc<Framebuffer>) -> Result<(), Failure> {
+    match boot {
+        Boot::Linux(_) => vm.add_framebuffer(fb)?,
+        Boot::Firmware { vga_rom, .. } => {
+            vm.add_ramfb(fb, vga_rom.as_ref().map(|(_, rom)| rom.to_vec()))?
+        }
+    }
+    Ok(())
+}
+
+/// The log's words for what the VNC console shows under `boot`.
+pub fn display_note(boot: &Boot) -> String {
+    match boot {
+        Boot::Linux(_) => "the guest's framebuffer".into(),
+        Boot::Firmware {
+            vga_rom: Some((p, _)),
+            ..
+        } => format!("the firmware's ramfb (VGA ROM {})", p.display()),
+        Boot::Firmware { vga_rom: None, .. } => format!(
+            "nothing: no {} next to the firmware or in {VGA_ROM_DIR}, so the firmware's \
+             screen is only on the serial console",
+            vmm::devices::ramfb::VGA_ROM_NAME
+        ),
+    }
 }
 
 /// The name the guest gives disk `i` (vda, vdb, ...; vdaa after vdz).
@@ -439,7 +510,7 @@ pub fn build_with_console(
             let LoadedKernel { format, .. } = vm.load_linux(linux)?;
             format!("{} ({format:?})", linux.kernel.display())
         }
-        Boot::Firmware { path, image } => {
+        Boot::Firmware { path, image, .. } => {
             // BERTH_FIRMWARE_DEBUG=1: the firmware's debug log (port 0x402) on stderr.
             let debug = std::env::var_os("BERTH_FIRMWARE_DEBUG")
                 .is_some_and(|v| v == "1")
@@ -454,6 +525,29 @@ pub fn build_with_console(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vga_rom_is_found_next_to_the_firmware_first() {
+        let dir = std::env::temp_dir().join(format!("berth-vga-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bios = dir.join("bios-256k.bin");
+        let beside = dir.join(vmm::devices::ramfb::VGA_ROM_NAME);
+        let mut rom = vec![0x55, 0xaa, 0x40];
+        rom.resize(512, 7);
+        std::fs::write(&beside, &rom).unwrap();
+        let (path, found) = find_vga_rom(&bios).unwrap();
+        assert_eq!((path, &found[..]), (beside.clone(), &rom[..]));
+        // Not an option ROM (no 0x55AA; too large): not taken from beside the firmware
+        // (Debian's /usr/share/seabios may still be found).
+        for bad in [
+            vec![0u8; 512],
+            [&[0x55, 0xaa][..], &[0; 128 << 10]].concat(),
+        ] {
+            std::fs::write(&beside, bad).unwrap();
+            assert_ne!(find_vga_rom(&bios).map(|f| f.0), Some(beside.clone()));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn firmware_files_are_checked_before_any_vm() {

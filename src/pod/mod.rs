@@ -416,7 +416,13 @@ fn run_vm(
             machine::build_with_console(spec, serial.tee(Box::new(std::io::stdout())))?;
         serial.set_input(Some(vm.serial_input()));
         if let Some(c) = console {
-            vm.add_framebuffer(c.fb.clone())?;
+            crate::machine::attach_display(&mut vm, &spec.boot, c.fb.clone())?;
+            if status.lock().expect("status lock poisoned").boots == 0 {
+                log(format!(
+                    "VNC console shows {}",
+                    crate::machine::display_note(&spec.boot)
+                ));
+            }
             c.server.set_keyboard(Some(vm.keyboard()));
         }
         {

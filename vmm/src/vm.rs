@@ -23,6 +23,7 @@ use crate::devices::acpi::{AcpiPm, AcpiPm1, PowerButton};
 use crate::devices::cmos::{Cmos, CMOS_BASE};
 use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::i8042::{KeyboardInput, COMMAND_PORT, DATA_PORT, I8042, KEYBOARD_IRQ};
+use crate::devices::ramfb;
 use crate::devices::serial::{Serial, SerialInput, COM1_BASE, COM1_IRQ};
 use crate::devices::IrqLine;
 use crate::framebuffer::Framebuffer;
@@ -153,6 +154,11 @@ pub struct Vm {
     metrics: Option<Arc<crate::metrics::VmMetrics>>,
     /// The firmware ROM mapped below 4 GiB, kept (and so mapped) until `run` returns.
     firmware: Option<GuestMemoryMmap>,
+    /// The fw_cfg device of a firmware boot, for files added after it ([`Vm::add_ramfb`]).
+    fw_cfg: Option<Arc<Mutex<FwCfg>>>,
+    /// The framebuffer showing this VM's ramfb; it stops reading guest memory when `run`
+    /// returns.
+    ramfb: Option<Arc<Framebuffer>>,
 }
 
 impl Vm {
@@ -302,6 +308,8 @@ impl Vm {
             framebuffer: None,
             metrics: None,
             firmware: None,
+            fw_cfg: None,
+            ramfb: None,
         })
     }
 
@@ -388,13 +396,11 @@ impl Vm {
         let fw = firmware_config(self.memory.clone(), self.config)
             .map_err(|e| VmError::Device(e.to_string()))?;
         let dev_err = |e: crate::bus::BusError| VmError::Device(e.to_string());
+        let fw = Arc::new(Mutex::new(fw));
         self.pio
-            .insert(
-                fw_cfg::PORT_BASE,
-                fw_cfg::PORT_LEN,
-                Arc::new(Mutex::new(fw)),
-            )
+            .insert(fw_cfg::PORT_BASE, fw_cfg::PORT_LEN, fw.clone())
             .map_err(dev_err)?;
+        self.fw_cfg = Some(fw);
         let con = DebugCon {
             out: debug,
             line: Vec::new(),
@@ -436,6 +442,41 @@ impl Vm {
         unsafe { fb.attach(self.fd.clone()) }.map_err(kvm_err("map framebuffer"))?;
         boot::write_screen_info(&self.memory, &fb.linear())?;
         self.framebuffer = Some(fb);
+        Ok(())
+    }
+
+    /// Gives a firmware boot ([`Vm::load_firmware`] first) QEMU's ramfb display
+    /// ([`crate::devices::ramfb`]): the writable fw_cfg file `etc/ramfb`, through which the
+    /// firmware places a framebuffer in guest RAM that `fb` (the VNC server's) then shows,
+    /// and, when given, SeaBIOS's VGA option ROM `vgabios-ramfb.bin` as
+    /// `vgaroms/vgabios-ramfb.bin`, which configures it and draws the BIOS's text screen
+    /// there. `fb` is not mapped into the guest and starts black; it may have shown an
+    /// earlier VM (a reboot), whose picture is dropped here. When [`Vm::run`] returns, `fb`
+    /// stops reading this VM's memory.
+    pub fn add_ramfb(
+        &mut self,
+        fb: Arc<Framebuffer>,
+        vga_rom: Option<Vec<u8>>,
+    ) -> Result<(), VmError> {
+        let Some(fw) = &self.fw_cfg else {
+            return Err(VmError::Device(
+                "ramfb needs a firmware boot (fw_cfg)".into(),
+            ));
+        };
+        if self.ramfb.is_some() || self.framebuffer.is_some() {
+            return Err(VmError::Device("the VM already has a display".into()));
+        }
+        fb.show_nothing();
+        let mut fw = fw.lock().expect("fw_cfg lock poisoned");
+        let hook = ramfb::write_hook(fb.clone(), self.memory.clone());
+        fw.add_writable_file_with_hook(ramfb::FILE, vec![0; ramfb::CONFIG_LEN], hook)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        if let Some(rom) = vga_rom {
+            fw.add_file(ramfb::VGA_ROM_FILE, rom, false)
+                .map_err(|e| VmError::Device(e.to_string()))?;
+        }
+        drop(fw);
+        self.ramfb = Some(fb);
         Ok(())
     }
 
@@ -514,6 +555,9 @@ impl Vm {
                     self.control
                         .request_exit(ExitReason::Failed(format!("cannot start vCPU {id}: {e}")));
                     stop_threads(threads);
+                    if let Some(fb) = &self.ramfb {
+                        fb.show_nothing();
+                    }
                     return Err(VmError::Thread(e));
                 }
             }
@@ -523,6 +567,11 @@ impl Vm {
         // Devices stop after the vCPUs, so no request is in flight; disks are flushed here.
         for dev in self.pci.devices() {
             dev.lock().expect("PCI device lock poisoned").shutdown();
+        }
+        // The display must not keep this VM's memory mapped (a reboot builds a new VM
+        // meanwhile) nor show it after the VM is gone.
+        if let Some(fb) = &self.ramfb {
+            fb.show_nothing();
         }
         // Guest memory (self.memory) is dropped only here, after every vCPU has stopped.
         drop(self.memory);

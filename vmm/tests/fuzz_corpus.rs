@@ -71,7 +71,10 @@ fn seed_inputs(target: &str) -> Vec<(&'static str, Vec<u8>)> {
         ],
         "vnc_ws_session" => vec![("seed-novnc", seeds::vnc_ws_session())],
         "virtio_input" => vec![("seed-click", seeds::input_click())],
-        "fw_cfg" => vec![("seed-session", seeds::fw_cfg_session())],
+        "fw_cfg" => vec![
+            ("seed-session", seeds::fw_cfg_session()),
+            ("seed-ramfb", seeds::fw_cfg_ramfb()),
+        ],
         _ => unreachable!(),
     }
 }
@@ -285,6 +288,11 @@ fn seeds_reach_the_devices() {
     // Read, skip and write succeed; the read outside memory fails.
     let r = fuzzing::fw_cfg(&seeds::fw_cfg_session());
     assert_eq!((r.dma_ok, r.dma_err, r.port_bytes), (3, 1, 4), "{r:?}");
+    // The session's write to etc/ramfb is garbage: ignored.
+    assert_eq!((r.ramfb_shown, r.ramfb_ignored), (0, 1), "{r:?}");
+    let r = fuzzing::fw_cfg(&seeds::fw_cfg_ramfb());
+    assert_eq!((r.dma_ok, r.dma_err), (3, 0), "{r:?}");
+    assert_eq!((r.ramfb_shown, r.ramfb_ignored), (1, 1), "{r:?}");
 }
 
 /// The seeds also hold under the checks berth does not pass yet in general.

@@ -110,10 +110,16 @@ pub enum FwCfgError {
     TooLarge(usize),
 }
 
+/// Called with a writable file's whole contents after each DMA write into it (QEMU's
+/// `fw_cfg_add_file_callback` write callback, how `etc/ramfb` learns its configuration).
+pub type WriteHook = Box<dyn FnMut(&[u8]) + Send>;
+
 struct Item {
     data: Vec<u8>,
     /// The guest may write it through DMA (in place, never growing it).
     writable: bool,
+    /// Told about each write, if anyone is.
+    on_write: Option<WriteHook>,
 }
 
 /// The device: its items, the selected one and the read offset.
@@ -150,6 +156,7 @@ impl FwCfg {
             Item {
                 data,
                 writable: false,
+                on_write: None,
             },
         );
     }
@@ -160,6 +167,27 @@ impl FwCfg {
         name: &str,
         data: Vec<u8>,
         writable: bool,
+    ) -> Result<u16, FwCfgError> {
+        self.insert_file(name, data, writable, None)
+    }
+
+    /// Adds a writable file whose `hook` is called with its whole contents after every DMA
+    /// write into it (bytes past its end are dropped, its size never changes).
+    pub fn add_writable_file_with_hook(
+        &mut self,
+        name: &str,
+        data: Vec<u8>,
+        hook: WriteHook,
+    ) -> Result<u16, FwCfgError> {
+        self.insert_file(name, data, true, Some(hook))
+    }
+
+    fn insert_file(
+        &mut self,
+        name: &str,
+        data: Vec<u8>,
+        writable: bool,
+        on_write: Option<WriteHook>,
     ) -> Result<u16, FwCfgError> {
         if name.is_empty() || name.len() >= FILE_NAME_LEN || name.contains('\0') {
             return Err(FwCfgError::BadName(name.into()));
@@ -174,7 +202,14 @@ impl FwCfg {
             return Err(FwCfgError::Full);
         }
         let key = keys::FILE_FIRST + self.files.len() as u16;
-        self.items.insert(key, Item { data, writable });
+        self.items.insert(
+            key,
+            Item {
+                data,
+                writable,
+                on_write,
+            },
+        );
         self.files.push((name.into(), key));
         self.update_directory();
         Ok(key)
@@ -310,6 +345,9 @@ impl FwCfg {
                     .is_err()
                 {
                     return false;
+                }
+                if let Some(hook) = &mut item.on_write {
+                    hook(&item.data);
                 }
             }
             self.advance(len);
@@ -570,6 +608,39 @@ mod tests {
         );
         assert_eq!(dma(&mut d, 0x100, DMA_WRITE, 10, 0x1000), 0);
         assert_eq!(d.file("rw").unwrap(), [0, 0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn write_hook_sees_each_dma_write_with_the_whole_file() {
+        use std::sync::{Arc, Mutex};
+        let mut d = device();
+        let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let s = seen.clone();
+        let key = d
+            .add_writable_file_with_hook(
+                "etc/hooked",
+                vec![0; 4],
+                Box::new(move |b| s.lock().unwrap().push(b.to_vec())),
+            )
+            .unwrap();
+        d.memory
+            .write_slice(&[1, 2, 3, 4, 5, 6], GuestAddress(0x1000))
+            .unwrap();
+        let sel = u32::from(key) << 16 | DMA_SELECT;
+        // Two bytes at offset 2, then a write past the end (nothing changes: no call), then
+        // a read (no call), then a refused write from outside memory (no call).
+        assert_eq!(dma(&mut d, 0x100, sel | DMA_SKIP, 2, 0), 0);
+        assert_eq!(dma(&mut d, 0x100, DMA_WRITE, 2, 0x1000), 0);
+        assert_eq!(dma(&mut d, 0x100, DMA_WRITE, 6, 0x1000), 0);
+        assert_eq!(dma(&mut d, 0x100, sel | DMA_READ, 4, 0x2000), 0);
+        assert_eq!(dma(&mut d, 0x100, sel | DMA_WRITE, 4, 1 << 40), DMA_ERROR);
+        // The whole file in one write, as SeaBIOS writes etc/ramfb.
+        assert_eq!(dma(&mut d, 0x100, sel | DMA_WRITE, 4, 0x1002), 0);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![vec![0, 0, 1, 2], vec![3, 4, 5, 6]]
+        );
+        assert_eq!(d.file("etc/hooked").unwrap(), [3, 4, 5, 6]);
     }
 
     #[test]

@@ -1,8 +1,14 @@
-//! The fw_cfg harness: a firmware's port and DMA accesses against the device.
+//! The fw_cfg harness: a firmware's port and DMA accesses against the device, with `etc/ramfb`
+//! wired to a framebuffer as berth wires it.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
 use super::*;
 use crate::bus::BusDevice;
 use crate::devices::fw_cfg::{self, FwCfg, DMA_ERROR, PORT_BASE};
+use crate::devices::ramfb::{self, Outcome};
+use crate::framebuffer::{Framebuffer, FramebufferConfig};
 
 /// Operations of the fw_cfg harness (first byte of each).
 pub mod fw_cfg_ops {
@@ -18,7 +24,8 @@ pub mod fw_cfg_ops {
 }
 
 /// Names, sizes and writability of the files the harness's device holds (besides the
-/// directory and the legacy keys).
+/// directory and the legacy keys). Writes to `etc/ramfb` go through berth's ramfb code to a
+/// 64x32 framebuffer.
 pub const FW_CFG_FILES: [(&str, usize, bool); 3] = [
     ("etc/e820", 40, false),
     ("etc/acpi/tables", 3000, false),
@@ -34,6 +41,10 @@ pub struct FwCfgReport {
     pub dma_err: u16,
     /// Bytes read through the data port.
     pub port_bytes: u32,
+    /// ramfb configurations shown.
+    pub ramfb_shown: u16,
+    /// ramfb configurations ignored.
+    pub ramfb_ignored: u16,
 }
 
 fn file_contents(i: usize, len: usize) -> Vec<u8> {
@@ -47,7 +58,9 @@ fn file_contents(i: usize, len: usize) -> Vec<u8> {
 ///
 /// Checks: no panic; at the end, read-only files are unchanged and no file changed size; a DMA whose
 /// control structure is in memory leaves a control word of 0 or [`DMA_ERROR`]; a DMA changes
-/// no memory outside its control word and the `length` bytes at its target.
+/// no memory outside its control word and the `length` bytes at its target; after every
+/// operation, a ramfb picture shown lies in guest memory and within the limits, and the
+/// framebuffer's rescan of it runs.
 pub fn fw_cfg(data: &[u8]) -> FwCfgReport {
     let mut input = Input(data);
     let n = input.u8().min(64);
@@ -70,9 +83,30 @@ pub fn fw_cfg(data: &[u8]) -> FwCfgReport {
     }
     let mem = guest_memory(input.rest());
     let mut dev = FwCfg::new(mem.clone());
+    let fb = Arc::new(
+        Framebuffer::new(FramebufferConfig {
+            width: 64,
+            height: 32,
+        })
+        .expect("framebuffer"),
+    );
+    let (shown, ignored) = (Arc::new(AtomicU16::new(0)), Arc::new(AtomicU16::new(0)));
     for (i, (name, len, writable)) in FW_CFG_FILES.iter().enumerate() {
-        dev.add_file(name, file_contents(i, *len), *writable)
-            .expect("harness files");
+        let contents = file_contents(i, *len);
+        if *name == ramfb::FILE {
+            let (m, f, s, g) = (mem.clone(), fb.clone(), shown.clone(), ignored.clone());
+            let hook = Box::new(move |b: &[u8]| {
+                let counter = match ramfb::apply(b, &m, &f) {
+                    Outcome::Shown(_) => &s,
+                    Outcome::Ignored(_) => &g,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            });
+            dev.add_writable_file_with_hook(name, contents, hook)
+        } else {
+            dev.add_file(name, contents, *writable)
+        }
+        .expect("harness files");
     }
     dev.set(fw_cfg::keys::RAM_SIZE, (64u64 << 20).to_le_bytes().to_vec());
 
@@ -136,7 +170,21 @@ pub fn fw_cfg(data: &[u8]) -> FwCfgReport {
                 }
             }
         }
+        if let Some(v) = fb.guest_view() {
+            let len = u64::from(v.stride) * u64::from(v.height - 1) + u64::from(v.width) * 4;
+            assert!(
+                (1..=ramfb::MAX_WIDTH).contains(&v.width)
+                    && (1..=ramfb::MAX_HEIGHT).contains(&v.height)
+                    && v.stride >= v.width * 4
+                    && v.stride <= ramfb::MAX_STRIDE
+                    && mem.check_range(GuestAddress(v.addr), len as usize, Permissions::Read),
+                "ramfb view {v:?} outside the rules or memory"
+            );
+            fb.take_dirty_lines();
+        }
     }
+    report.ramfb_shown = shown.load(Ordering::Relaxed);
+    report.ramfb_ignored = ignored.load(Ordering::Relaxed);
     for (i, (name, len, writable)) in FW_CFG_FILES.iter().enumerate() {
         let now = dev.file(name).expect("file stays");
         assert_eq!(now.len(), *len, "{name} changed size");
