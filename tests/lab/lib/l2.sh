@@ -77,10 +77,15 @@ lab_watch() {
             [ -z "${5:-}" ] || tr -d '\r' < "$5" | grep '^L2-WATCH' | tail -n 1
             if [ $((rx + tx - mark)) -lt 65536 ]; then idle=$((idle + 15)); else idle=0 mark=$((rx + tx)); fi
             if [ "$idle" -ge "${4:-90}" ]; then
-                echo "LAB-STALL $2: $3 carried less than 64 KiB in ${idle}s; berth's threads (name state wchan):"
+                echo "LAB-STALL $2: $3 carried less than 64 KiB in ${idle}s; berth's threads (name, state, wchan, CPU ms in the last 5 s):"
                 for task in /proc/"$1"/task/*; do
-                    echo "LAB-STALL   $(cat "$task/comm") $(cut -d' ' -f3 "$task/stat") $(cat "$task/wchan" 2>/dev/null)"
-                done
+                    echo "$task $(sed 's/.*) //' "$task/stat" | cut -d' ' -f12,13)"
+                done > cpu0; sleep 5
+                while read -r task u s; do
+                    now=$(sed 's/.*) //' "$task/stat" 2>/dev/null | cut -d' ' -f1,12,13)
+                    echo "LAB-STALL   $(cat "$task/comm" 2>/dev/null) $(cat "$task/wchan" 2>/dev/null) $now" |
+                        awk -v u="$u" -v s="$s" '{ printf "%s %s %s %s %s ms\n", $1, $2, $4, $3, ($5 + $6 - u - s) * 10 }'
+                done < cpu0
                 [ -z "${5:-}" ] || tr -d '\r' < "$5" | tail -n 15 | sed 's/^/LAB-STALL   guest: /'
                 kill -KILL "$1"
                 break
