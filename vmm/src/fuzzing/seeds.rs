@@ -305,3 +305,75 @@ Sec-WebSocket-Version: 13\r\n\r\n"
     frame(&[3, 1, 0, 0, 0, 0, 0, 64, 0, 40]);
     d
 }
+
+/// fw_cfg: `etc/ramfb` configured as a firmware does (one select + write DMA of the 28
+/// bytes): a 16x8 XRGB8888 picture at 0x4000 with a 64-byte stride, shown; then a hostile
+/// rewrite (8192 pixels wide), ignored; then the file read back.
+pub fn fw_cfg_ramfb() -> Vec<u8> {
+    use super::fw_cfg_ops::*;
+    use crate::devices::ramfb::{RamfbConfig, FOURCC_XRGB8888};
+    let mut d = vec![3];
+    for at in [0x100u64, 0x110, 0x120] {
+        d.push(DMA);
+        d.extend_from_slice(&at.to_le_bytes());
+    }
+    let mut mem = vec![0u8; 0x4200];
+    let mut access = |at: usize, control: u32, len: u32, addr: u64| {
+        mem[at..at + 4].copy_from_slice(&control.to_be_bytes());
+        mem[at + 4..at + 8].copy_from_slice(&len.to_be_bytes());
+        mem[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
+    };
+    // etc/ramfb is the third file: key 0x22.
+    access(0x100, 0x22 << 16 | 0x08 | 0x10, 28, 0x1000);
+    access(0x110, 0x22 << 16 | 0x08 | 0x10, 28, 0x1020);
+    access(0x120, 0x22 << 16 | 0x08 | 0x02, 28, 0x1040);
+    let good = RamfbConfig {
+        addr: 0x4000,
+        fourcc: FOURCC_XRGB8888,
+        flags: 0,
+        width: 16,
+        height: 8,
+        stride: 64,
+    };
+    let bad = RamfbConfig {
+        width: 8192,
+        ..good
+    };
+    mem[0x1000..0x101c].copy_from_slice(&good.to_bytes());
+    mem[0x1020..0x103c].copy_from_slice(&bad.to_bytes());
+    for (i, b) in mem[0x4000..0x4200].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    d.extend_from_slice(&mem);
+    d
+}
+
+/// A firmware's fw_cfg session: the directory count through the port, then DMA: select and
+/// read etc/e820, skip, write the writable file, and a read to an address outside memory.
+pub fn fw_cfg_session() -> Vec<u8> {
+    use super::fw_cfg_ops::*;
+    let mut d = vec![7];
+    d.push(SELECT);
+    d.extend_from_slice(&0x19u16.to_le_bytes());
+    d.extend_from_slice(&[PORT_READ, 4]);
+    for at in [0x100u64, 0x110, 0x120, 0x130] {
+        d.push(DMA);
+        d.extend_from_slice(&at.to_le_bytes());
+    }
+    // Read the DMA signature.
+    d.extend_from_slice(&[RAW, 4, 0x80 | 3]);
+    d.extend_from_slice(&0u64.to_le_bytes());
+    let mut mem = vec![0u8; 0x3000];
+    let mut access = |at: usize, control: u32, len: u32, addr: u64| {
+        mem[at..at + 4].copy_from_slice(&control.to_be_bytes());
+        mem[at + 4..at + 8].copy_from_slice(&len.to_be_bytes());
+        mem[at + 8..at + 16].copy_from_slice(&addr.to_be_bytes());
+    };
+    access(0x100, 0x20 << 16 | 0x08 | 0x02, 40, 0x1000);
+    access(0x110, 0x04, 10, 0);
+    access(0x120, 0x22 << 16 | 0x08 | 0x10, 28, 0x2000);
+    access(0x130, 0x02, 16, 0xffff_0000);
+    mem[0x2000..0x201c].fill(0x5a);
+    d.extend_from_slice(&mem);
+    d
+}
