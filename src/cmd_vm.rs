@@ -21,14 +21,8 @@ pub struct VmArgs {
     /// first disk's own kernel: it finds the kernel, initramfs and arguments in the image
     /// (grub.cfg, boot loader entries, /vmlinuz; see docs/imageboot.md), and KERNEL, INITRD
     /// (`none` for no initramfs) and KERNEL_CMDLINE, or --initrd and --cmdline, override them.
-    #[arg(long, conflicts_with = "firmware")]
+    #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Boot through a firmware instead of loading a kernel: a SeaBIOS image
-    /// (/usr/share/seabios/bios-256k.bin from Debian's seabios package), which runs the first
-    /// disk's own boot loader. Its screen shows on the serial console; BERTH_FIRMWARE_DEBUG=1
-    /// adds its debug log on stderr. See docs/firmware.md.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["initrd", "cmdline"])]
-    firmware: Option<PathBuf>,
     /// Initial ramdisk (initramfs).
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -285,13 +279,7 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         .as_ref()
         .map(|(_, e)| e.lock().expect("exporter lock poisoned").vm_metrics());
     // Kept alive until the kernel is loaded: extracted files are unnamed files.
-    let (boot, _from_disk) = match &args.firmware {
-        Some(f) => (machine::read_firmware(f)?, None),
-        None => {
-            let (linux, files) = boot_files(&args, &disks)?;
-            (machine::Boot::Linux(linux), files)
-        }
-    };
+    let (boot, _from_disk) = boot_files(&args, &disks)?;
     let spec = MachineSpec {
         config: MachineConfig {
             vcpus: args.cpus,
@@ -324,16 +312,12 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
                 Framebuffer::new(FramebufferConfig::default())
                     .map_err(|e| Failure::Setup(format!("framebuffer: {e}")))?,
             );
-            machine::attach_display(&mut vm, &spec.boot, fb.clone())?;
+            vm.add_framebuffer(fb.clone())?;
             let server = VncServer::start(config, fb, Some(vm.keyboard()))
                 .map_err(|e| Failure::Setup(format!("cannot serve VNC on {addr}: {e}")))?;
             server.set_serial(serial.clone());
             server.set_pointer(pointer.clone());
-            eprintln!(
-                "berth: VNC console on {}, showing {}",
-                server.local_addr(),
-                machine::display_note(&spec.boot)
-            );
+            eprintln!("berth: VNC console on {}", server.local_addr());
             Some(server)
         }
     };
@@ -347,8 +331,9 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
     }
     drop(_from_disk);
     eprintln!(
-        "berth: booting {} with {} vCPU(s), {} MiB, {} disk(s){}",
-        kernel,
+        "berth: booting {} ({:?}) with {} vCPU(s), {} MiB, {} disk(s){}",
+        spec.boot.kernel.display(),
+        kernel.format,
         args.cpus,
         args.memory,
         spec.disks.len(),
@@ -359,7 +344,6 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
     let _terminal = console::attach_stdin(vm.serial_input(), vm.control());
     match vm.run()? {
         ExitReason::Failed(why) => Err(Failure::GuestFailed(why)),
-        ExitReason::NoBootDevice(why) => Err(Failure::Kernel(no_boot_device(&why))),
         ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
             Err(Failure::ShutdownTimeout(format!(
                 "{why} ({} s); disks were flushed",
@@ -368,16 +352,6 @@ pub fn run(args: VmArgs) -> Result<ExitReason, Failure> {
         }
         other => Ok(other),
     }
-}
-
-/// The one line for a firmware that found nothing to boot (exit code 5, as for a kernel
-/// berth cannot boot).
-pub fn no_boot_device(why: &str) -> String {
-    format!(
-        "the firmware found no bootable disk ({why}): the image has no boot loader the \
-         firmware can run; install one (grub-install), or boot it directly (BOOT=direct, or \
-         KERNEL with INITRD and KERNEL_CMDLINE)"
-    )
 }
 
 /// Drops what set-up needed before the guest runs (docs/security.md): `berth vm` keeps its
@@ -394,7 +368,8 @@ fn lockdown(spec: &MachineSpec) -> Result<(), Failure> {
         }
         l.chown.push(d.path.clone());
     }
-    l.read_only.extend(spec.boot.files());
+    l.read_only.push(spec.boot.kernel.clone());
+    l.read_only.extend(spec.boot.initrd.clone());
     let said = sandbox::lockdown(&l).map_err(|e| {
         Failure::Sandbox(format!(
             "cannot drop privileges: {e}; set BERTH_SECCOMP=off and BERTH_UID=0 to debug"

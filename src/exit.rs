@@ -110,7 +110,6 @@ impl From<VmError> for Failure {
                 _ => Failure::Kernel(msg),
             },
             VmError::Kvm { .. } | VmError::Device(_) | VmError::Thread(_) => Failure::Setup(msg),
-            VmError::Firmware(_) => Failure::Kernel(msg),
         }
     }
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmm::block::{open_disk, DiskFormat, DiskOptions};
-use vmm::framebuffer::Framebuffer;
 use vmm::metrics::{CountingDisk, CountingNet, VmMetrics};
 use vmm::virtio::balloon::{Balloon, BalloonConfig, BalloonShared};
 use vmm::virtio::block::{Block, MAX_QUEUES};
@@ -145,8 +144,8 @@ pub fn open_vhost(
 pub struct MachineSpec {
     /// vCPUs and memory.
     pub config: MachineConfig,
-    /// What boots: a kernel, or a firmware that runs the disk's boot loader.
-    pub boot: Boot,
+    /// Kernel, initrd, command line.
+    pub boot: LinuxBoot,
     /// Disks in guest order (vda, vdb, ...).
     pub disks: Vec<DiskSpec>,
     /// The NIC, if any.
@@ -158,125 +157,6 @@ pub struct MachineSpec {
     pub pointer: Option<Arc<PointerInput>>,
     /// Where vCPUs, disks and the NIC count what they do, if anywhere.
     pub metrics: Option<Arc<VmMetrics>>,
-}
-
-/// What a VM boots.
-pub enum Boot {
-    /// A Linux kernel, loaded directly (berth's fast path).
-    Linux(LinuxBoot),
-    /// A firmware image (SeaBIOS), read once at set-up so a guest reboot does not reopen it;
-    /// it boots the first disk's own boot loader.
-    Firmware {
-        /// Where it was read from.
-        path: PathBuf,
-        /// Its contents.
-        image: Arc<[u8]>,
-        /// SeaBIOS's ramfb VGA ROM (where it was found, its contents), for the VNC console's
-        /// display ([`find_vga_rom`]); `None` when there is none.
-        vga_rom: Option<(PathBuf, Arc<[u8]>)>,
-    },
-}
-
-impl Boot {
-    /// The files the VM reads when it is built (again, on a guest reboot).
-    pub fn files(&self) -> Vec<PathBuf> {
-        match self {
-            Boot::Linux(l) => std::iter::once(l.kernel.clone())
-                .chain(l.initrd.clone())
-                .collect(),
-            Boot::Firmware { .. } => Vec::new(),
-        }
-    }
-}
-
-/// Reads a firmware image for [`Boot::Firmware`]: refuses a missing file (exit code 3) and
-/// one that cannot be a ROM (exit code 5) in one line each, before any VM is built.
-pub fn read_firmware(path: &std::path::Path) -> Result<Boot, Failure> {
-    let max = vmm::arch::layout::FIRMWARE_MAX_SIZE;
-    let mut f = File::open(path).map_err(|e| Failure::file(path, e))?;
-    let mut image = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, max + 1), &mut image)
-        .map_err(|e| Failure::file(path, e))?;
-    let len = image.len() as u64;
-    if len == 0 || !len.is_multiple_of(0x1_0000) || len > max {
-        return Err(Failure::Kernel(format!(
-            "firmware {}: {len} bytes is not a ROM image (a multiple of 64 KiB up to {} MiB); \
-             give bios-256k.bin from Debian's seabios package",
-            path.display(),
-            max >> 20
-        )));
-    }
-    Ok(Boot::Firmware {
-        path: path.to_owned(),
-        image: image.into(),
-        vga_rom: find_vga_rom(path),
-    })
-}
-
-/// Where SeaBIOS's ramfb VGA ROM is looked for besides next to the firmware: Debian's
-/// `seabios` package.
-pub const VGA_ROM_DIR: &str = "/usr/share/seabios";
-/// Largest VGA ROM read (Debian's vgabios-ramfb.bin has 29 184 bytes; option ROMs live in
-/// the 128 KiB at 0xC0000 with everything else).
-const VGA_ROM_MAX: u64 = 128 << 10;
-
-/// Reads `vgabios-ramfb.bin` from the firmware's directory, else from [`VGA_ROM_DIR`]: at set-up,
-/// like the firmware, so reboots do not reopen it. `None` (the firmware's screen is then only
-/// on the serial console) when neither has one that looks like an option ROM (0x55AA, at
-/// most 128 KiB).
-pub fn find_vga_rom(firmware: &std::path::Path) -> Option<(PathBuf, Arc<[u8]>)> {
-    let name = vmm::devices::ramfb::VGA_ROM_NAME;
-    let beside = firmware.parent().map(|d| d.join(name));
-    let candidates = beside.into_iter().chain(std::iter::once(
-        std::path::Path::new(VGA_ROM_DIR).join(name),
-    ));
-    for path in candidates {
-        let Ok(f) = File::open(&path) else {
-            continue;
-        };
-        let mut rom = Vec::new();
-        let read =
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, VGA_ROM_MAX + 1), &mut rom);
-        if read.is_ok() && rom.len() as u64 <= VGA_ROM_MAX && rom.starts_with(&[0x55, 0xaa]) {
-            return Some((path, rom.into()));
-        }
-        eprintln!(
-            "berth: {}: not an option ROM (0x55AA, at most {} KiB); ignored",
-            path.display(),
-            VGA_ROM_MAX >> 10
-        );
-    }
-    None
-}
-
-/// Gives `vm` its display for the VNC console, `fb`: under a direct boot the linear
-/// framebuffer mapped into the guest (announced in the zero page); under a firmware boot
-/// QEMU's ramfb, which the firmware (SeaBIOS's VGA ROM) places in guest RAM and `fb` mirrors.
-/// Without a VGA ROM the firmware draws nowhere; it still mirrors its screen on COM1.
-pub fn attach_display(vm: &mut Vm, boot: &Boot, fb: Arc<Framebuffer>) -> Result<(), Failure> {
-    match boot {
-        Boot::Linux(_) => vm.add_framebuffer(fb)?,
-        Boot::Firmware { vga_rom, .. } => {
-            vm.add_ramfb(fb, vga_rom.as_ref().map(|(_, rom)| rom.to_vec()))?
-        }
-    }
-    Ok(())
-}
-
-/// The log's words for what the VNC console shows under `boot`.
-pub fn display_note(boot: &Boot) -> String {
-    match boot {
-        Boot::Linux(_) => "the guest's framebuffer".into(),
-        Boot::Firmware {
-            vga_rom: Some((p, _)),
-            ..
-        } => format!("the firmware's ramfb (VGA ROM {})", p.display()),
-        Boot::Firmware { vga_rom: None, .. } => format!(
-            "nothing: no {} next to the firmware or in {VGA_ROM_DIR}, so the firmware's \
-             screen is only on the serial console",
-            vmm::devices::ramfb::VGA_ROM_NAME
-        ),
-    }
 }
 
 /// The name the guest gives disk `i` (vda, vdb, ...; vdaa after vdz).
@@ -434,9 +314,8 @@ pub fn count_nic_in_kernel(spec: &MachineSpec) {
     }
 }
 
-/// Creates the VM with its devices and loads the kernel or firmware; its serial console goes
-/// to stdout. Returns the VM and what it boots, for the log.
-pub fn build(spec: &MachineSpec) -> Result<(Vm, String), Failure> {
+/// Creates the VM with its devices and loads the kernel; its serial console goes to stdout.
+pub fn build(spec: &MachineSpec) -> Result<(Vm, LoadedKernel), Failure> {
     build_with_console(spec, Box::new(std::io::stdout()))
 }
 
@@ -445,7 +324,7 @@ pub fn build(spec: &MachineSpec) -> Result<(Vm, String), Failure> {
 pub fn build_with_console(
     spec: &MachineSpec,
     console: Box<dyn std::io::Write + Send>,
-) -> Result<(Vm, String), Failure> {
+) -> Result<(Vm, LoadedKernel), Failure> {
     let mut vm = Vm::new(spec.config, console)?;
     if let Some(m) = &spec.metrics {
         vm.set_metrics(m.clone());
@@ -505,83 +384,13 @@ pub fn build_with_console(
     if let Some(p) = &spec.pointer {
         vm.add_virtio(Box::new(Input::new(p.clone())))?;
     }
-    let what = match &spec.boot {
-        Boot::Linux(linux) => {
-            let LoadedKernel { format, .. } = vm.load_linux(linux)?;
-            format!("{} ({format:?})", linux.kernel.display())
-        }
-        Boot::Firmware { path, image, .. } => {
-            // BERTH_FIRMWARE_DEBUG=1: the firmware's debug log (port 0x402) on stderr.
-            let debug = std::env::var_os("BERTH_FIRMWARE_DEBUG")
-                .is_some_and(|v| v == "1")
-                .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>);
-            vm.load_firmware(image, debug)?;
-            format!("firmware {}", path.display())
-        }
-    };
-    Ok((vm, what))
+    let kernel = vm.load_linux(&spec.boot)?;
+    Ok((vm, kernel))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_vga_rom_is_found_next_to_the_firmware_first() {
-        let dir = std::env::temp_dir().join(format!("berth-vga-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bios = dir.join("bios-256k.bin");
-        let beside = dir.join(vmm::devices::ramfb::VGA_ROM_NAME);
-        let mut rom = vec![0x55, 0xaa, 0x40];
-        rom.resize(512, 7);
-        std::fs::write(&beside, &rom).unwrap();
-        let (path, found) = find_vga_rom(&bios).unwrap();
-        assert_eq!((path, &found[..]), (beside.clone(), &rom[..]));
-        // Not an option ROM (no 0x55AA; too large): not taken from beside the firmware
-        // (Debian's /usr/share/seabios may still be found).
-        for bad in [
-            vec![0u8; 512],
-            [&[0x55, 0xaa][..], &[0; 128 << 10]].concat(),
-        ] {
-            std::fs::write(&beside, bad).unwrap();
-            assert_ne!(find_vga_rom(&bios).map(|f| f.0), Some(beside.clone()));
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn firmware_files_are_checked_before_any_vm() {
-        let dir = std::env::temp_dir().join(format!("berth-fw-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = read_firmware(&dir.join("nope.bin")).err().unwrap();
-        assert_eq!(missing.code(), 3, "{missing}");
-        for (len, ok) in [
-            (0usize, false),
-            (100_000, false),
-            (0x4_0000, true),
-            (32 << 20, false),
-        ] {
-            let f = dir.join(format!("rom-{len}"));
-            std::fs::write(&f, vec![0u8; len]).unwrap();
-            match read_firmware(&f) {
-                Ok(Boot::Firmware { image, .. }) => {
-                    assert!(ok, "{len} accepted");
-                    assert_eq!(image.len(), len);
-                }
-                Ok(Boot::Linux(_)) => unreachable!(),
-                Err(e) => {
-                    assert!(!ok, "{len}: {e}");
-                    assert_eq!(e.code(), 5);
-                    let msg = e.to_string();
-                    assert!(
-                        msg.contains("is not a ROM image") && !msg.contains('\n'),
-                        "{msg}"
-                    );
-                }
-            }
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn disk_specs() {

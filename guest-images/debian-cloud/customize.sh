@@ -4,18 +4,14 @@
 # Runs on the host with the tree's /proc, /sys and /dev set up by mmdebstrap.
 #   $1          the root tree
 #   ROOT_UUID   the root file system's UUID (exported by debian-cloud.sh)
-#   ROOT_FS     the root file system's type: ext4 or xfs (likewise)
 set -euo pipefail
 r=$1
-: "${ROOT_UUID:?}" "${ROOT_FS:?}"
+: "${ROOT_UUID:?}"
 
 # fstab by UUID, as Debian's image does (its x-systemd.growfs needs growpart: left out).
-if [ "$ROOT_FS" = xfs ]; then
-    # As the RHEL family's images mount it (no fsck pass: xfs_repair is not an fsck).
-    echo "UUID=$ROOT_UUID / xfs defaults 0 0" > "$r/etc/fstab"
-else
-    echo "UUID=$ROOT_UUID / ext4 rw,discard,errors=remount-ro 0 1" > "$r/etc/fstab"
-fi
+cat > "$r/etc/fstab" <<EOF
+UUID=$ROOT_UUID / ext4 rw,discard,errors=remount-ro 0 1
+EOF
 echo localhost > "$r/etc/hostname"
 cat > "$r/etc/hosts" <<'EOF'
 127.0.0.1 localhost
@@ -47,8 +43,6 @@ EOF
 # The cloud kernel has virtio as modules: load them from the initramfs (MODULES=most would
 # include them; listing them makes sure they are loaded even without udev coldplug).
 printf '%s\n' virtio_pci virtio_blk virtio_net virtio_scsi sd_mod >> "$r/etc/initramfs-tools/modules"
-# The root file system's module: the initramfs mounts it.
-[ "$ROOT_FS" = ext4 ] || echo "$ROOT_FS" >> "$r/etc/initramfs-tools/modules"
 chroot "$r" update-initramfs -u -k all >/dev/null
 
 # A fresh machine identity per VM (systemd makes one at first boot), no build-time host keys

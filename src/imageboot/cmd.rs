@@ -30,10 +30,8 @@ pub struct InspectArgs {
     memory: u64,
 }
 
-/// Runs `berth inspect-image`: the report on stdout and, last, the path the pod's `BOOT=auto`
-/// takes (`auto: direct ...`, `auto: BIOS firmware (...)` or `auto: none (...)`); errors as
-/// one `berth:` line on stderr (exit 5 when no kernel can be found and the disk has no BIOS
-/// boot code either, 9 when the disk cannot be opened).
+/// Runs `berth inspect-image`: the report on stdout, errors as one `berth:` line on stderr
+/// (exit 5 when no kernel can be found, 9 when the disk cannot be opened).
 pub fn run(args: InspectArgs) -> ExitCode {
     let format = match args.format.as_deref() {
         Some("raw") => Some(DiskFormat::Raw),
@@ -66,35 +64,6 @@ pub fn run(args: InspectArgs) -> ExitCode {
         })
     } else {
         inspect(&args.image, format, &budget).map(|i| i.report())
-    };
-    // Which path the pod's BOOT=auto takes, and why (docs/firmware.md): the pod boots
-    // directly when the full preparation (kernel, initramfs and arguments) succeeds.
-    let auto = match prepare(&args.image, format, &Overrides::from_env(), &budget) {
-        Ok(_) => Ok("auto: direct (berth found the kernel and its arguments)".to_string()),
-        Err(ImageBootError::NotBootable(why)) => {
-            let what = why
-                .strip_suffix(&format!("; {}", super::how_to_supply()))
-                .unwrap_or(&why)
-                .to_string();
-            Ok(
-                if super::has_bios_boot_code(&args.image, format).unwrap_or(false) {
-                    format!(
-                        "auto: BIOS firmware (no direct boot: {what}; the disk has BIOS boot code)"
-                    )
-                } else {
-                    format!("auto: none (no direct boot: {what}; no BIOS boot code on the disk)")
-                },
-            )
-        }
-        Err(e) => Err(e),
-    };
-    let result = match (result, auto) {
-        (Ok(report), Ok(auto)) => Ok(format!("{report}\n{auto}")),
-        // Not bootable directly, but through the firmware: that is a way to boot.
-        (Err(ImageBootError::NotBootable(_)), Ok(auto)) if auto.starts_with("auto: BIOS") => {
-            Ok(auto)
-        }
-        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
     };
     match result {
         Ok(report) => {

@@ -85,8 +85,7 @@ impl ImageRead for Backend {
     }
 }
 
-/// The advice that ends a refusal: how to boot the image anyway with a kernel of one's own.
-pub fn how_to_supply() -> &'static str {
+fn how_to_supply() -> &'static str {
     "supply the kernel yourself with KERNEL=<bzImage> INITRD=<initramfs or none> \
      KERNEL_CMDLINE=<arguments, e.g. root=/dev/vda1 console=ttyS0> (or berth vm --kernel/--initrd/--cmdline)"
 }
@@ -103,37 +102,15 @@ pub fn inspect(
     format: Option<DiskFormat>,
     budget: &Budget,
 ) -> Result<Inspection, ImageBootError> {
-    let backend = open_read_only(path, format)?;
-    imageboot::inspect(Box::new(Backend(backend)), budget).map_err(|r| refused(path, r))
-}
-
-/// The image through berth's block layer, read-only (nothing here writes to it).
-fn open_read_only(
-    path: &Path,
-    format: Option<DiskFormat>,
-) -> Result<Box<dyn BlockBackend>, ImageBootError> {
-    Ok(open_disk(
+    let backend = open_disk(
         path,
         DiskOptions {
             read_only: true,
             format,
             ..Default::default()
         },
-    )?)
-}
-
-/// Whether the disk at `path` starts with BIOS boot code: an MBR (or GPT's protective MBR)
-/// with the 0x55AA signature whose 440 bytes of code are not all zero. That is what a
-/// firmware boot runs; a protective MBR without GRUB's boot.img has zeros there, and a BIOS
-/// would execute them.
-pub fn has_bios_boot_code(path: &Path, format: Option<DiskFormat>) -> Result<bool, ImageBootError> {
-    let disk = open_read_only(path, format)?;
-    let mut mbr = [0u8; 512];
-    if disk.size() < 512 {
-        return Ok(false);
-    }
-    disk.read_at(&mut mbr, 0).map_err(ImageBootError::Host)?;
-    Ok(mbr[510..] == [0x55, 0xaa] && mbr[..440].iter().any(|&b| b != 0))
+    )?;
+    imageboot::inspect(Box::new(Backend(backend)), budget).map_err(|r| refused(path, r))
 }
 
 /// An anonymous in-memory file (memfd): no temporary files to clean up, even after a crash.
@@ -256,35 +233,4 @@ pub fn prepare(
         description: format!("{shown}: {}", notes.join(", ")),
         _extracted: extracted,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bios_boot_code_is_code_before_the_signature() {
-        let dir = std::env::temp_dir().join(format!("berth-mbr-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let disk = |name: &str, code: u8, sig: bool, len: usize| {
-            let mut d = vec![0u8; len];
-            if len >= 512 {
-                d[..440].fill(code);
-                if sig {
-                    d[510..512].copy_from_slice(&[0x55, 0xaa]);
-                }
-            }
-            let p = dir.join(name);
-            std::fs::write(&p, d).unwrap();
-            has_bios_boot_code(&p, Some(DiskFormat::Raw)).unwrap()
-        };
-        assert!(disk("grub", 0xeb, true, 1 << 20), "boot code and 0x55AA");
-        assert!(
-            !disk("protective", 0, true, 1 << 20),
-            "a GPT protective MBR: zeros"
-        );
-        assert!(!disk("unsigned", 0xeb, false, 1 << 20), "no signature");
-        assert!(!disk("tiny", 0, false, 100), "shorter than a sector");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -82,25 +82,6 @@ pub struct PodConfig {
     /// The balloon (BALLOON, BALLOON_REPORTING, BALLOON_STATS_INTERVAL, BALLOON_SIZE_MIB);
     /// `None` with BALLOON=off.
     pub balloon: Option<vmm::virtio::balloon::BalloonConfig>,
-    /// BOOT: directly, through the BIOS firmware, or whichever works (auto).
-    pub boot: BootMode,
-    /// BERTH_BIOS: the SeaBIOS image for firmware boots.
-    pub bios: PathBuf,
-}
-
-/// Where the pod image keeps SeaBIOS (Debian's `seabios` package, `bios-256k.bin`).
-pub const DEFAULT_BIOS: &str = "/usr/share/berth/bios-256k.bin";
-
-/// BOOT: how the pod boots its image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BootMode {
-    /// Directly when berth finds the kernel in the image; otherwise through the BIOS firmware
-    /// when the disk has BIOS boot code.
-    Auto,
-    /// Always directly: berth reads the kernel, initramfs and arguments from the image.
-    Direct,
-    /// Always through the BIOS firmware (SeaBIOS) and the image's own boot loader.
-    Bios,
 }
 
 impl PodConfig {
@@ -199,25 +180,6 @@ impl PodConfig {
                 VhostMode::Auto
             }),
         };
-        let boot = match env.value("BOOT") {
-            None | Some("auto") => BootMode::Auto,
-            Some("direct") => BootMode::Direct,
-            Some("bios") => BootMode::Bios,
-            Some("uefi") => {
-                errs.push(
-                    "BOOT=uefi: UEFI boot (OVMF) is not built yet; use BOOT=bios, direct or auto"
-                        .into(),
-                );
-                BootMode::Auto
-            }
-            Some(v) => {
-                errs.push(format!(
-                    "BOOT={v:?} is not auto, direct or bios; set one of them or unset it (auto)"
-                ));
-                BootMode::Auto
-            }
-        };
-        let bios = PathBuf::from(env.value("BERTH_BIOS").unwrap_or(DEFAULT_BIOS));
         let net_queues = match env.value("BERTH_NET_QUEUES") {
             None => None,
             Some(v) => crate::machine::parse_queues(v).or_else(|| {
@@ -264,8 +226,6 @@ impl PodConfig {
         let cfg = PodConfig {
             metrics,
             balloon,
-            boot,
-            bios,
             hostname,
             vcpus,
             ram_mb,
@@ -401,44 +361,6 @@ fn valid_hostname(h: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn boot_mode_and_bios() {
-        let c = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0")])).unwrap();
-        assert_eq!(
-            (c.boot, c.bios.to_str()),
-            (BootMode::Auto, Some(DEFAULT_BIOS))
-        );
-        for (v, m) in [
-            ("auto", BootMode::Auto),
-            ("direct", BootMode::Direct),
-            (" bios ", BootMode::Bios),
-        ] {
-            let c = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BOOT", v)])).unwrap();
-            assert_eq!(c.boot, m);
-        }
-        let c = PodConfig::from_env(&Env::from([
-            ("HOSTNAME", "vm-0"),
-            ("BERTH_BIOS", "/fw/b.bin"),
-        ]))
-        .unwrap();
-        assert_eq!(c.bios, PathBuf::from("/fw/b.bin"));
-        let e = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BOOT", "uefi")]))
-            .err()
-            .unwrap();
-        assert_eq!(e.len(), 1);
-        assert!(
-            e[0].contains("not built yet") && e[0].contains("BOOT=bios"),
-            "{e:?}"
-        );
-        let e = PodConfig::from_env(&Env::from([("HOSTNAME", "vm-0"), ("BOOT", "grub")]))
-            .err()
-            .unwrap();
-        assert!(
-            e[0].starts_with("BOOT=\"grub\" is not auto, direct or bios"),
-            "{e:?}"
-        );
-    }
 
     #[test]
     fn defaults_and_values() {

@@ -177,7 +177,7 @@ pub fn run() -> Result<ExitReason, Failure> {
     }
 
     // Kept alive as long as VMs are built: the image's kernel lives in unnamed files.
-    let (boot, _image_files) = choose_boot(&cfg, root.as_ref())?;
+    let (boot, _image_files) = kernel(&cfg, root.as_ref())?;
     {
         let mut s = status.lock().expect("status lock poisoned");
         s.disks = disks.iter().map(|d| d.path.display().to_string()).collect();
@@ -319,7 +319,8 @@ fn confine(
         l.read_only.push(b.to_path_buf());
         l.chown.push(b.to_path_buf());
     }
-    l.read_only.extend(spec.boot.files());
+    l.read_only.push(spec.boot.kernel.clone());
+    l.read_only.extend(spec.boot.initrd.clone());
     let said = sandbox::lockdown(&l).map_err(|e| {
         Failure::Sandbox(format!(
             "cannot drop privileges: {e}; set BERTH_SECCOMP=off and BERTH_UID=0 to debug"
@@ -416,13 +417,7 @@ fn run_vm(
             machine::build_with_console(spec, serial.tee(Box::new(std::io::stdout())))?;
         serial.set_input(Some(vm.serial_input()));
         if let Some(c) = console {
-            crate::machine::attach_display(&mut vm, &spec.boot, c.fb.clone())?;
-            if status.lock().expect("status lock poisoned").boots == 0 {
-                log(format!(
-                    "VNC console shows {}",
-                    crate::machine::display_note(&spec.boot)
-                ));
-            }
+            vm.add_framebuffer(c.fb.clone())?;
             c.server.set_keyboard(Some(vm.keyboard()));
         }
         {
@@ -431,9 +426,10 @@ fn run_vm(
             s.since = Instant::now();
             s.state = State::Running;
             log(format!(
-                "boot {}: {}, {} vCPU(s), {} MiB, {} disk(s)",
+                "boot {}: {} ({:?}), {} vCPU(s), {} MiB, {} disk(s)",
                 s.boots,
-                kernel,
+                spec.boot.kernel.display(),
+                kernel.format,
                 spec.config.vcpus,
                 spec.config.memory_mib,
                 spec.disks.len()
@@ -454,9 +450,6 @@ fn run_vm(
                 ));
             }
             ExitReason::Failed(why) => return Err(Failure::GuestFailed(why)),
-            ExitReason::NoBootDevice(why) => {
-                return Err(Failure::Kernel(crate::cmd_vm::no_boot_device(&why)))
-            }
             ExitReason::Stopped(why) if why == lifecycle::TIMEOUT_REASON => {
                 return Err(Failure::ShutdownTimeout(format!(
                     "{why} ({timeout} s); disks were flushed"
@@ -526,67 +519,6 @@ fn root_disk(cfg: &PodConfig) -> Result<(Option<DiskSpec>, Option<PathBuf>), Fai
         }),
         Some(base),
     ))
-}
-
-/// How the VM boots (BOOT): directly, with the kernel berth reads from the image (or KERNEL),
-/// or through the BIOS firmware and the image's own boot loader. `auto` boots directly when
-/// berth finds the kernel, and through the firmware when it does not but the disk has BIOS boot
-/// code; the log says which and why in one line.
-fn choose_boot(
-    cfg: &PodConfig,
-    root: Option<&DiskSpec>,
-) -> Result<(crate::machine::Boot, Option<imageboot::BootFiles>), Failure> {
-    use crate::machine::Boot;
-    use config::BootMode;
-    let direct = |(l, f)| (Boot::Linux(l), f);
-    let firmware = |why: String| -> Result<(Boot, Option<imageboot::BootFiles>), Failure> {
-        let fw = crate::machine::read_firmware(&cfg.bios)?;
-        log(format!(
-            "boot: BIOS firmware {} ({why})",
-            cfg.bios.display()
-        ));
-        Ok((fw, None))
-    };
-    match (cfg.boot, root) {
-        (BootMode::Bios, None) => Err(Failure::Config(
-            "BOOT=bios needs a root disk (IMG_TARGET or /dev/vm/root): the firmware boots the \
-             disk's boot loader"
-                .into(),
-        )),
-        (BootMode::Bios, Some(r)) => {
-            // SeaBIOS would run a zeroed boot sector as code, or wait and retry for ever.
-            if !imageboot::has_bios_boot_code(&r.path, r.format)? {
-                return Err(Failure::Kernel(format!(
-                    "BOOT=bios: the disk {} has no BIOS boot code (its first sector has no boot \
-                     signature or no code): install a boot loader (grub-install), or use \
-                     BOOT=auto or BOOT=direct",
-                    r.path.display()
-                )));
-            }
-            firmware("BOOT=bios".into())
-        }
-        (BootMode::Direct, _) | (BootMode::Auto, None) => kernel(cfg, root).map(direct),
-        (BootMode::Auto, Some(r)) => match kernel(cfg, Some(r)) {
-            Ok(k) => Ok(direct(k)),
-            Err(Failure::Kernel(why)) => {
-                if imageboot::has_bios_boot_code(&r.path, r.format)? {
-                    // The direct path's advice (supply KERNEL...) does not apply here.
-                    let what = why
-                        .strip_suffix(&format!("; {}", imageboot::how_to_supply()))
-                        .unwrap_or(&why);
-                    firmware(format!(
-                        "BOOT=auto: no direct boot: {what}; the disk has BIOS boot code"
-                    ))
-                } else {
-                    Err(Failure::Kernel(format!(
-                        "{why}; nor does the disk have BIOS boot code for a firmware boot \
-                         (BOOT=auto)"
-                    )))
-                }
-            }
-            Err(e) => Err(e),
-        },
-    }
 }
 
 /// The image's own kernel, initramfs and command line (read through the root disk), with

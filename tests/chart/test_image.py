@@ -1,6 +1,6 @@
 """The pod image: `podman build` of the repository's Containerfile from the prebuilt static
 berth binary, in a throw-away podman storage (its own --root/--runroot). The image must be
-under 20 MB, hold only /berth, the CA bundle and SeaBIOS, and run `/berth --version`.
+under 20 MB, hold only /berth and the CA bundle, and run `/berth --version`.
 
 podman works on this project's machines with runc (crun fails there: cgroup hybrid mode), so a
 missing or failing podman FAILS this test, with the reason in capitals; it never skips
@@ -23,7 +23,6 @@ from chartlib import REPO
 CONTAINERFILE = REPO / "Containerfile"
 BIN = Path(os.environ.get("BERTH_BIN", REPO / "target/x86_64-unknown-linux-gnu/release/berth"))
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-BIOS = Path("/usr/share/seabios/bios-256k.bin")
 TAG = "localhost/berth-chart-test:ci"
 MAX_BYTES = 20 * 1000 * 1000
 RUN_FLAGS = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
@@ -62,8 +61,6 @@ class Image(unittest.TestCase):
             raise AssertionError(f"THE STATIC BERTH BINARY {BIN} IS MISSING: tests/chart/run builds it with "
                                  "RUSTFLAGS='-C target-feature=+crt-static' cargo build --release "
                                  "--target x86_64-unknown-linux-gnu (or set BERTH_BIN)")
-        if not BIOS.exists():
-            raise AssertionError(f"SEABIOS {BIOS} IS MISSING: run scripts/setup (it installs seabios)")
         cls.tmp = tempfile.mkdtemp(prefix="berth-image-test.", dir="/var/tmp")
         cls.podman = [exe, "--root", f"{cls.tmp}/root", "--runroot", f"{cls.tmp}/runroot",
                       "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs",
@@ -72,7 +69,6 @@ class Image(unittest.TestCase):
         ctx.mkdir()
         shutil.copy2(BIN, ctx / "berth")
         shutil.copyfile(CA_BUNDLE, ctx / "ca-certificates.crt")
-        shutil.copyfile(BIOS, ctx / "bios-256k.bin")
         cls.build = cls.run_podman("build", "--runtime", "runc", "-f", str(CONTAINERFILE), "-t", TAG, str(ctx),
                                    timeout=600)
         if cls.build.returncode != 0:
@@ -105,7 +101,7 @@ class Image(unittest.TestCase):
               flush=True)
         self.assertLess(size, MAX_BYTES)
 
-    def test_contains_only_berth_the_ca_bundle_and_seabios(self) -> None:
+    def test_contains_only_berth_and_the_ca_bundle(self) -> None:
         archive = Path(self.tmp) / "image.tar"
         r = self.run_podman("image", "save", "--format", "docker-archive", "-o", str(archive), TAG)
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -123,14 +119,11 @@ class Image(unittest.TestCase):
                         else:
                             files[name] = m
             config = json.load(outer.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
-        self.assertEqual(sorted(files), ["berth", "etc/ssl/certs/ca-certificates.crt",
-                                         "usr/share/berth/bios-256k.bin"])
-        self.assertTrue(dirs <= {"etc", "etc/ssl", "etc/ssl/certs", "usr", "usr/share", "usr/share/berth"},
-                        dirs)
+        self.assertEqual(sorted(files), ["berth", "etc/ssl/certs/ca-certificates.crt"])
+        self.assertTrue(dirs <= {"etc", "etc/ssl", "etc/ssl/certs"}, dirs)
         self.assertTrue(files["berth"].isfile() and files["berth"].mode & 0o111, "berth is not executable")
         self.assertEqual(files["berth"].size, BIN.stat().st_size)
         self.assertEqual(files["etc/ssl/certs/ca-certificates.crt"].size, CA_BUNDLE.stat().st_size)
-        self.assertEqual(files["usr/share/berth/bios-256k.bin"].size, BIOS.stat().st_size)
         cfg = config["config"]
         self.assertEqual(cfg["Entrypoint"], ["/berth"])
         self.assertEqual(cfg["Cmd"], ["pod"])

@@ -47,9 +47,6 @@ pub enum ExitReason {
     Stopped(String),
     /// A vCPU failed; the text carries the KVM reason and the vCPU's registers.
     Failed(String),
-    /// The firmware found nothing to boot (SeaBIOS's "No bootable device."); the text is the
-    /// firmware's last boot messages. It would retry forever, so the VM stops instead.
-    NoBootDevice(String),
 }
 
 impl std::fmt::Display for ExitReason {
@@ -59,7 +56,6 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Reset(s) => write!(f, "guest requested reset ({s})"),
             ExitReason::Stopped(why) => write!(f, "stopped by the host ({why})"),
             ExitReason::Failed(why) => write!(f, "VM failed: {why}"),
-            ExitReason::NoBootDevice(why) => write!(f, "the firmware found nothing to boot: {why}"),
         }
     }
 }

@@ -1,18 +1,12 @@
 //! The guest's linear framebuffer: 32-bpp XRGB8888 pixels in host memory that is mapped into
 //! the guest's 32-bit MMIO hole as its own KVM memory slot with dirty-page logging, so the
 //! VNC server learns which lines changed from KVM instead of comparing frames.
-//!
-//! Under a firmware boot the picture lives in guest RAM instead, where the firmware put it
-//! (QEMU's ramfb, [`crate::devices::ramfb`]): the framebuffer is then not mapped into the
-//! guest but mirrors that part of guest memory ([`Framebuffer::show_guest`]), comparing it
-//! line by line with what it holds each time the VNC server looks for changes.
 
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use vm_memory::volatile_memory::{VolatileMemory, VolatileSlice};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::boot::LinearFramebuffer;
 use crate::arch::layout;
@@ -58,30 +52,6 @@ impl FramebufferConfig {
     }
 }
 
-/// A picture in guest RAM: XRGB8888 pixels, `width` x `height`, lines `stride` bytes apart
-/// from guest-physical `addr`. Built only from a validated guest configuration
-/// ([`crate::devices::ramfb::RamfbConfig::validate`]): the whole range is guest RAM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestView {
-    /// Guest-physical address of the first pixel.
-    pub addr: u64,
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// Bytes from one line to the next (at least `width * 4`).
-    pub stride: u32,
-}
-
-/// The guest memory shown instead of the framebuffer's own, and a line buffer for comparing.
-struct Mirror {
-    memory: GuestMemoryMmap,
-    view: GuestView,
-    /// One line of the guest's picture, then one of ours (each at most a line of ours).
-    guest_line: Vec<u8>,
-    our_line: Vec<u8>,
-}
-
 /// Where dirty pages come from besides host writes.
 struct KvmLog {
     fd: Arc<VmFd>,
@@ -97,8 +67,6 @@ pub struct Framebuffer {
     kvm: Mutex<Option<KvmLog>>,
     /// Pages written by the host (tests, the VMM), one bit per page as in KVM's log.
     host_dirty: Mutex<Vec<u64>>,
-    /// Guest memory shown instead (ramfb under a firmware boot), if any.
-    mirror: Mutex<Option<Mirror>>,
 }
 
 // SAFETY: the mapping is owned by the Framebuffer and only accessed through volatile copies;
@@ -142,7 +110,6 @@ impl Framebuffer {
             config,
             kvm: Mutex::new(None),
             host_dirty: Mutex::new(vec![0; pages.div_ceil(64)]),
-            mirror: Mutex::new(None),
         })
     }
 
@@ -165,84 +132,7 @@ impl Framebuffer {
             fd,
             slot: FRAMEBUFFER_SLOT,
         });
-        // The guest draws here now, not in guest RAM.
-        *self.mirror.lock().expect("mirror lock poisoned") = None;
         Ok(())
-    }
-
-    /// Shows `view` of `memory` from now on (a ramfb the guest configured), in the top left
-    /// corner: a picture larger than the framebuffer is cut at its right and bottom edges, the
-    /// rest of the screen is black. The framebuffer is no longer read from a VM's dirty log
-    /// (it is not mapped into the guest under a firmware boot). A later call replaces the
-    /// view (the guest chose another address or size).
-    pub fn show_guest(&self, memory: GuestMemoryMmap, view: GuestView) {
-        let mut mirror = self.mirror.lock().expect("mirror lock poisoned");
-        *self.kvm.lock().expect("kvm lock poisoned") = None;
-        let n = view.width.min(self.config.width) as usize * BYTES_PER_PIXEL;
-        *mirror = Some(Mirror {
-            memory,
-            view,
-            guest_line: vec![0; n],
-            our_line: vec![0; n],
-        });
-        self.clear();
-    }
-
-    /// Stops showing guest memory (the VM is gone: a reboot starts from a black screen, and
-    /// the old VM's memory must not be kept mapped); the screen turns black.
-    pub fn show_nothing(&self) {
-        let mut mirror = self.mirror.lock().expect("mirror lock poisoned");
-        *self.kvm.lock().expect("kvm lock poisoned") = None;
-        if mirror.take().is_some() {
-            self.clear();
-        }
-    }
-
-    /// The guest memory shown, if any.
-    pub fn guest_view(&self) -> Option<GuestView> {
-        let mirror = self.mirror.lock().expect("mirror lock poisoned");
-        mirror.as_ref().map(|m| m.view)
-    }
-
-    /// Copies the lines of the guest's picture that differ from what the framebuffer holds
-    /// (marking them dirty); nothing when no guest memory is shown.
-    ///
-    /// Why compare instead of KVM's dirty log: the ramfb is ordinary guest RAM inside the
-    /// big RAM slot, and dirty logging is per slot; logging the whole RAM slot would
-    /// write-protect all of the guest's memory (and split its huge pages) for its whole life
-    /// to watch a boot-time screen, and splitting the slot at an address the guest chooses,
-    /// while vCPUs run, is a far larger change. The VNC server calls this only while a viewer
-    /// waits for an update (about 30 times a second at most), or before a full update.
-    pub fn refresh(&self) {
-        let mut mirror = self.mirror.lock().expect("mirror lock poisoned");
-        let Some(m) = mirror.as_mut() else {
-            return;
-        };
-        let n = m.guest_line.len();
-        let height = m.view.height.min(self.config.height);
-        for y in 0..height {
-            let at = m.view.addr + u64::from(y) * u64::from(m.view.stride);
-            // Checked when the view was accepted; a failure here only skips the line.
-            if m.memory
-                .read_slice(&mut m.guest_line, GuestAddress(at))
-                .is_err()
-            {
-                continue;
-            }
-            let offset = y as usize * self.stride();
-            self.read(offset, &mut m.our_line);
-            if m.guest_line[..n] != m.our_line[..n] {
-                self.write(offset, &m.guest_line);
-            }
-        }
-    }
-
-    /// Blackens the whole framebuffer (marking it dirty).
-    fn clear(&self) {
-        let zero = [0u8; PAGE];
-        for page in 0..self.len / PAGE {
-            self.write(page * PAGE, &zero);
-        }
     }
 
     /// Width and height.
@@ -299,7 +189,6 @@ impl Framebuffer {
     /// and by the host) and returns the framebuffer lines they touch, as merged
     /// `[first, end)` ranges.
     pub fn take_dirty_lines(&self) -> Vec<(u32, u32)> {
-        self.refresh();
         let mut bits = std::mem::replace(
             &mut *self.host_dirty.lock().expect("dirty lock poisoned"),
             vec![0; (self.len / PAGE).div_ceil(64)],

@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -19,11 +18,9 @@ use crate::arch::boot::{self, BootError, LinuxBoot, LoadedKernel};
 use crate::arch::{acpi, cpuid, layout, mptable, msr, regs};
 use crate::bus::Bus;
 use crate::control::{ExitReason, VmControl};
-use crate::devices::acpi::{AcpiPm, AcpiPm1, PowerButton};
+use crate::devices::acpi::{AcpiPm, PowerButton};
 use crate::devices::cmos::{Cmos, CMOS_BASE};
-use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::i8042::{KeyboardInput, COMMAND_PORT, DATA_PORT, I8042, KEYBOARD_IRQ};
-use crate::devices::ramfb;
 use crate::devices::serial::{Serial, SerialInput, COM1_BASE, COM1_IRQ};
 use crate::devices::IrqLine;
 use crate::framebuffer::Framebuffer;
@@ -92,9 +89,6 @@ pub enum VmError {
     /// A vCPU thread could not be started.
     #[error("cannot start vCPU thread: {0}")]
     Thread(std::io::Error),
-    /// The firmware image cannot be used.
-    #[error("firmware: {0}")]
-    Firmware(String),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -152,13 +146,6 @@ pub struct Vm {
     framebuffer: Option<Arc<Framebuffer>>,
     /// Where the vCPUs count their exits, if anywhere.
     metrics: Option<Arc<crate::metrics::VmMetrics>>,
-    /// The firmware ROM mapped below 4 GiB, kept (and so mapped) until `run` returns.
-    firmware: Option<GuestMemoryMmap>,
-    /// The fw_cfg device of a firmware boot, for files added after it ([`Vm::add_ramfb`]).
-    fw_cfg: Option<Arc<Mutex<FwCfg>>>,
-    /// The framebuffer showing this VM's ramfb; it stops reading guest memory when `run`
-    /// returns.
-    ramfb: Option<Arc<Framebuffer>>,
 }
 
 impl Vm {
@@ -227,10 +214,7 @@ impl Vm {
         pio.insert(DATA_PORT, 1, i8042.clone()).map_err(dev_err)?;
         pio.insert(COMMAND_PORT, 1, i8042.clone())
             .map_err(dev_err)?;
-        // The NVRAM says how much memory there is, for a firmware (Linux ignores it).
-        let low_ram = mem_bytes.min(layout::MMIO_HOLE_START);
-        let cmos = Cmos::with_machine(low_ram, mem_bytes - low_ram, config.vcpus);
-        pio.insert(CMOS_BASE, 2, Arc::new(Mutex::new(cmos)))
+        pio.insert(CMOS_BASE, 2, Arc::new(Mutex::new(Cmos::default())))
             .map_err(dev_err)?;
 
         let pci = Arc::new(PciBus::new(mmio.clone()));
@@ -252,14 +236,6 @@ impl Vm {
             acpi::PM_PORT,
             1,
             Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
-        )
-        .map_err(dev_err)?;
-        // The PM1 blocks only a firmware boot's FADT names (arch::acpi says why); a directly
-        // booted guest that pokes them can do nothing it could not do through PM_PORT.
-        pio.insert(
-            acpi::PM1_PORT,
-            acpi::PM1_LEN,
-            Arc::new(Mutex::new(AcpiPm1::new(control.clone()))),
         )
         .map_err(dev_err)?;
         let ged = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
@@ -307,9 +283,6 @@ impl Vm {
             i8042,
             framebuffer: None,
             metrics: None,
-            firmware: None,
-            fw_cfg: None,
-            ramfb: None,
         })
     }
 
@@ -342,77 +315,6 @@ impl Vm {
         Ok(())
     }
 
-    /// Boots through a firmware instead of a kernel: maps `rom` (a SeaBIOS image) so that it
-    /// ends at 4 GiB, read-only where KVM allows, copies its last 256 KiB to 0xC0000-0xFFFFF
-    /// (RAM, so the BIOS can write its own data there without chipset shadowing), and adds the
-    /// fw_cfg device with the machine's description, e820 map and ACPI tables. The boot vCPU
-    /// keeps its reset state: real mode at the reset vector, CS base 0xFFFF0000.
-    ///
-    /// The BIOS's text screen is mirrored on COM1 (fw_cfg `etc/sercon-port`); its debug
-    /// output (port 0x402, QEMU's debugcon) goes to `debug` when given, and is always
-    /// watched: when the firmware says it found no bootable device, the VM stops with
-    /// [`ExitReason::NoBootDevice`] (SeaBIOS would wait a minute and reboot, for ever).
-    pub fn load_firmware(
-        &mut self,
-        rom: &[u8],
-        debug: Option<Box<dyn Write + Send>>,
-    ) -> Result<(), VmError> {
-        let size = rom.len() as u64;
-        if size == 0 || !size.is_multiple_of(0x1_0000) || size > layout::FIRMWARE_MAX_SIZE {
-            return Err(VmError::Firmware(format!(
-                "a firmware image of {size} bytes is not a ROM (a multiple of 64 KiB up to \
-                 {} MiB); give bios-256k.bin from Debian's seabios package",
-                layout::FIRMWARE_MAX_SIZE >> 20
-            )));
-        }
-        if self.firmware.is_some() {
-            return Err(VmError::Firmware("the VM already has a firmware".into()));
-        }
-        let base = layout::MMIO_HOLE_END - size;
-        let region = GuestMemoryMmap::from_ranges(&[(GuestAddress(base), size as usize)])
-            .map_err(|_| VmError::MemoryAlloc(size >> 20))?;
-        region
-            .write_slice(rom, GuestAddress(base))
-            .map_err(|e| VmError::Firmware(e.to_string()))?;
-        let readonly = self.fd.check_extension(kvm_ioctls::Cap::ReadonlyMem);
-        let host = region.iter().next().expect("one region");
-        let r = kvm_userspace_memory_region {
-            slot: FIRMWARE_SLOT,
-            guest_phys_addr: base,
-            memory_size: size,
-            userspace_addr: host.as_ptr() as u64,
-            flags: if readonly { KVM_MEM_READONLY } else { 0 },
-        };
-        // SAFETY: `region` is a live mapping the Vm keeps until every vCPU has stopped.
-        unsafe { self.fd.set_user_memory_region(r) }.map_err(kvm_err("map firmware"))?;
-        self.firmware = Some(region);
-
-        let low = size.min(layout::FIRMWARE_LOW_SIZE);
-        let low_at = layout::HIMEM_START - low;
-        self.memory
-            .write_slice(&rom[(size - low) as usize..], GuestAddress(low_at))
-            .map_err(|_| VmError::MemoryTooSmall(self.config.memory_mib))?;
-
-        let fw = firmware_config(self.memory.clone(), self.config)
-            .map_err(|e| VmError::Device(e.to_string()))?;
-        let dev_err = |e: crate::bus::BusError| VmError::Device(e.to_string());
-        let fw = Arc::new(Mutex::new(fw));
-        self.pio
-            .insert(fw_cfg::PORT_BASE, fw_cfg::PORT_LEN, fw.clone())
-            .map_err(dev_err)?;
-        self.fw_cfg = Some(fw);
-        let con = DebugCon {
-            out: debug,
-            line: Vec::new(),
-            failures: Vec::new(),
-            control: self.control.clone(),
-        };
-        self.pio
-            .insert(DEBUGCON_PORT, 1, Arc::new(Mutex::new(con)))
-            .map_err(dev_err)?;
-        Ok(())
-    }
-
     /// Plugs a virtio device into the PCI bus.
     pub fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), VmError> {
         let dev = VirtioPci::new(
@@ -442,41 +344,6 @@ impl Vm {
         unsafe { fb.attach(self.fd.clone()) }.map_err(kvm_err("map framebuffer"))?;
         boot::write_screen_info(&self.memory, &fb.linear())?;
         self.framebuffer = Some(fb);
-        Ok(())
-    }
-
-    /// Gives a firmware boot ([`Vm::load_firmware`] first) QEMU's ramfb display
-    /// ([`crate::devices::ramfb`]): the writable fw_cfg file `etc/ramfb`, through which the
-    /// firmware places a framebuffer in guest RAM that `fb` (the VNC server's) then shows,
-    /// and, when given, SeaBIOS's VGA option ROM `vgabios-ramfb.bin` as
-    /// `vgaroms/vgabios-ramfb.bin`, which configures it and draws the BIOS's text screen
-    /// there. `fb` is not mapped into the guest and starts black; it may have shown an
-    /// earlier VM (a reboot), whose picture is dropped here. When [`Vm::run`] returns, `fb`
-    /// stops reading this VM's memory.
-    pub fn add_ramfb(
-        &mut self,
-        fb: Arc<Framebuffer>,
-        vga_rom: Option<Vec<u8>>,
-    ) -> Result<(), VmError> {
-        let Some(fw) = &self.fw_cfg else {
-            return Err(VmError::Device(
-                "ramfb needs a firmware boot (fw_cfg)".into(),
-            ));
-        };
-        if self.ramfb.is_some() || self.framebuffer.is_some() {
-            return Err(VmError::Device("the VM already has a display".into()));
-        }
-        fb.show_nothing();
-        let mut fw = fw.lock().expect("fw_cfg lock poisoned");
-        let hook = ramfb::write_hook(fb.clone(), self.memory.clone());
-        fw.add_writable_file_with_hook(ramfb::FILE, vec![0; ramfb::CONFIG_LEN], hook)
-            .map_err(|e| VmError::Device(e.to_string()))?;
-        if let Some(rom) = vga_rom {
-            fw.add_file(ramfb::VGA_ROM_FILE, rom, false)
-                .map_err(|e| VmError::Device(e.to_string()))?;
-        }
-        drop(fw);
-        self.ramfb = Some(fb);
         Ok(())
     }
 
@@ -555,9 +422,6 @@ impl Vm {
                     self.control
                         .request_exit(ExitReason::Failed(format!("cannot start vCPU {id}: {e}")));
                     stop_threads(threads);
-                    if let Some(fb) = &self.ramfb {
-                        fb.show_nothing();
-                    }
                     return Err(VmError::Thread(e));
                 }
             }
@@ -568,115 +432,10 @@ impl Vm {
         for dev in self.pci.devices() {
             dev.lock().expect("PCI device lock poisoned").shutdown();
         }
-        // The display must not keep this VM's memory mapped (a reboot builds a new VM
-        // meanwhile) nor show it after the VM is gone.
-        if let Some(fb) = &self.ramfb {
-            fb.show_nothing();
-        }
         // Guest memory (self.memory) is dropped only here, after every vCPU has stopped.
         drop(self.memory);
         Ok(reason)
     }
-}
-
-/// KVM memory slot of the firmware ROM (the framebuffer's is 100).
-const FIRMWARE_SLOT: u32 = 101;
-/// QEMU's debug console port, where SeaBIOS writes its log.
-pub const DEBUGCON_PORT: u64 = 0x402;
-/// What the debug console port reads as: the firmware's test that the port is there.
-const DEBUGCON_PRESENT: u8 = 0xe9;
-
-/// Longest debug console line kept for matching; the rest of a longer line is dropped.
-const DEBUGCON_LINE_MAX: usize = 160;
-/// Boot failure lines kept for the exit message (SeaBIOS prints one per device it tried).
-const DEBUGCON_FAILURES_MAX: usize = 4;
-
-/// The debug console: bytes written to [`DEBUGCON_PORT`] go to a writer when one is given,
-/// and lines are watched for the firmware giving up on booting.
-struct DebugCon {
-    out: Option<Box<dyn Write + Send>>,
-    /// The current line (bounded: the guest writes what it likes here).
-    line: Vec<u8>,
-    /// The last "Boot failed: ..." lines, for the exit message.
-    failures: Vec<String>,
-    control: Arc<VmControl>,
-}
-
-impl DebugCon {
-    fn end_line(&mut self) {
-        let line = String::from_utf8_lossy(&self.line).trim().to_string();
-        self.line.clear();
-        if line.starts_with("Boot failed") {
-            if self.failures.len() == DEBUGCON_FAILURES_MAX {
-                self.failures.remove(0);
-            }
-            self.failures.push(line);
-        } else if line.starts_with("No bootable device") {
-            let mut why = self.failures.join("; ");
-            if why.is_empty() {
-                why = line;
-            }
-            self.control.request_exit(ExitReason::NoBootDevice(why));
-        }
-    }
-}
-
-impl crate::bus::BusDevice for DebugCon {
-    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
-        data.fill(DEBUGCON_PRESENT);
-    }
-    fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
-        if let Some(out) = &mut self.out {
-            let _ = out.write_all(data);
-            if data.contains(&b'\n') {
-                let _ = out.flush();
-            }
-        }
-        for &b in data {
-            match b {
-                b'\n' => self.end_line(),
-                _ if self.line.len() < DEBUGCON_LINE_MAX => self.line.push(b),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The fw_cfg device a firmware reads on a machine of `config`: memory size and map, vCPU
-/// count, no kernel, no boot menu, the ACPI tables with their loader script, and the text
-/// screen mirrored on COM1.
-pub fn firmware_config(
-    memory: GuestMemoryMmap,
-    config: MachineConfig,
-) -> Result<FwCfg, fw_cfg::FwCfgError> {
-    let mem_bytes = config.memory_mib << 20;
-    let mut fw = FwCfg::new(memory);
-    fw.set(fw_cfg::keys::RAM_SIZE, mem_bytes.to_le_bytes().to_vec());
-    let cpus = u16::from(config.vcpus).to_le_bytes().to_vec();
-    fw.set(fw_cfg::keys::NB_CPUS, cpus.clone());
-    fw.set(fw_cfg::keys::MAX_CPUS, cpus);
-    fw.set(fw_cfg::keys::UUID, vec![0; 16]);
-    fw.set(fw_cfg::keys::BOOT_MENU, 0u16.to_le_bytes().to_vec());
-    for k in [
-        fw_cfg::keys::KERNEL_SIZE,
-        fw_cfg::keys::INITRD_SIZE,
-        fw_cfg::keys::CMDLINE_SIZE,
-    ] {
-        fw.set(k, 0u32.to_le_bytes().to_vec());
-    }
-    let mut e820 = Vec::new();
-    for e in layout::firmware_e820_map(mem_bytes) {
-        e820.extend_from_slice(&e.addr.to_le_bytes());
-        e820.extend_from_slice(&e.size.to_le_bytes());
-        e820.extend_from_slice(&(e.kind as u32).to_le_bytes());
-    }
-    fw.add_file("etc/e820", e820, false)?;
-    let tables = acpi::firmware_files(config.vcpus);
-    fw.add_file(acpi::TABLES_FILE, tables.tables, false)?;
-    fw.add_file(acpi::RSDP_FILE, tables.rsdp, false)?;
-    fw.add_file(acpi::LOADER_FILE, tables.loader, false)?;
-    fw.add_file("etc/sercon-port", COM1_BASE.to_le_bytes().to_vec(), false)?;
-    Ok(fw)
 }
 
 /// Kicks vCPU threads until they have all left KVM_RUN and ended. The kick repeats because a

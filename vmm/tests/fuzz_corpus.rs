@@ -20,7 +20,7 @@ const RANDOM_INPUTS: usize = 5000;
 
 type Harness = fn(&[u8]);
 
-fn targets() -> [(&'static str, Harness); 8] {
+fn targets() -> [(&'static str, Harness); 7] {
     [
         ("virtio_blk_request", |d| {
             fuzzing::virtio_blk_request(d);
@@ -40,9 +40,6 @@ fn targets() -> [(&'static str, Harness); 8] {
         ("vnc_ws_session", fuzzing::vnc_ws_session),
         ("virtio_input", |d| {
             fuzzing::virtio_input(d);
-        }),
-        ("fw_cfg", |d| {
-            fuzzing::fw_cfg(d);
         }),
     ]
 }
@@ -71,10 +68,6 @@ fn seed_inputs(target: &str) -> Vec<(&'static str, Vec<u8>)> {
         ],
         "vnc_ws_session" => vec![("seed-novnc", seeds::vnc_ws_session())],
         "virtio_input" => vec![("seed-click", seeds::input_click())],
-        "fw_cfg" => vec![
-            ("seed-session", seeds::fw_cfg_session()),
-            ("seed-ramfb", seeds::fw_cfg_ramfb()),
-        ],
         _ => unreachable!(),
     }
 }
@@ -217,11 +210,6 @@ fn random_virtio_input() {
 }
 
 #[test]
-fn random_fw_cfg() {
-    random_run(7);
-}
-
-#[test]
 fn seed_corpus_is_current() {
     let write = std::env::var_os("BERTH_WRITE_SEEDS").is_some();
     for (name, _) in targets() {
@@ -284,15 +272,6 @@ fn seeds_reach_the_devices() {
     let r = fuzzing::virtio_input(&seeds::input_click());
     assert_eq!((r.used, r.events), (8, 8), "{r:?}");
     assert!(r.checked_memory, "{r:?}");
-
-    // Read, skip and write succeed; the read outside memory fails.
-    let r = fuzzing::fw_cfg(&seeds::fw_cfg_session());
-    assert_eq!((r.dma_ok, r.dma_err, r.port_bytes), (3, 1, 4), "{r:?}");
-    // The session's write to etc/ramfb is garbage: ignored.
-    assert_eq!((r.ramfb_shown, r.ramfb_ignored), (0, 1), "{r:?}");
-    let r = fuzzing::fw_cfg(&seeds::fw_cfg_ramfb());
-    assert_eq!((r.dma_ok, r.dma_err), (3, 0), "{r:?}");
-    assert_eq!((r.ramfb_shown, r.ramfb_ignored), (1, 1), "{r:?}");
 }
 
 /// The seeds also hold under the checks berth does not pass yet in general.
@@ -332,10 +311,10 @@ fn sizing_then_new_address() -> Vec<u8> {
     ops
 }
 
-/// Moves BAR 0 onto the IOAPIC, above the BAR windows (unmapped), after bringing the device up.
+/// Moves BAR 0 above the window (unmapped), after bringing the device up.
 fn bar_leaves_window() -> Vec<u8> {
     let mut ops = vec![0, fuzzing::pci_ops::BRING_UP, 2];
-    ecam_write(&mut ops, 0x10, 0xfec0_0000);
+    ecam_write(&mut ops, 0x10, 0xf000_0000);
     ops
 }
 

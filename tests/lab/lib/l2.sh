@@ -29,35 +29,6 @@ wait_for() {
     done
 }
 
-# lab_disk NAME: the l1-disk NAME (as in `# l1-disk: NAME`, e.g. grub-linux-disk:file): in L1
-# the block device with its serial (NAME with ':' as '-'), in direct mode the file the harness
-# names in $LAB_DISK_<NAME>; fails with a line on stderr saying which is missing.
-lab_disk() {
-    if [ "$LAB_MODE" = l1 ]; then
-        _s=$(echo "$1" | tr : -)
-        l1_disk "$_s" || { echo "LAB-ERROR no disk with serial $_s in L1" >&2; return 1; }
-    else
-        _v=LAB_DISK_$(echo "$1" | tr 'a-z:-' 'A-Z__')
-        eval "_p=\${$_v:-}"
-        [ -n "$_p" ] || { echo "LAB-ERROR the harness did not set $_v" >&2; return 1; }
-        echo "$_p"
-    fi
-}
-
-# l1_disk SERIAL: the block device of the l1-disk image attached with that serial (the
-# harness names it after the image: `grub-linux-disk:file` -> grub-linux-disk-file); waits up
-# to 10 s for L1's virtio_blk to bring it up. Prints nothing when there is none.
-l1_disk() {
-    for _ in $(seq 1 10); do
-        for b in /sys/block/vd*; do
-            [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] && [ -b "/dev/${b##*/}" ] &&
-                { echo "/dev/${b##*/}"; return 0; }
-        done
-        sleep 1
-    done
-    return 1
-}
-
 # lab_watch PID LABEL IFACE [STALL] [LOG]: in the background, while PID (a berth) runs, prints
 # one progress line every 15 s (LABEL, IFACE's byte counters, and the last `L2-WATCH` line the
 # guest wrote to LOG, its console, if given), so a long transfer is not taken

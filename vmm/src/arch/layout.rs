@@ -33,15 +33,8 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// Start of the window where PCI BARs are placed (the bottom of the hole).
 pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
-/// End of the window where berth places BARs itself, where ECAM starts.
+/// End of the PCI BAR window, where ECAM starts.
 pub const PCI_MMIO_END: u64 = ECAM_BASE;
-/// Where the guest may move BARs: the hole below ECAM and the part above it up to the IOAPIC
-/// (firmware such as SeaBIOS places BARs top-down from the IOAPIC). Both are in the DSDT's
-/// host bridge resources.
-pub const PCI_BAR_WINDOWS: [(u64, u64); 2] = [
-    (PCI_MMIO_START, ECAM_BASE),
-    (ECAM_BASE + ECAM_SIZE, SYSTEM_RESERVED_START),
-];
 /// PCI express enhanced configuration access window (bus 0 only).
 pub const ECAM_BASE: u64 = 0xe000_0000;
 /// Size of the ECAM window: one bus of 32 devices x 8 functions x 4 KiB.
@@ -54,40 +47,10 @@ pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Default local APIC address.
 pub const APIC_START: u64 = 0xfee0_0000;
-/// KVM's TSS region (three pages), below the 16 MiB under 4 GiB a firmware ROM may take
-/// (where QEMU puts it too).
-pub const KVM_TSS_ADDRESS: u64 = 0xfeff_d000;
+/// KVM's TSS region (three pages), placed at the top of the MMIO hole, clear of devices.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// KVM's identity-map page for real-mode emulation, just below the TSS.
-pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfeff_c000;
-/// Largest firmware ROM, mapped so that it ends at 4 GiB: above the KVM pages.
-pub const FIRMWARE_MAX_SIZE: u64 = MMIO_HOLE_END - (KVM_TSS_ADDRESS + 3 * 0x1000);
-/// Most bytes of the ROM's end also placed below 1 MiB, ending at 1 MiB (0xC0000-0xFFFFF):
-/// a BIOS runs there in real mode, and SeaBIOS's 256 KiB build is linked to live in all of
-/// it (on a PC it copies itself there after enabling RAM through the chipset's PAM registers;
-/// berth's low memory is RAM from the start, so berth places the copy).
-pub const FIRMWARE_LOW_SIZE: u64 = 0x4_0000;
-
-/// Whether a BAR of `size` bytes at `addr` lies inside one of [`PCI_BAR_WINDOWS`].
-pub fn in_bar_window(addr: u64, size: u64) -> bool {
-    addr.checked_add(size).is_some_and(|end| {
-        PCI_BAR_WINDOWS
-            .iter()
-            .any(|&(lo, hi)| addr >= lo && end <= hi)
-    })
-}
-
-/// The e820 map a firmware gets (fw_cfg `etc/e820`): RAM from 0 (the firmware reserves its
-/// own low areas), ECAM and the system pages reserved, RAM above 4 GiB.
-pub fn firmware_e820_map(mem_size: u64) -> Vec<E820Entry> {
-    let mut map = e820_map(mem_size);
-    map.retain(|e| e.addr >= HIMEM_START);
-    map[0] = E820Entry {
-        addr: 0,
-        size: mem_size.min(MMIO_HOLE_START),
-        kind: E820Type::Ram,
-    };
-    map
-}
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
 /// The RAM regions of a guest with `mem_size` bytes of memory.
 ///
@@ -230,29 +193,6 @@ mod tests {
     }
 
     #[test]
-    fn firmware_map_has_the_same_ram_from_zero() {
-        for mem in [64 * MIB, 3 * GIB, 8 * GIB] {
-            let m = firmware_e820_map(mem);
-            assert_eq!(m[0].addr, 0);
-            assert_eq!(ram_total(&m), mem);
-            assert!(m
-                .iter()
-                .any(|e| e.addr == ECAM_BASE && e.kind == E820Type::Reserved));
-        }
-    }
-
-    #[test]
-    fn bar_windows_skip_ecam_and_the_system_pages() {
-        assert!(in_bar_window(PCI_MMIO_START, 0x1000));
-        assert!(in_bar_window(0xfeb8_0000, 0x8_0000));
-        assert!(!in_bar_window(ECAM_BASE, 0x1000));
-        assert!(!in_bar_window(ECAM_BASE - 0x1000, 0x2000));
-        assert!(!in_bar_window(IOAPIC_START, 0x1000));
-        assert!(!in_bar_window(0x1000, 0x1000));
-        assert!(!in_bar_window(u64::MAX - 10, 0x1000));
-    }
-
-    #[test]
     fn fixed_structures_fit_below_ebda() {
         for a in [
             ZERO_PAGE_START,
@@ -266,8 +206,7 @@ mod tests {
         assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
         const {
             assert!(KVM_TSS_ADDRESS + 3 * 4096 <= MMIO_HOLE_END);
-            assert!(KVM_IDENTITY_MAP_ADDRESS > APIC_START + 0x1000);
-            assert!(FIRMWARE_MAX_SIZE == 16 << 20);
+            assert!(KVM_IDENTITY_MAP_ADDRESS > APIC_START);
             assert!(PCI_MMIO_START < PCI_MMIO_END && ECAM_BASE + ECAM_SIZE <= IOAPIC_START);
         }
     }

@@ -68,46 +68,7 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// NVRAM bytes a BIOS reads to size memory and count vCPUs (the layout QEMU's PC uses).
-mod nvram {
-    /// Base memory in KiB (little-endian u16).
-    pub const BASE_MEM: u8 = 0x15;
-    /// Extended memory above 1 MiB in KiB, at most 0xffff (little-endian u16).
-    pub const EXT_MEM: u8 = 0x17;
-    /// Copy of [`EXT_MEM`].
-    pub const EXT_MEM_COPY: u8 = 0x30;
-    /// Memory between 16 MiB and the 32-bit hole in 64 KiB units (little-endian u16).
-    pub const EXT_MEM2: u8 = 0x34;
-    /// Boot device order, first device in the low nibble (2: hard disk).
-    pub const BOOT_ORDER: u8 = 0x3d;
-    /// Memory above 4 GiB in 64 KiB units (little-endian, 3 bytes).
-    pub const HIGH_MEM: u8 = 0x5b;
-    /// vCPUs minus one.
-    pub const SMP_COUNT: u8 = 0x5f;
-}
-
 impl Cmos {
-    /// A CMOS whose NVRAM describes the machine as a PC BIOS expects: `low` bytes of RAM
-    /// below the 32-bit hole, `high` above 4 GiB, `vcpus` processors, boot from hard disk.
-    pub fn with_machine(low: u64, high: u64, vcpus: u8) -> Self {
-        let mut c = Cmos::default();
-        let mut put16 = |at: u8, v: u64| {
-            let v = v.min(0xffff) as u16;
-            c.nvram[usize::from(at)..usize::from(at) + 2].copy_from_slice(&v.to_le_bytes());
-        };
-        put16(nvram::BASE_MEM, 640);
-        let ext_kib = low.saturating_sub(1 << 20) >> 10;
-        put16(nvram::EXT_MEM, ext_kib);
-        put16(nvram::EXT_MEM_COPY, ext_kib);
-        put16(nvram::EXT_MEM2, low.saturating_sub(16 << 20) >> 16);
-        let high_units = (high >> 16).min(0xff_ffff) as u32;
-        let at = usize::from(nvram::HIGH_MEM);
-        c.nvram[at..at + 3].copy_from_slice(&high_units.to_le_bytes()[..3]);
-        c.nvram[usize::from(nvram::SMP_COUNT)] = vcpus.saturating_sub(1);
-        c.nvram[usize::from(nvram::BOOT_ORDER)] = 0x02;
-        c
-    }
-
     fn register(&self, index: u8) -> u8 {
         let t = (self.now)();
         let days = (t / 86_400) as i64;
@@ -194,29 +155,6 @@ mod tests {
         assert_eq!(got, [0x56, 0x45, 0x13, 0x28, 0x11, 0x26, 0x20, 0x07]);
         assert_eq!(read(&mut c, REG_A) & 0x80, 0, "never update-in-progress");
         assert_eq!(read(&mut c, REG_D), REG_D_VRT);
-    }
-
-    #[test]
-    fn nvram_sizes_memory_the_way_seabios_reads_it() {
-        // 3 GiB below the hole, 5 GiB above, 4 vCPUs.
-        let mut c = Cmos::with_machine(3 << 30, 5 << 30, 4);
-        let r = |c: &mut Cmos, i: u8| u64::from(read(c, i));
-        // SeaBIOS: RamSize = (0x34 | 0x35 << 8) * 64 KiB + 16 MiB.
-        let ram = ((r(&mut c, 0x34) << 16) | (r(&mut c, 0x35) << 24)) + (16 << 20);
-        assert_eq!(ram, 3 << 30);
-        let high = (r(&mut c, 0x5b) << 16) | (r(&mut c, 0x5c) << 24) | (r(&mut c, 0x5d) << 32);
-        assert_eq!(high, 5 << 30);
-        assert_eq!(read(&mut c, 0x5f), 3);
-        assert_eq!(
-            read(&mut c, 0x30),
-            0xff,
-            "extended memory capped at 0xffff KiB"
-        );
-        // A small guest: 32 MiB.
-        let mut c = Cmos::with_machine(32 << 20, 0, 1);
-        let ram = ((r(&mut c, 0x34) << 16) | (r(&mut c, 0x35) << 24)) + (16 << 20);
-        assert_eq!(ram, 32 << 20);
-        assert_eq!(read(&mut c, 0x5f), 0);
     }
 
     #[test]

@@ -1,12 +1,9 @@
-//! Platform devices: the COM1 UART, the i8042 controller (its reset line), the CMOS RTC, the
-//! ACPI power-management registers and power button, and for firmware boots the fw_cfg
-//! device with its ramfb display.
+//! Platform devices: the COM1 UART, the i8042 controller (its reset line), the CMOS RTC and
+//! the ACPI power-management registers and power button.
 
 pub mod acpi;
 pub mod cmos;
-pub mod fw_cfg;
 pub mod i8042;
-pub mod ramfb;
 pub mod serial;
 
 use vmm_sys_util::eventfd::EventFd;

@@ -1,6 +1,6 @@
 //! Fuzzing harnesses for everything a guest controls: virtio-blk requests, the virtio-net
-//! datapath, the virtio-balloon queues, the virtio-input event queue, PCI configuration / BAR accesses to a virtio-pci
-//! function, and a firmware's fw_cfg port and DMA accesses; and for what a network peer controls: the VNC console's WebSocket and RFB input
+//! datapath, the virtio-balloon queues, the virtio-input event queue, and PCI configuration / BAR accesses to a virtio-pci
+//! function; and for what a network peer controls: the VNC console's WebSocket and RFB input
 //! path.
 //!
 //! Each harness takes arbitrary bytes, builds the device state they describe, drives the real
@@ -385,7 +385,6 @@ fn read_regions(mem: &GuestMemoryMmap, regions: &[(u64, u64)]) -> Vec<u8> {
 
 mod balloon;
 mod blk;
-mod fw_cfg;
 mod input;
 mod net;
 mod pci;
@@ -393,7 +392,6 @@ pub mod seeds;
 
 pub use balloon::*;
 pub use blk::*;
-pub use fw_cfg::*;
 pub use input::*;
 pub use net::*;
 pub use pci::*;

@@ -333,7 +333,7 @@ impl Rig {
         }
         // Nothing is ever mapped outside the PCI window except ECAM.
         for &addr in &self.bar_history {
-            let outside = !layout::in_bar_window(addr, 1);
+            let outside = !(layout::PCI_MMIO_START..layout::PCI_MMIO_END).contains(&addr);
             let ecam = (layout::ECAM_BASE..layout::ECAM_BASE + layout::ECAM_SIZE).contains(&addr);
             if outside && !ecam {
                 let mut b = [0u8; 1];

@@ -1,9 +1,8 @@
 //! A minimal RFB (VNC) server for the guest's console: it shows the [`Framebuffer`] and types
 //! into the guest's PS/2 keyboard.
 //!
-//! Threads: one accepts connections; one polls KVM's dirty log of the framebuffer (or, under a
-//! firmware boot, compares the ramfb's guest memory with it: [`Framebuffer::refresh`]; about
-//! 30 times a second, and only while some client waits for an incremental update, so an idle
+//! Threads: one accepts connections; one polls KVM's dirty log of the framebuffer (about 30
+//! times a second, and only while some client waits for an incremental update, so an idle
 //! console costs nothing); each client has a reader (its messages, keys) and a writer
 //! (framebuffer updates). A client that misbehaves is disconnected; nothing it sends reaches
 //! the VM except key events.

@@ -94,7 +94,7 @@ impl Client {
 
     /// Waits for an update to send: the rectangles, and the format and encoding to use. Paced
     /// by `pacing`: a viewer asking in a loop gets updates no faster than it allows.
-    fn next_update(&self, pacing: &mut Pacing) -> Option<(Update, PixelFormat, i32)> {
+    fn next_update(&self, pacing: &mut Pacing) -> Option<(Vec<Rect>, PixelFormat, i32)> {
         let mut s = self.lock();
         loop {
             if s.closed {
@@ -114,22 +114,12 @@ impl Client {
                 if let Some(rects) = take_rects(&mut s.dirty, req) {
                     s.request = None;
                     pacing.sent(req.incremental, now);
-                    let update = Update {
-                        rects,
-                        incremental: req.incremental,
-                    };
-                    return Some((update, s.format, s.encoding));
+                    return Some((rects, s.format, s.encoding));
                 }
             }
             s = self.changed.wait(s).expect("client lock poisoned");
         }
     }
-}
-
-/// The rectangles of one update, and whether it answers an incremental request.
-struct Update {
-    rects: Vec<Rect>,
-    incremental: bool,
 }
 
 /// When a viewer may have its next update: at most one per `interval`, and a full
@@ -536,19 +526,13 @@ fn write_loop(
     let mut encoder = Encoder::default();
     let mut conv = converter(PixelFormat::XRGB8888);
     let mut buf = Vec::new();
-    while let Some((update, format, encoding)) = client.next_update(&mut pacing) {
+    while let Some((rects, format, encoding)) = client.next_update(&mut pacing) {
         if conv.format() != format {
             conv = converter(format);
         }
-        if !update.incremental {
-            // A picture in guest RAM (ramfb) is copied in only when changes are looked for,
-            // which incremental requests trigger; a full update must not show a stale copy.
-            // Paced like the update itself, so a request loop cannot make it a busy loop.
-            fb.refresh();
-        }
         buf.clear();
         let sent = encoder
-            .update(fb, &conv, encoding, &update.rects, &mut buf)
+            .update(fb, &conv, encoding, &rects, &mut buf)
             .and_then(|()| out.write_all(&buf))
             .and_then(|()| out.flush());
         if sent.is_err() {
