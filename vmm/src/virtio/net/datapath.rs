@@ -314,9 +314,13 @@ pub fn receive_with(
             Err(_) => return (delivered, true),
         };
         if deliver_with(queue, mem, &buf[..n], mergeable, &mut used) == Delivery::NoBuffers {
-            // It waits as `pending` (the next pass arms the kick).
+            // It waits as `pending`; buffers that raced in send it on the next pass.
             *pending = Some(buf[..n].to_vec());
-            continue;
+            if arm_rx_kick(queue, mem) && retries > 0 {
+                retries -= 1;
+                continue;
+            }
+            return (irq(queue, delivered), false);
         }
         delivered = true;
     }
