@@ -20,10 +20,6 @@
 # QEMU: cache=writeback, the durability berth has (host page cache, guest flush = fdatasync;
 # docs/block.md); cache=none needs O_DIRECT, which L1's RAM file system does not have.
 # Prints `BENCH disk_<job> <config> <value>`; a job with an error or no I/O prints BENCH-FAIL.
-# BENCH_DISK_EXITS=1 (a diagnosis, off by default: it adds 2 s per job) also prints, per job
-# and configuration, what each I/O cost in L1 KVM's counters for the VM (debugfs: exits,
-# interrupts injected, halts, exits to userspace for port I/O and MMIO) and in the guest's
-# virtio interrupts: `DIAG-EXITS <config> <job> ios=N exits=per-I/O ...`.
 [ -n "${BENCH_REPEATS:-}" ] || { echo "SKIP: benchmark; run it with tests/bench/run"; exit 0; }
 [ -x "$BERTH" ] || { echo "BENCH-FAIL no berth binary in this lab image"; exit 1; }
 . "$LAB_LIB/l2.sh"
@@ -40,8 +36,7 @@ echo "BENCH disk_mib - $MIB"
 echo "BENCH disk_fio_secs - $T"
 
 mkdir -p s
-EXITS=${BENCH_DISK_EXITS:-}
-printf 'MIB=%s T=%s R=%s EXITS=%s\n' "$MIB" "$T" "$R" "$EXITS" > s/params
+printf 'MIB=%s T=%s R=%s\n' "$MIB" "$T" "$R" > s/params
 cat > s/scenario.sh <<'EOS'
 . /params
 f() { fio --filename=/dev/vda --direct=1 --ioengine=libaio --size=${MIB}M --minimal "$@" 2>&1; }
@@ -58,17 +53,7 @@ while [ $i -lt $R ]; do
             sr) a="--rw=read --bs=1M --iodepth=4" ;;
             sw) a="--rw=write --bs=1M --iodepth=4" ;;
         esac
-        if [ -n "$EXITS" ]; then
-            # L1 snapshots its KVM counters on these lines (within 0.1 s of seeing them).
-            i0=$(awk '/virtio/ { for (c = 2; c < NF; c++) if ($c ~ /^[0-9]+$/) s += $c } END { print s + 0 }' /proc/interrupts)
-            echo "GUEST-JOB-BEGIN $job"; sleep 1
-        fi
         f --name=$job $a --runtime=$T --time_based > /tmp/o
-        if [ -n "$EXITS" ]; then
-            echo "GUEST-JOB-END $job"
-            i1=$(awk '/virtio/ { for (c = 2; c < NF; c++) if ($c ~ /^[0-9]+$/) s += $c } END { print s + 0 }' /proc/interrupts)
-            echo "GUEST-IRQ $job $((i1 - i0))"; sleep 1
-        fi
         # terse v3: 5 error, 6-9 read KiB, KiB/s, IOPS, ms; 47-50 the same for writes
         awk -F';' -v j=$job 'NF > 50 { printf "GUEST-FIO %s err=%s rkb=%s rbw=%s riops=%s wkb=%s wbw=%s wiops=%s\n", j, $5, $6, $7, $8, $47, $48, $49; ok = 1 }
             END { if (!ok) printf "GUEST-FIO %s err=nooutput\n", j }' /tmp/o
@@ -91,45 +76,6 @@ fresh() {  # fmt: a raw disk, or a fresh qcow2 overlay on a sparse raw base
         "$BERTH" overlay create --backing "$SCRATCH/base.raw" --backing-format raw pet.qcow2 >/dev/null \
             || echo "BENCH-FAIL berth overlay create"
     fi
-}
-
-# exits_watch CONFIG PID (BENCH_DISK_EXITS=1, in the background): on each GUEST-JOB-BEGIN/END
-# line of out-CONFIG.log, appends L1 KVM's counters for PID's VM to kvm-CONFIG.
-KVM_STATS="exits irq_injections halt_exits halt_wakeup io_exits mmio_exits irq_exits"
-exits_watch() {
-    seen=0
-    while kill -0 "$2" 2>/dev/null; do
-        n=$(tr -d '\r' < "out-$1.log" | grep -c '^GUEST-JOB-')
-        while [ "$seen" -lt "$n" ]; do
-            seen=$((seen + 1))
-            d=$(ls -d /sys/kernel/debug/kvm/"$2"-* 2>/dev/null | head -n 1)
-            line=$(tr -d '\r' < "out-$1.log" | grep '^GUEST-JOB-' | sed -n "${seen}p")
-            vals=""
-            for k in $KVM_STATS; do vals="$vals $k=$(cat "$d/$k" 2>/dev/null || echo 0)"; done
-            echo "$line$vals" >> "kvm-$1"
-        done
-        sleep 0.1
-    done
-}
-
-# exits_report CONFIG: one DIAG-EXITS line per job run: each counter's growth per I/O (I/Os:
-# fio's KiB over the job's block size), and the guest's virtio interrupts per I/O.
-exits_report() {
-    tr -d '\r' < "out-$1.log" | grep -E '^GUEST-(FIO|IRQ) ' | cat - "kvm-$1" 2>/dev/null | awk -v cfg="$1" '
-        $1 == "GUEST-FIO" { t = 0; for (i = 3; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "rkb" || kv[1] == "wkb") t += kv[2] }
-            kb[$2, ++nf[$2]] = t; next }
-        $1 == "GUEST-IRQ" { irq[$2, ++ni[$2]] = $3; next }
-        $1 == "GUEST-JOB-BEGIN" { j = $2; k = ++nb[j]; for (i = 3; i <= NF; i++) { split($i, kv, "="); b0[j, k, kv[1]] = kv[2] } next }
-        $1 == "GUEST-JOB-END" { j = $2; k = ++ne[j]; for (i = 3; i <= NF; i++) { split($i, kv, "="); e0[j, k, kv[1]] = kv[2]; names[i] = kv[1]; last = i } next }
-        END {
-            for (j in ne) for (k = 1; k <= ne[j]; k++) {
-                bs = (j ~ /^s/) ? 1024 : 4; ios = kb[j, k] / bs
-                if (ios <= 0) continue
-                line = sprintf("DIAG-EXITS %s %s ios=%d", cfg, j, ios)
-                for (i = 3; i <= last; i++) { n = names[i]; line = line sprintf(" %s=%.2f", n, (e0[j, k, n] - b0[j, k, n]) / ios) }
-                print line sprintf(" guest_irq=%.2f", irq[j, k] / ios)
-            }
-        }' | sort
 }
 
 report() {  # config
@@ -184,16 +130,11 @@ while [ "$round" -lt "$ROUNDS" ]; do
             *) echo "BENCH-FAIL unknown configuration $cfg"; continue ;;
         esac
         vpid=$!
-        if [ -n "$EXITS" ]; then
-            [ -d /sys/kernel/debug/kvm ] || mount -t debugfs none /sys/kernel/debug
-            rm -f "kvm-$cfg"; exits_watch "$cfg" "$vpid" &
-        fi
         bench_wait_for GUEST-FILLED "out-$cfg.log" "$vpid" 600 && echo "BENCH-CPU $cfg start $(bench_cpu "$vpid")"
         bench_wait_for GUEST-FIO-DONE "out-$cfg.log" "$vpid" $((R * 6 * (T + 30))) &&
             echo "BENCH-CPU $cfg end $(bench_cpu "$vpid")"
         bench_wait "$vpid" 120 "$cfg"
         report "$cfg"
-        [ -z "$EXITS" ] || exits_report "$cfg"
         echo "BENCH disk_config_secs $cfg $(( $(awk '{ print int($1) }' /proc/uptime) - t0 ))"
     done
 done

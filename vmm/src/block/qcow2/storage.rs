@@ -262,8 +262,7 @@ impl ImageFile {
         let (_, data) = self
             .before_write(offset, len as u64)
             .map_err(PartialIo::none)?;
-        // Guest data is copied only for an observer (tests), after the write (imago's own
-        // path copies before it): the tests that observe never change their buffers meanwhile.
+        // Guest data is copied only for an observer (tests), after the write like imago's.
         iov::transfer(self.fd.as_raw_fd(), Dir::Write, bufs, offset)?;
         if let Some(o) = &self.observer {
             let mut v = vec![0u8; len];

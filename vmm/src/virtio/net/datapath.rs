@@ -288,23 +288,15 @@ pub fn receive_with(
     let irq = |queue: &mut Queue, delivered: bool| {
         delivered && queue.needs_notification(mem).unwrap_or(true)
     };
-    // The driver can add at most a ring's worth of buffers the device has not taken, so the
-    // avail index moves at most that often while a frame waits: a bound on the retries below.
-    let mut retries = u32::from(queue.size()) + 1;
-    loop {
-        // A frame that did not fit last time goes first.
-        if let Some(frame) = pending.take() {
-            if deliver_with(queue, mem, &frame, mergeable, &mut used) == Delivery::NoBuffers {
-                *pending = Some(frame);
-                // Buffers that came in while the kick was being armed: try them at once.
-                if arm_rx_kick(queue, mem) && retries > 0 {
-                    retries -= 1;
-                    continue;
-                }
-                return (irq(queue, delivered), false);
-            }
-            delivered = true;
+    // A frame that did not fit last time goes first.
+    if let Some(frame) = pending.take() {
+        if deliver_with(queue, mem, &frame, mergeable, &mut used) == Delivery::NoBuffers {
+            *pending = Some(frame);
+            return (false, false);
         }
+        delivered = true;
+    }
+    loop {
         let n = match backend.read_frame(buf) {
             Ok(n) if n >= VNET_HDR_LEN => n,
             Ok(_) => continue,
@@ -314,51 +306,9 @@ pub fn receive_with(
             Err(_) => return (delivered, true),
         };
         if deliver_with(queue, mem, &buf[..n], mergeable, &mut used) == Delivery::NoBuffers {
-            // It waits as `pending`; buffers that raced in send it on the next pass.
             *pending = Some(buf[..n].to_vec());
-            if arm_rx_kick(queue, mem) && retries > 0 {
-                retries -= 1;
-                continue;
-            }
             return (irq(queue, delivered), false);
         }
         delivered = true;
     }
-}
-
-/// Asks the driver to kick the RX queue when it adds a buffer, before the worker waits for
-/// that kick with the tap parked. Returns true when buffers came in meanwhile (the caller
-/// tries again instead of waiting).
-///
-/// The frame that waits may need more buffers than the ring holds now (mergeable buffers), so
-/// the kick must come on the next buffer added whatever the device has consumed: with
-/// EVENT_IDX, `avail_event` is set to the driver's current avail index (as QEMU does), not to
-/// `next_avail` as virtio-queue's `enable_notification` would (which is already behind the
-/// driver then, so the driver would never kick and RX would stall for good). Without EVENT_IDX
-/// the driver kicks unless the device sets NO_NOTIFY, which berth never does on RX.
-fn arm_rx_kick(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-    use std::sync::atomic::{fence, Ordering};
-    use vm_memory::{Bytes, GuestAddress};
-    let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
-        return false;
-    };
-    if queue.event_idx_enabled() {
-        // The used ring: flags, idx, `size` elements of 8 bytes, then avail_event.
-        let at = queue
-            .used_ring()
-            .checked_add(4 + 8 * u64::from(queue.size()));
-        let stored = at.is_some_and(|a| {
-            mem.store(avail.0.to_le(), GuestAddress(a), Ordering::Relaxed)
-                .is_ok()
-        });
-        if !stored {
-            return false;
-        }
-    }
-    // The store above must be visible before the avail index is read again, or a buffer the
-    // driver adds in between (seeing the old avail_event) goes unnoticed by both sides.
-    fence(Ordering::SeqCst);
-    queue
-        .avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|now| now != avail)
 }
